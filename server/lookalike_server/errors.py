@@ -1,0 +1,142 @@
+"""The one error family of the server, and its one mapping to gRPC status codes.
+
+Every layer raises a :class:`ServiceError` subclass; dependencies' own
+exceptions (pymilvus, redis, onnxruntime, Pillow) are translated into these at
+the edge that calls them. The gRPC adapter turns them into statuses with
+:func:`grpc_code_for` and nothing else, so the table below is the whole story
+of which failure a client sees as which code.
+
+This module imports nothing from grpc so the core stays usable without it; the
+codes are named by their ``grpc.StatusCode`` names.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the server reports to a client.
+
+    Attributes:
+        code: Name of the gRPC status code (e.g. ``"INVALID_ARGUMENT"``).
+        retriable: Whether the same request may succeed if simply retried.
+    """
+
+    code: str = "INTERNAL"
+    retriable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """The request itself is wrong (bad image, bad field, unknown attribute...)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    """A named thing (item id, key, model) does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class ModelNotFound(NotFound):
+    """The request names a model the server has not loaded."""
+
+
+class AlreadyExists(ServiceError):
+    """A create-only request collided with an existing thing."""
+
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ServiceError):
+    """The system is not in a state for this request (e.g. item lacks that model)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class Overloaded(ServiceError):
+    """Admission control refused the work: a queue is full. Retry with backoff."""
+
+    code = "RESOURCE_EXHAUSTED"
+    retriable = True
+
+
+class TooLarge(ServiceError):
+    """The request exceeds a configured size limit (bytes, pixels, images)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before the work could be done."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ServiceError):
+    """The caller went away; the work was dropped."""
+
+    code = "CANCELLED"
+
+
+class Unavailable(ServiceError):
+    """A backing service (Milvus, Redis) or the server itself is not reachable/ready."""
+
+    code = "UNAVAILABLE"
+    retriable = True
+
+
+class ShuttingDown(Unavailable):
+    """The server is draining and takes no new work."""
+
+
+class InternalError(ServiceError):
+    """A bug or an unexpected failure; logged with a traceback on the server."""
+
+    code = "INTERNAL"
+
+
+class ConfigError(Exception):
+    """Invalid configuration. Raised at start-up, never sent to a client."""
+
+
+class ModelLoadError(ConfigError):
+    """A model could not be loaded (missing/corrupt file, shape disagreement)."""
+
+
+# The one mapping. Kept as data so tests and docs can enumerate it.
+STATUS_TABLE: dict[type[ServiceError], str] = {
+    cls: cls.code
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        ModelNotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Overloaded,
+        TooLarge,
+        DeadlineExceeded,
+        Cancelled,
+        Unavailable,
+        ShuttingDown,
+        InternalError,
+    )
+}
+
+
+def grpc_code_for(exc: BaseException) -> str:
+    """Returns the gRPC status code name for any exception.
+
+    Args:
+        exc: The exception a request ended with.
+
+    Returns:
+        A ``grpc.StatusCode`` member name. Anything that is not a
+        :class:`ServiceError` is a bug and maps to ``"INTERNAL"``.
+    """
+    if isinstance(exc, ServiceError):
+        return exc.code
+    return "INTERNAL"
