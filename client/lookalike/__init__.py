@@ -1,0 +1,68 @@
+"""lookalike: a thin typed client and CLI for the lookalike image-similarity gRPC server.
+
+``pip install lookalike`` gives this package only (grpcio, protobuf, tqdm); the server lives
+in ``lookalike_server`` and comes with the ``server`` extra. The generated stubs are in
+:mod:`lookalike.v1` for anything the typed client does not cover.
+"""
+
+from lookalike.client import (
+    DEFAULT_TARGET,
+    AsyncLookalikeClient,
+    BatcherStats,
+    DeadlineExceededError,
+    DeleteResult,
+    FailedPreconditionError,
+    Hit,
+    InsertResult,
+    InsertStreamResult,
+    InvalidArgumentError,
+    Item,
+    LookalikeClient,
+    LookalikeError,
+    ModelHits,
+    ModelInfo,
+    NewItem,
+    NotFoundError,
+    Preprocessing,
+    ResourceExhaustedError,
+    RetryPolicy,
+    SearchQuery,
+    SearchResult,
+    SearchStreamResult,
+    ServerTiming,
+    Stats,
+    UnavailableError,
+)
+from lookalike.images import ImageInput
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AsyncLookalikeClient",
+    "BatcherStats",
+    "DeadlineExceededError",
+    "DeleteResult",
+    "FailedPreconditionError",
+    "Hit",
+    "ImageInput",
+    "InsertResult",
+    "InsertStreamResult",
+    "InvalidArgumentError",
+    "Item",
+    "LookalikeClient",
+    "LookalikeError",
+    "ModelHits",
+    "ModelInfo",
+    "NewItem",
+    "NotFoundError",
+    "Preprocessing",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "SearchQuery",
+    "SearchResult",
+    "SearchStreamResult",
+    "ServerTiming",
+    "Stats",
+    "UnavailableError",
+]
+
+__version__ = "0.1.0"
