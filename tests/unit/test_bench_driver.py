@@ -1,0 +1,211 @@
+"""The load generator's loops against a fake in-process server.
+
+The fake answers after a fixed delay and counts what it served, so the bench's
+own counts (sent, completed, by status) and the server's can be checked
+against each other exactly, for closed loop, open loop and streams, without
+models or stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import grpc
+import pytest
+from lookalike import bench
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+
+DELAY_S = 0.003
+
+
+class FakeLookalike(pb_grpc.LookalikeServicer):
+    """Answers Embed/Search/Insert and streams; fails images equal to b'bad'."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.batches: Counter[int] = Counter()
+
+    def _count(self, method: str, code: str = "OK") -> None:
+        self.counts[f"{method}/{code}"] += 1
+
+    async def ListModels(self, request, context):
+        info = pb.ModelInfo(
+            name="fake", version="1", dim=4, providers=["CPUExecutionProvider"], max_batch_size=8
+        )
+        return pb.ListModelsResponse(models=[info])
+
+    async def Embed(self, request, context):
+        await asyncio.sleep(DELAY_S)
+        if request.images[0] == b"bad":
+            self._count("Embed", "INVALID_ARGUMENT")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad image")
+        self._count("Embed")
+        self.batches[len(request.images)] += 1
+        timing = pb.ServerTiming(total_ms=3.0, queue_ms=1.0, inference_ms=2.0, batch_size=len(request.images))
+        return pb.EmbedResponse(
+            model=request.model,
+            dim=4,
+            embeddings=[pb.Embedding(values=[0.5] * 4) for _ in request.images],
+            timing=timing,
+        )
+
+    async def Search(self, request, context):
+        await asyncio.sleep(DELAY_S)
+        self._count("Search")
+        self.batches[1] += 1
+        return pb.SearchResponse(
+            results=[pb.ModelHits(model=m) for m in request.models], timing=pb.ServerTiming(milvus_ms=1.5)
+        )
+
+    async def Insert(self, request, context):
+        await asyncio.sleep(DELAY_S)
+        self._count("Insert")
+        return pb.InsertResponse(
+            results=[pb.InsertResult(id=i, created=True) for i, _ in enumerate(request.items)]
+        )
+
+    async def SearchStream(self, request_iterator, context):
+        async for req in request_iterator:
+            await asyncio.sleep(DELAY_S)
+            self._count("SearchStream.item")
+            if req.query.image == b"bad":
+                yield pb.SearchStreamResponse(
+                    request_id=req.request_id,
+                    error=pb.Error(code=3, code_name="INVALID_ARGUMENT", message="bad"),
+                )
+            else:
+                yield pb.SearchStreamResponse(request_id=req.request_id, result=pb.SearchResponse())
+        self._count("SearchStream")
+
+    async def GetStats(self, request, context):
+        resp = pb.GetStatsResponse(
+            batchers=[pb.BatcherStats(model="fake", batch_size_histogram=dict(self.batches))],
+            requests_by_status=dict(self.counts),
+        )
+        if request.reset:
+            self.counts.clear()
+            self.batches.clear()
+        return resp
+
+
+async def _with_server(fn):
+    server = grpc.aio.server()
+    fake = FakeLookalike()
+    pb_grpc.add_LookalikeServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        return await fn(f"127.0.0.1:{port}", fake)
+    finally:
+        await server.stop(None)
+
+
+def _spec(target: str, **kw) -> bench.BenchSpec:
+    defaults = dict(images=[b"\xff\xd8\xffimg"], warmup_s=0.1, duration_s=0.4)
+    defaults.update(kw)
+    return bench.BenchSpec(target=target, **defaults)
+
+
+def test_closed_loop_counts_match_server() -> None:
+    async def go(target, fake):
+        spec = _spec(target, points=[bench.LoadPoint(concurrency=1), bench.LoadPoint(concurrency=4)])
+        series, models = await bench.run_series(spec)
+        return series, models
+
+    series, models = asyncio.run(_with_server(go))
+    assert [m.name for m in models] == ["fake"]
+    assert series["models"] == ["fake"]  # embed defaults to the first served model
+    c1, c4 = series["points"]
+    for p in (c1, c4):
+        assert p["requests"] == p["completed"] == p["ok"] > 0
+        assert p["errors"] == 0 and p["status"] == {"OK": p["ok"]}
+        # GetStats was reset after the warm-up and read after the drain.
+        assert p["server"]["method_requests"] == p["requests"]
+        assert sum(p["server"]["batch_size_histogram"].values()) == p["requests"]
+        assert p["server_timing_ms"]["queue_ms"] == pytest.approx(1.0)
+        assert p["latency_ms"]["min"] >= DELAY_S * 1000 * 0.9
+    # Four callers against a fixed-delay server: clearly more throughput.
+    assert c4["throughput_rps"] > 2 * c1["throughput_rps"]
+
+
+def test_errors_are_counted_by_status() -> None:
+    async def go(target, fake):
+        spec = _spec(target, images=[b"bad", b"\xff\xd8\xffok"], points=[bench.LoadPoint(concurrency=2)])
+        return await bench.run_series(spec)
+
+    series, _ = asyncio.run(_with_server(go))
+    p = series["points"][0]
+    assert set(p["status"]) == {"OK", "INVALID_ARGUMENT"}
+    assert p["errors"] == p["status"]["INVALID_ARGUMENT"] and p["completed"] == p["requests"]
+    assert "bad image" in p["error_samples"]["INVALID_ARGUMENT"]
+
+
+def test_open_loop_rate_and_latency_from_schedule() -> None:
+    async def go(target, fake):
+        spec = _spec(target, points=[bench.LoadPoint(rate=200.0)], duration_s=0.8, seed=3)
+        return await bench.run_series(spec)
+
+    series, _ = asyncio.run(_with_server(go))
+    p = series["points"][0]
+    assert p["mode"] == "open" and p["rate"] == 200.0
+    # Poisson with mean 160 arrivals in the window: well inside these bounds.
+    assert 90 <= p["requests"] <= 240
+    assert p["completed"] == p["requests"] == p["server"]["method_requests"]
+
+
+def test_stream_search_counts_and_item_errors() -> None:
+    async def go(target, fake):
+        spec = _spec(
+            target,
+            method="search",
+            models=["fake"],
+            stream=True,
+            images=[b"bad", b"\xff\xd8\xffok", b"\xff\xd8\xffok2"],
+            points=[bench.LoadPoint(concurrency=4)],
+        )
+        return await bench.run_series(spec)
+
+    series, _ = asyncio.run(_with_server(go))
+    p = series["points"][0]
+    assert p["rpc"] == "SearchStream"
+    assert p["completed"] == p["requests"] > 0
+    assert p["status"]["INVALID_ARGUMENT"] > 0 and p["status"]["OK"] > 0
+    assert p["server"]["requests_by_status"]["SearchStream.item/OK"] == p["requests"]
+
+
+def test_unknown_model_and_unreachable_server() -> None:
+    async def go(target, fake):
+        with pytest.raises(bench.BenchError, match="not served"):
+            await bench.run_series(_spec(target, models=["nope"]))
+
+    asyncio.run(_with_server(go))
+    spec = _spec("127.0.0.1:1", connect_timeout_s=0.5)
+    with pytest.raises(bench.BenchError, match="cannot reach"):
+        asyncio.run(bench.run_series(spec))
+
+
+def test_cli_run_writes_report(tmp_path) -> None:
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "a.jpg")
+
+    async def go(target, fake):
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        bench.add_arguments(parser)
+        args = parser.parse_args(
+            ["--target", target, "--images", str(photos), "--concurrency", "1,2", "--warmup", "0.1",
+             "--duration", "0.3", "--out", str(tmp_path / "out"), "--no-plots"]
+        )  # fmt: skip
+        # run() owns its event loop; give it a thread so ours keeps serving.
+        return await asyncio.to_thread(bench.run, args)
+
+    assert asyncio.run(_with_server(go)) == 0
+    assert (tmp_path / "out" / "results.json").exists()
+    assert "| embed | c=2 |" in (tmp_path / "out" / "report.md").read_text()
