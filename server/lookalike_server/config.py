@@ -21,11 +21,12 @@ import argparse
 import dataclasses
 import os
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from lookalike_server.errors import ConfigError
 
@@ -46,7 +47,7 @@ KNOWN_PROVIDERS = frozenset(
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def _opt(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field carrying its help text."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for defaults")
@@ -63,9 +64,7 @@ class BatchingConfig:
     """Micro-batching defaults; a model's registry entry may override them."""
 
     max_batch_size: int = _opt(32, "largest batch one inference run takes; 1 turns batching off")
-    max_delay_ms: float = _opt(
-        2.0, "how long the oldest queued item waits for company before its batch runs"
-    )
+    max_delay_ms: float = _opt(2.0, "how long the oldest queued item waits for company before its batch runs")
     queue_size: int = _opt(512, "items a model's queue holds; beyond that requests get RESOURCE_EXHAUSTED")
     buckets: tuple[int, ...] = _opt(
         (), "batch sizes to pad to and warm at start; empty = powers of two up to max_batch_size"
@@ -80,7 +79,9 @@ class BatchingConfig:
     def resolved_buckets(self) -> tuple[int, ...]:
         """The padding buckets: configured ones (plus max_batch_size) or powers of two."""
         if self.buckets:
-            return tuple(sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size}))
+            return tuple(
+                sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size})
+            )
         out, b = [], 1
         while b < self.max_batch_size:
             out.append(b)
@@ -94,17 +95,24 @@ class ModelsConfig:
     """Which models to load and how to run them."""
 
     registry: str = _opt(
-        str(REPO_ROOT / "models" / "models.toml"), "model registry TOML file (paths inside are relative to it)"
+        str(REPO_ROOT / "models" / "models.toml"),
+        "model registry TOML file (paths inside are relative to it)",
     )
     only: tuple[str, ...] = _opt((), "load only these models from the registry (default: all)")
-    providers: tuple[str, ...] = _opt(DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order")
+    providers: tuple[str, ...] = _opt(
+        DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order"
+    )
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
     preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
     warmup: bool = _opt(True, "run every batch bucket once at start-up")
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]
-        _require(not unknown, "models.providers", f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        _require(
+            not unknown,
+            "models.providers",
+            f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}",
+        )
         _require(bool(self.providers), "models.providers", "at least one provider is needed")
         _require(self.intra_op_threads >= 0, "models.intra_op_threads", "must be >= 0")
         _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
@@ -134,7 +142,9 @@ class LimitsConfig:
 class MilvusConfig:
     """Vector store. Empty uri = Milvus Lite in the data directory."""
 
-    uri: str = _opt("", "Milvus URI (http://host:19530) or a local .db path for Milvus Lite; empty = <data_dir>/milvus.db")
+    uri: str = _opt(
+        "", "Milvus URI (http://host:19530) or a local .db path for Milvus Lite; empty = <data_dir>/milvus.db"
+    )
     token: str = _opt("", "Milvus token (user:password or API key)", secret=True)
     db_name: str = _opt("", "Milvus database; empty = default")
     collection_prefix: str = _opt("lookalike", "prefix of every collection name")
@@ -145,21 +155,31 @@ class MilvusConfig:
     ivf_nlist: int = _opt(1024, "IVF nlist")
     ivf_nprobe: int = _opt(16, "IVF nprobe at search time")
     consistency_level: str = _opt("Bounded", "Strong, Bounded, Session or Eventually")
-    flush_rows: int = _opt(1, "flush after a write once this many rows are unflushed (Lite scans unflushed rows slowly)")
+    flush_rows: int = _opt(
+        1, "flush after a write once this many rows are unflushed (Lite scans unflushed rows slowly)"
+    )
     timeout_s: float = _opt(10.0, "timeout of one Milvus call, seconds")
 
     def __post_init__(self) -> None:
-        _require(self.index_type in ("HNSW", "IVF_FLAT", "FLAT"), "milvus.index_type", "HNSW, IVF_FLAT or FLAT")
+        _require(
+            self.index_type in ("HNSW", "IVF_FLAT", "FLAT"), "milvus.index_type", "HNSW, IVF_FLAT or FLAT"
+        )
         _require(
             self.consistency_level in ("Strong", "Bounded", "Session", "Eventually"),
             "milvus.consistency_level",
             "Strong, Bounded, Session or Eventually",
         )
         _require(self.hnsw_m >= 2 and self.hnsw_ef_construction >= 1, "milvus.hnsw_*", "must be positive")
-        _require(self.search_ef >= 1 and self.ivf_nlist >= 1 and self.ivf_nprobe >= 1, "milvus.*", "must be positive")
+        _require(
+            self.search_ef >= 1 and self.ivf_nlist >= 1 and self.ivf_nprobe >= 1,
+            "milvus.*",
+            "must be positive",
+        )
         _require(self.flush_rows >= 0, "milvus.flush_rows", "must be >= 0 (0 = never flush explicitly)")
         _require(
-            self.collection_prefix.replace("_", "a").isalnum(), "milvus.collection_prefix", "letters, digits, _"
+            self.collection_prefix.replace("_", "a").isalnum(),
+            "milvus.collection_prefix",
+            "letters, digits, _",
         )
         _require(self.timeout_s > 0, "milvus.timeout_s", "must be > 0")
 
@@ -188,7 +208,9 @@ class RedisConfig:
 class IndexConfig:
     """Insert semantics."""
 
-    dedupe: str = _opt("content", "what makes two inserts the same item: 'content' (sha256 of bytes) or 'key'")
+    dedupe: str = _opt(
+        "content", "what makes two inserts the same item: 'content' (sha256 of bytes) or 'key'"
+    )
 
     def __post_init__(self) -> None:
         _require(self.dedupe in ("content", "key"), "index.dedupe", "'content' or 'key'")
@@ -202,7 +224,9 @@ class SecurityConfig:
     tls_key: str = _opt("", "PEM private key")
 
     def __post_init__(self) -> None:
-        _require(bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither")
+        _require(
+            bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither"
+        )
 
 
 @dataclass(frozen=True)

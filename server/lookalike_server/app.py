@@ -1,0 +1,241 @@
+"""Server assembly: ``build_server(config) -> (server, port)``.
+
+Start-up order, and why:
+
+1. The gRPC server is built and bound first, with the health service saying
+   NOT_SERVING, so orchestrators can probe the process while models load.
+2. :meth:`LookalikeServer.load` loads every model, warms every batch bucket,
+   connects Milvus and Redis (creating collections with their index before any
+   data), sweeps items a crash left half-written, then flips health to SERVING.
+3. A monitor thread pings the stores; while one is unreachable health says
+   NOT_SERVING and requests that need it get UNAVAILABLE (retriable).
+
+Shutdown (:meth:`LookalikeServer.stop`, also on SIGTERM/SIGINT): health goes
+NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to finish,
+then batchers drain and stores close.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+
+from lookalike_server.config import Config
+from lookalike_server.embedder import Embedder
+from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
+from lookalike_server.models import OnnxModel, load_registry
+from lookalike_server.service import LookalikeService
+from lookalike_server.servicer import LookalikeServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def load_models(config: Config) -> dict[str, OnnxModel]:
+    """Loads and warms every model in the registry.
+
+    A model marked ``optional`` that fails to load is logged and skipped; any
+    other failure stops start-up with a message naming the model.
+
+    Raises:
+        ModelLoadError: A required model failed, or none loaded.
+    """
+    specs = load_registry(config.models.registry, config.batching, config.models.only)
+    cache_dir = Path(config.data_dir) / "cache"
+    models: dict[str, OnnxModel] = {}
+    for spec in specs:
+        try:
+            model = OnnxModel(spec, config.models.providers, config.models.intra_op_threads, cache_dir)
+            took = model.warmup() if config.models.warmup else 0.0
+        except ModelLoadError as exc:
+            if spec.optional:
+                log.error("skipping optional model: %s", exc)
+                continue
+            raise
+        log.info(
+            "model %s v%s: dim %d, providers %s, buckets %s, warm-up %.2fs",
+            spec.name,
+            spec.version,
+            spec.dim,
+            model.providers,
+            list(model.buckets),
+            took,
+        )
+        models[spec.name] = model
+    if not models:
+        raise ModelLoadError("no model could be loaded; see the errors above")
+    return models
+
+
+class LookalikeServer:
+    """The running server: gRPC, health, the service and its resources.
+
+    Args:
+        config: Validated configuration.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service: LookalikeService | None = None
+        self._draining = False
+        self._stores_ok = True
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._milvus = None
+        self._redis = None
+        self._embedder: Embedder | None = None
+        mb = config.max_message_mb * 1024 * 1024
+        self.grpc_server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", mb),
+                ("grpc.max_send_message_length", mb),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._set_health(_NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.servicer = LookalikeServicer(self._get_service, config.limits.stream_in_flight)
+        lookalike_pb2_grpc.add_LookalikeServicer_to_server(self.servicer, self.grpc_server)
+        if config.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+            )
+        address = f"{config.host}:{config.port}"
+        if config.security.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.security.tls_key).read_bytes(), Path(config.security.tls_cert).read_bytes())]
+            )
+            self.port = self.grpc_server.add_secure_port(address, creds)
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind {address}")
+
+    # ---------------------------------------------------------- state --
+    def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def _get_service(self) -> LookalikeService:
+        if self._draining:
+            raise ShuttingDown("server is shutting down; retry on another replica")
+        if self.service is None:
+            raise Unavailable("server is starting: models are loading; retry shortly")
+        return self.service
+
+    # ------------------------------------------------------- lifecycle --
+    def load(self) -> None:
+        """Loads models and stores, then reports SERVING.
+
+        Raises:
+            ModelLoadError / ConfigError: Start-up cannot proceed.
+            Unavailable: Milvus or Redis cannot be reached.
+        """
+        models = load_models(self.config)
+        self._embedder = Embedder(models, self.config.limits, self.config.models.preprocess_threads)
+        if self.config.stores:
+            from lookalike_server.store.milvus import MilvusStore
+            from lookalike_server.store.redis import RedisStore
+
+            Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+            self._redis = RedisStore(self.config.redis, self.config.data_dir)
+            self._milvus = MilvusStore(self.config.milvus, self.config.milvus_uri)
+        self.service = LookalikeService(self.config, self._embedder, self._milvus, self._redis)
+        try:
+            self.service.repair(older_than_s=0.0)
+        except ServiceError as exc:
+            log.warning("start-up repair sweep failed: %s", exc)
+        self._set_health(_SERVING)
+        if self.config.stores:
+            self._monitor = threading.Thread(target=self._watch_stores, name="store-monitor", daemon=True)
+            self._monitor.start()
+        log.info("serving lookalike on %s:%d (models: %s)", self.config.host, self.port, sorted(models))
+
+    def _watch_stores(self, interval_s: float = 5.0) -> None:
+        """Health follows the stores; stale pending items are swept now and then."""
+        ticks = 0
+        while not self._stop.wait(interval_s):
+            assert self.service is not None
+            try:
+                self.service.check_stores()
+                ok = True
+            except ServiceError as exc:
+                ok = False
+                if self._stores_ok:
+                    log.error("store unreachable, health NOT_SERVING: %s", exc)
+            if ok and not self._stores_ok:
+                log.info("stores reachable again, health SERVING")
+            if ok != self._stores_ok and not self._draining:
+                self._set_health(_SERVING if ok else _NOT_SERVING)
+            self._stores_ok = ok
+            ticks += 1
+            if ok and ticks % 12 == 0:
+                try:
+                    self.service.repair(older_than_s=300.0)
+                except ServiceError as exc:
+                    log.warning("repair sweep failed: %s", exc)
+
+    def start(self) -> None:
+        """Starts accepting calls (health stays NOT_SERVING until :meth:`load`)."""
+        self.grpc_server.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, drain in-flight calls, release resources.
+
+        Args:
+            grace: Seconds in-flight calls get; default ``config.grace_s``.
+        """
+        grace = self.config.grace_s if grace is None else grace
+        self._draining = True
+        self.health.enter_graceful_shutdown()
+        self._stop.set()
+        self.grpc_server.stop(grace).wait()
+        self.servicer.close()
+        if self._embedder is not None:
+            self._embedder.close(timeout=grace)
+        if self.service is not None:
+            self.service.close()
+        for store in (self._milvus, self._redis):
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:
+                    log.exception("closing %s failed", type(store).__name__)
+        log.info("stopped")
+
+    def wait(self) -> None:
+        """Blocks until the gRPC server terminates."""
+        self.grpc_server.wait_for_termination()
+
+
+def build_server(config: Config, *, load: bool = True) -> tuple[LookalikeServer, int]:
+    """Builds the server bound to ``config.host:config.port`` (0 = any free port).
+
+    Args:
+        config: The configuration.
+        load: Load models and stores now (tests); ``False`` lets the caller
+            :meth:`~LookalikeServer.start` first so health answers during load.
+
+    Returns:
+        The server (not started) and the port it is bound to.
+    """
+    server = LookalikeServer(config)
+    if load:
+        try:
+            server.load()
+        except BaseException:
+            server.stop(0)
+            raise
+    return server, server.port

@@ -1,0 +1,297 @@
+"""A micro-batching scheduler: many concurrent single items → one batched call.
+
+:class:`MicroBatcher` knows nothing of gRPC, ONNX or Milvus. It is given a
+``run_batch(items) -> results`` function and calls it from one worker thread
+with lists of queued items. Rules (after Triton's dynamic batcher, TEI's queue
+and Ray Serve's ``@serve.batch``):
+
+* A batch runs when ``max_batch_size`` items are queued, or ``max_delay``
+  after the *oldest* queued item arrived, whichever is first. Under load the
+  queue fills while the previous batch runs, so the next batch leaves at once;
+  when idle, a lone item waits at most ``max_delay``.
+* The queue is bounded: :meth:`MicroBatcher.submit` raises
+  :class:`~lookalike_server.errors.Overloaded` at once when it is full, rather
+  than letting latency grow without bound.
+* Items whose caller cancelled (``Future.cancel()``) or whose deadline passed
+  are dropped before running, so dead work never costs inference time.
+* One exception from ``run_batch`` fails exactly that batch's futures; a result
+  count that does not match the batch is such an exception.
+* One worker thread per batcher: an inference session runs one batch at a time
+  anyway (a CUDA session uses one stream), and a single consumer makes the
+  queue logic simple to reason about.
+
+:func:`pad_to_bucket` is the companion for shape-specialised runtimes: it pads
+a stacked batch up to the next warmed size so the runtime never meets a new
+shape under load.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from lookalike_server.errors import DeadlineExceeded, InternalError, Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Batched(Generic[R]):
+    """A result plus where its time went.
+
+    Attributes:
+        value: What ``run_batch`` returned for this item.
+        queue_s: Seconds from submit until its batch started.
+        run_s: Seconds its batch took in ``run_batch``.
+        batch_size: Number of real items in its batch.
+    """
+
+    value: R
+    queue_s: float
+    run_s: float
+    batch_size: int
+
+
+@dataclass
+class BatcherStats:
+    """Counters since start (or the last reset). Read with :meth:`MicroBatcher.stats`."""
+
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    batches: int = 0
+    items: int = 0
+    rejected: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    failed_batches: int = 0
+    queue_s_sum: float = 0.0
+    run_s_sum: float = 0.0
+    queue_depth: int = 0
+
+
+@dataclass
+class _Request(Generic[T, R]):
+    item: T
+    future: Future[Batched[R]]
+    enqueued: float
+    deadline: float | None
+
+
+class MicroBatcher(Generic[T, R]):
+    """Merges concurrent submissions into batched calls of ``run_batch``.
+
+    Args:
+        name: For logs and stats (e.g. the model name).
+        run_batch: Called from the worker thread with 1..max_batch_size items;
+            must return one result per item, in order.
+        max_batch_size: Largest batch; 1 turns batching off.
+        max_delay_s: How long the oldest item may wait for company.
+        queue_size: Items that may wait; more are rejected with ``Overloaded``.
+        clock: Monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        queue_size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size and queue_size must be >= 1, max_delay_s >= 0")
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self._run_batch = run_batch
+        self._clock = clock
+        self._queue: collections.deque[_Request[T, R]] = collections.deque()
+        self._cond = threading.Condition()
+        self._stats = BatcherStats()
+        self._closing = False
+        self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------ public --
+    def submit(self, item: T, *, deadline: float | None = None) -> Future[Batched[R]]:
+        """Queues one item.
+
+        Args:
+            item: What ``run_batch`` will receive in its list.
+            deadline: Absolute time on this batcher's clock after which the
+                item is not worth running; None = no deadline.
+
+        Returns:
+            A future resolving to a :class:`Batched` result. Cancelling it
+            before its batch starts drops the item.
+
+        Raises:
+            Overloaded: The queue is full.
+            ShuttingDown: The batcher is closing.
+        """
+        future: Future[Batched[R]] = Future()
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
+            if len(self._queue) >= self.queue_size:
+                self._stats.rejected += 1
+                raise Overloaded(
+                    f"model {self.name!r} is overloaded: {len(self._queue)} images already queued "
+                    f"(limit {self.queue_size}); retry with backoff"
+                )
+            self._queue.append(_Request(item, future, self._clock(), deadline))
+            # Wake the worker only when its decision can change: it sleeps
+            # either for the first item or for a full batch.
+            if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size:
+                self._cond.notify()
+        return future
+
+    def stats(self, reset: bool = False) -> BatcherStats:
+        """A snapshot of the counters; ``reset`` zeroes them atomically."""
+        with self._cond:
+            snap = BatcherStats(**{**vars(self._stats), "batch_sizes": dict(self._stats.batch_sizes)})
+            snap.queue_depth = len(self._queue)
+            if reset:
+                self._stats = BatcherStats()
+        return snap
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting now."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stops taking items, runs what is queued, and joins the worker.
+
+        Args:
+            timeout: Seconds to wait for the queue to drain; items still
+                queued after that fail with ``ShuttingDown``.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.join(timeout)
+        with self._cond:
+            leftovers = list(self._queue)
+            self._queue.clear()
+        for req in leftovers:
+            if req.future.set_running_or_notify_cancel():
+                req.future.set_exception(ShuttingDown(f"model {self.name!r} shut down before this ran"))
+
+    # ------------------------------------------------------------ worker --
+    def _next_batch(self) -> list[_Request[T, R]] | None:
+        """Blocks until a batch is due; None when closing with an empty queue."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            # The oldest item sets the clock; under load it has usually waited
+            # long enough already and we leave without sleeping.
+            flush_at = self._queue[0].enqueued + self.max_delay_s
+            while len(self._queue) < self.max_batch_size and not self._closing:
+                remaining = flush_at - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(self.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _run(self, batch: list[_Request[T, R]]) -> None:
+        now = self._clock()
+        live: list[_Request[T, R]] = []
+        expired = cancelled = 0
+        for req in batch:
+            # set_running_or_notify_cancel() is the race-free hand-off: after
+            # it returns True the caller can no longer cancel this future.
+            if not req.future.set_running_or_notify_cancel():
+                cancelled += 1
+            elif req.deadline is not None and now >= req.deadline:
+                expired += 1
+                req.future.set_exception(
+                    DeadlineExceeded(
+                        f"deadline passed after {(now - req.enqueued) * 1e3:.1f} ms in the {self.name!r} queue"
+                    )
+                )
+            else:
+                live.append(req)
+        if live:
+            started = self._clock()
+            try:
+                results = self._run_batch([r.item for r in live])
+                if len(results) != len(live):
+                    raise InternalError(
+                        f"batch function of {self.name!r} returned {len(results)} results for {len(live)} items"
+                    )
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("batch of %d failed in %s", len(live), self.name)
+                for req in live:
+                    req.future.set_exception(exc)
+                with self._cond:
+                    self._stats.failed_batches += 1
+                    self._stats.expired += expired
+                    self._stats.cancelled += cancelled
+                return
+            run_s = self._clock() - started
+            for req, value in zip(live, results, strict=True):
+                req.future.set_result(Batched(value, started - req.enqueued, run_s, len(live)))
+        with self._cond:
+            st = self._stats
+            st.expired += expired
+            st.cancelled += cancelled
+            if live:
+                st.batches += 1
+                st.items += len(live)
+                st.batch_sizes[len(live)] = st.batch_sizes.get(len(live), 0) + 1
+                st.run_s_sum += run_s
+                st.queue_s_sum += sum(started - r.enqueued for r in live)
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding ``n`` items (``n`` itself past the largest)."""
+    for b in buckets:
+        if b >= n:
+            return b
+    return n
+
+
+def pad_to_bucket(batch: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """Pads a stacked batch with zeros along axis 0 up to its bucket size.
+
+    Args:
+        batch: Array of shape (n, ...).
+        buckets: Ascending batch sizes the runtime was warmed with.
+
+    Returns:
+        ``batch`` itself when n is a bucket size, else a zero-padded copy.
+    """
+    n = batch.shape[0]
+    size = bucket_for(n, buckets)
+    if size == n:
+        return batch
+    padded = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
+    padded[:n] = batch
+    return padded

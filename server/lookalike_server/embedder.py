@@ -1,0 +1,187 @@
+"""Images → L2-normalised embeddings: preprocessing pool → micro-batcher → model.
+
+An image searched or indexed under several models is decoded once; each
+model then gets its own resize/normalise (on the pool) and its own batcher.
+Every wait is bounded by the request's deadline, and every queued item is
+tracked by the request context so a cancelled call drops its items.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+
+import numpy as np
+
+from lookalike_server.batching import Batched, BatcherStats, MicroBatcher
+from lookalike_server.config import LimitsConfig
+from lookalike_server.domain import RequestContext, Timing
+from lookalike_server.errors import Cancelled, DeadlineExceeded, ModelNotFound, ServiceError
+from lookalike_server.models import OnnxModel
+from lookalike_server.preprocess import decode_image, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prepared:
+    futures: dict[str, Future[Batched[np.ndarray]]]
+    preprocess_s: float
+
+
+class Embedder:
+    """Owns one micro-batcher per model and the preprocessing pool.
+
+    Args:
+        models: Loaded models by name.
+        limits: Byte/pixel limits applied when decoding.
+        preprocess_threads: Pool size; 0 = number of CPUs.
+    """
+
+    def __init__(
+        self, models: Mapping[str, OnnxModel], limits: LimitsConfig, preprocess_threads: int = 0
+    ) -> None:
+        self.models = dict(models)
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(
+            max_workers=preprocess_threads or (os.cpu_count() or 2), thread_name_prefix="preprocess"
+        )
+        self.batchers: dict[str, MicroBatcher[np.ndarray, np.ndarray]] = {
+            name: MicroBatcher(
+                name,
+                model.embed_batch,
+                max_batch_size=model.max_batch_size,
+                max_delay_s=model.spec.batching.max_delay_ms / 1000.0,
+                queue_size=model.spec.batching.queue_size,
+            )
+            for name, model in self.models.items()
+        }
+
+    def require(self, names: Sequence[str]) -> list[str]:
+        """Validates model names (empty = all loaded), returning them deduplicated in order."""
+        if not names:
+            return list(self.models)
+        out: list[str] = []
+        for name in names:
+            if name not in self.models:
+                raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(self.models)}")
+            if name not in out:
+                out.append(name)
+        return out
+
+    def embed(
+        self, images: Sequence[bytes], models: Sequence[str], ctx: RequestContext
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Embeds every image under every named model.
+
+        Args:
+            images: Encoded images.
+            models: Loaded model names (validated by :meth:`require`).
+            ctx: The request's deadline and cancellation.
+
+        Returns:
+            ``{model: (len(images), dim) float32}`` L2-normalised, and timing.
+
+        Raises:
+            InvalidArgument / TooLarge: An image is bad (message names which).
+            Overloaded: A model's queue is full.
+            DeadlineExceeded / Cancelled: The caller's deadline or cancellation.
+        """
+        ctx.check("preprocessing")
+        specs = {m: self.models[m].spec.preprocess for m in models}
+        draft = max((s.decode_size for s in specs.values()), default=None)
+        prepared: list[Future[_Prepared]] = [
+            ctx.track(self._pool.submit(self._prepare, i, data, specs, draft, ctx))
+            for i, data in enumerate(images)
+        ]
+        timing = Timing()
+        batch_futures: list[tuple[int, str, Future[Batched[np.ndarray]]]] = []
+        try:
+            for prep in self._wait_each(prepared, ctx, "preprocessing"):
+                timing.preprocess_ms = max(timing.preprocess_ms, prep.preprocess_s * 1e3)
+            for i, fut in enumerate(prepared):
+                batch_futures.extend((i, m, f) for m, f in fut.result().futures.items())
+            results = self._wait_each([f for _, _, f in batch_futures], ctx, "inference")
+        except BaseException:
+            # Leave nothing queued for a request that has failed.
+            for fut in prepared:
+                fut.cancel()
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    for f in fut.result().futures.values():
+                        f.cancel()
+            for _, _, f in batch_futures:
+                f.cancel()
+            raise
+        out = {m: np.empty((len(images), self.models[m].spec.dim), dtype=np.float32) for m in models}
+        for (i, m, _), res in zip(batch_futures, results, strict=True):
+            out[m][i] = res.value
+            timing.queue_ms = max(timing.queue_ms, res.queue_s * 1e3)
+            timing.inference_ms = max(timing.inference_ms, res.run_s * 1e3)
+            timing.batch_size = max(timing.batch_size, res.batch_size)
+        return out, timing
+
+    def _prepare(
+        self,
+        index: int,
+        data: bytes,
+        specs: Mapping[str, object],
+        draft: tuple[int, int] | None,
+        ctx: RequestContext,
+    ) -> _Prepared:
+        """Pool task: decode once, make each model's tensor, queue it."""
+        started = time.perf_counter()
+        try:
+            img = decode_image(
+                data,
+                max_bytes=self.limits.max_image_bytes,
+                max_pixels=self.limits.max_pixels,
+                draft_size=draft,
+            )
+            tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
+        except ServiceError as exc:
+            if len(specs) and index >= 0:
+                raise type(exc)(f"image {index}: {exc.message}") from None
+            raise
+        elapsed = time.perf_counter() - started
+        futures = {}
+        try:
+            for m, tensor in tensors.items():
+                futures[m] = ctx.track(self.batchers[m].submit(tensor, deadline=ctx.deadline))
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
+        return _Prepared(futures, elapsed)
+
+    @staticmethod
+    def _wait_each(futures: Sequence[Future], ctx: RequestContext, stage: str) -> list:  # type: ignore[type-arg]
+        """Waits for all futures within the deadline; results in order."""
+        remaining = ctx.remaining()
+        done, pending = wait_futures(futures, timeout=None if remaining is None else max(remaining, 0))
+        if pending:
+            for f in pending:
+                f.cancel()
+            raise DeadlineExceeded(
+                f"deadline exceeded during {stage} ({len(pending)} of {len(futures)} images unfinished)"
+            )
+        try:
+            return [f.result() for f in futures]
+        except CancelledError:
+            if ctx.cancelled:
+                raise Cancelled("the client cancelled the request") from None
+            raise DeadlineExceeded(f"deadline exceeded during {stage}") from None
+
+    def stats(self, reset: bool = False) -> dict[str, BatcherStats]:
+        """Each batcher's counters."""
+        return {name: b.stats(reset) for name, b in self.batchers.items()}
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drains the batchers and stops the pool."""
+        for b in self.batchers.values():
+            b.close(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
