@@ -1,0 +1,105 @@
+"""A self-contained HTML page for a side-by-side search: the query, then one column per model.
+
+This is the page the original notebook drew with ``display``: for each model its ranked hits
+as thumbnails with distance and key, so two models can be compared on the same query at a
+glance. Everything is inlined (CSS and images as base64 ``data:`` URIs) so the one file can
+be mailed, archived or opened offline. Thumbnails are downscaled with Pillow when it is
+installed; without it the original bytes are inlined.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Mapping, Sequence
+
+from lookalike.client import ModelHits
+from lookalike.images import data_uri, thumbnail
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 1.5rem; color: #222; }
+h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
+.meta { color: #666; font-size: .85rem; margin-bottom: 1rem; }
+.query { display: flex; gap: 1rem; align-items: center; margin-bottom: 1.2rem; }
+.query img { max-width: 256px; max-height: 256px; border: 3px solid #2b6cb0; border-radius: 6px; }
+.models { display: grid; gap: 1rem; grid-template-columns: repeat(var(--ncols), minmax(200px, 1fr)); }
+.model { background: #f6f7f9; border-radius: 8px; padding: .6rem; }
+.model h2 { font-size: 1rem; margin: .2rem 0 .6rem; text-align: center; }
+.hit { display: flex; gap: .6rem; align-items: center; background: #fff; border-radius: 6px;
+       padding: .35rem; margin-bottom: .45rem; }
+.hit img, .hit .noimg { width: 96px; height: 96px; object-fit: contain; flex: none;
+       background: #eee; border-radius: 4px; }
+.hit .noimg { display: flex; align-items: center; justify-content: center; color: #999;
+       font-size: .75rem; }
+.rank { font-weight: bold; color: #2b6cb0; }
+.dist { font-family: ui-monospace, monospace; }
+.key { font-size: .8rem; color: #444; word-break: break-all; }
+.attrs { font-size: .75rem; color: #777; }
+.empty { color: #999; text-align: center; }
+"""
+
+
+def _img_tag(data: bytes | None, alt: str, max_side: int, css_class: str = "") -> str:
+    if not data:
+        return f'<div class="noimg" title="{html.escape(alt)}">no preview</div>'
+    thumb, mime = thumbnail(data, max_side)
+    cls = f' class="{css_class}"' if css_class else ""
+    return f'<img{cls} src="{data_uri(thumb, mime)}" alt="{html.escape(alt)}">'
+
+
+def render_search_html(
+    query_image_bytes: bytes | None,
+    results: Sequence[ModelHits],
+    thumbnails: Mapping[str, bytes | None],
+    title: str = "lookalike search",
+    *,
+    query_label: str = "",
+) -> str:
+    """Renders a search's per-model hit lists side by side as one self-contained page.
+
+    Args:
+        query_image_bytes: The encoded query image, or ``None`` (e.g. an id query).
+        results: One :class:`~lookalike.client.ModelHits` per model; one column each, in order.
+        thumbnails: Hit key -> encoded image bytes (``None`` or absent: a placeholder is shown).
+        title: Page title and heading.
+        query_label: Shown next to the query (e.g. its path).
+
+    Returns:
+        The HTML document as a string.
+    """
+    cols: list[str] = []
+    for mh in results:
+        rows: list[str] = []
+        for rank, hit in enumerate(mh.hits, start=1):
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(hit.attributes.items()))
+            rows.append(
+                '<div class="hit">' + _img_tag(thumbnails.get(hit.key), hit.key, 192) + "<div>"
+                f'<div><span class="rank">#{rank}</span> '
+                f'<span class="dist" title="squared L2 distance">d={hit.distance:.4f}</span></div>'
+                f'<div class="key">{html.escape(hit.key)}</div>'
+                f'<div class="attrs">id {hit.id}{" · " + html.escape(attrs) if attrs else ""}</div>'
+                "</div></div>"
+            )
+        body = "".join(rows) if rows else '<p class="empty">no hits</p>'
+        cols.append(f'<section class="model"><h2>{html.escape(mh.model)}</h2>{body}</section>')
+
+    query = (
+        _img_tag(query_image_bytes, "query", 512, "query-img")
+        if query_image_bytes
+        else '<div class="noimg">no query image</div>'
+    )
+    label = f"<div><strong>Query</strong><br>{html.escape(query_label)}</div>"
+    models = ", ".join(html.escape(m.model) for m in results)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>"
+        f'<div class="meta">models: {models} · distances are squared L2 between normalised '
+        f"embeddings (0 = identical) · generated {generated}</div>"
+        f'<div class="query">{query}{label}</div>'
+        f'<div class="models" style="--ncols: {max(1, len(results))}">{"".join(cols)}</div>'
+        "</body></html>\n"
+    )

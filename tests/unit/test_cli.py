@@ -1,0 +1,206 @@
+"""The ``lookalike`` CLI against an in-process fake servicer: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import grpc
+import pytest
+from lookalike import cli
+from PIL import Image
+from test_client_fakes import DIM, FakeServer
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as s:
+        yield s
+
+
+def _png(color: str, size: tuple[int, int] = (16, 12)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(server: FakeServer, *argv: str) -> int:
+    return cli.main(["--target", server.target, "--timeout", "10", *argv])
+
+
+def test_models_table_and_json(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(server, "models") == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "beta" in out and f"dim={DIM}" in out
+    assert run(server, "models", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in data] == ["alpha", "beta"] and data[0]["dim"] == DIM
+
+
+def test_target_from_env(server: FakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LOOKALIKE_TARGET", server.target)
+    assert cli.main(["models"]) == 0
+    assert "alpha" in capsys.readouterr().out
+
+
+def test_embed_every_model_by_default(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    img = tmp_path / "a.png"
+    img.write_bytes(_png("red"))
+    assert run(server, "embed", str(img)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "alpha" in lines[0] and "beta" in lines[1]
+    assert "norm=1.0000" in lines[0] and f"dim={DIM}" in lines[0]
+    assert run(server, "embed", str(img), "--model", "beta", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 1 and data[0]["model"] == "beta" and data[0]["embedding"] == [0.5] * DIM
+
+
+def test_search_table_json_and_filters(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    img = tmp_path / "q.png"
+    img.write_bytes(_png("blue"))
+    assert run(server, "search", str(img), "--top-k", "3") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("rank") and "alpha" in out[0] and "beta" in out[0]
+    # Side by side: each rank line holds both models' hits.
+    assert "alpha/hit0.png" in out[2] and "beta/hit0.png" in out[2] and len(out) == 2 + 3
+
+    argv = ["search", str(img), "--model", "beta", "--json", "--key-prefix", "x/", "--attr", "c=d"]
+    assert run(server, *argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in data["results"]] == ["beta"]
+    assert data["results"][0]["hits"][0] == {
+        "id": 1,
+        "distance": 0.0,
+        "key": "beta/hit0.png",
+        "attributes": {"rank": "0"},
+    }
+    req = server.servicer.seen.requests["Search"][-1]
+    assert req.filter.key_prefix == "x/" and dict(req.filter.attributes) == {"c": "d"}
+
+    assert run(server, "search", "--id", "5", "--exclude-self", "--json") == 0
+    capsys.readouterr()
+    req = server.servicer.seen.requests["Search"][-1]
+    assert req.id == 5 and req.exclude_self
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.imgs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a.get("class") or "")
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+
+
+def test_search_html_reads_local_keys(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alpha").mkdir()
+    (tmp_path / "alpha" / "hit0.png").write_bytes(_png("green", (400, 300)))
+    (tmp_path / "q.png").write_bytes(_png("blue"))
+    assert run(server, "search", "q.png", "--top-k", "2", "--html", "out.html") == 0
+    err = capsys.readouterr().err
+    assert "wrote out.html" in err and "not local files" in err
+    parser = _Collector()
+    parser.feed((tmp_path / "out.html").read_text())
+    assert parser.sections == ["model", "model"]
+    assert len(parser.imgs) == 2 and all(src.startswith("data:image/") for src in parser.imgs)
+
+
+def test_index_summary_and_resume(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "dogs").mkdir()
+    (photos / "cats" / "a.png").write_bytes(_png("red"))
+    (photos / "cats" / "b.png").write_bytes(_png("green"))
+    (photos / "dogs" / "c.png").write_bytes(_png("blue"))
+    (photos / "dogs" / "notes.txt").write_text("not an image")
+    argv = ["index", str(photos), "-r", "--dir-attr", "label", "--attr", "set=t", "--batch", "2", "-q"]
+    assert run(server, *argv) == 0
+    assert "3 indexed, 0 already indexed, 0 failed" in capsys.readouterr().out
+    items = sorted(server.servicer.items.values(), key=lambda i: i.key)
+    assert [i.key for i in items] == [
+        str(photos / "cats" / "a.png"),
+        str(photos / "cats" / "b.png"),
+        str(photos / "dogs" / "c.png"),
+    ]
+    assert dict(items[2].attributes) == {"set": "t", "label": "dogs"}
+    # Second run: everything is recognised by content and counted as already indexed.
+    (photos / "cats" / "d.png").write_bytes(_png("white"))
+    assert run(server, *argv) == 0
+    assert "1 indexed, 3 already indexed, 0 failed" in capsys.readouterr().out
+
+
+def test_index_failures_exit_3(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "good.png").write_bytes(_png("red"))
+    (tmp_path / "broken.jpg").write_bytes(b"bad")  # the fake rejects these bytes per item
+    assert run(server, "index", str(tmp_path), "-q", "--key-prefix", "set1/") == 3
+    cap = capsys.readouterr()
+    assert "1 indexed, 0 already indexed, 1 failed" in cap.out
+    assert "INVALID_ARGUMENT: cannot decode image" in cap.err and "set1/broken.jpg" in cap.err
+    assert {i.key for i in server.servicer.items.values()} == {"set1/good.png"}
+
+
+def test_get_delete_and_not_found(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a.png").write_bytes(_png("red"))
+    assert run(server, "index", str(tmp_path), "-q") == 0
+    capsys.readouterr()
+    assert run(server, "get", "1") == 0
+    assert f"key:      {tmp_path / 'a.png'}" in capsys.readouterr().out
+    assert run(server, "get", "--key", str(tmp_path / "a.png"), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == 1
+    assert run(server, "delete", "1") == 0
+    assert "deleted 1 from alpha, beta" in capsys.readouterr().out
+    assert run(server, "get", "1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: NOT_FOUND: no such item") and "Traceback" not in err
+
+
+def test_rpc_error_is_one_line(server: FakeServer, capsys: pytest.CaptureFixture) -> None:
+    server.servicer.fail["ListModels"] = [grpc.StatusCode.INVALID_ARGUMENT]
+    assert run(server, "models") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: INVALID_ARGUMENT: fake invalid_argument")
+
+
+def test_unreachable_server(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["--target", "127.0.0.1:1", "--timeout", "1", "health"]) == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE:")
+
+
+def test_health_and_missing_file(server: FakeServer, capsys: pytest.CaptureFixture) -> None:
+    assert run(server, "health") == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    server.health.set("", 2)  # NOT_SERVING
+    assert run(server, "health") == 1
+    assert run(server, "search", "/nonexistent.png") == 1
+    assert "no such file: /nonexistent.png" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["search", "--top-k", "many"])
+    assert info.value.code == 2
+
+
+def test_bench_registered_or_explained(capsys: pytest.CaptureFixture) -> None:
+    parser = cli.build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert "bench" in choices and "serve" in choices
+    try:
+        import lookalike.bench  # noqa: F401
+    except ImportError:
+        assert cli.main(["bench"]) == 1
+        assert "lookalike.bench" in capsys.readouterr().err
