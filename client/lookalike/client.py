@@ -777,9 +777,7 @@ class LookalikeClient:
         model_list = list(models or [])
 
         def build(index: int, item: NewItem) -> pb.InsertStreamRequest:
-            return pb.InsertStreamRequest(
-                request_id=str(index), item=_insert_item_pb(item), models=model_list
-            )
+            return pb.InsertStreamRequest(request_id=str(index), item=_insert_item_pb(item), models=model_list)
 
         yield from self._windowed_stream(
             self._stub.InsertStream,
@@ -963,9 +961,7 @@ class LookalikeClient:
         while not local_failures.empty():
             yield local_failures.get()
 
-    def get(
-        self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT
-    ) -> Item:
+    def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:
         """Returns a stored item's record, by id or by key.
 
         Raises:
@@ -1126,9 +1122,7 @@ class AsyncLookalikeClient:
         )
         return _search_result(await self._call(self._stub.Search, req, timeout))
 
-    async def get(
-        self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT
-    ) -> Item:
+    async def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:
         """See :meth:`LookalikeClient.get`."""
         if (id is None) == (key is None):
             raise ValueError("give exactly one of id or key=")
