@@ -426,7 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code (see the module doc).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `serve` hands everything after it to the server's own parser (including --help), which
+    # argparse.REMAINDER alone does not do for arguments that start with "-".
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "serve":
+        args.server_args = [*args.server_args, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except LookalikeError as err:

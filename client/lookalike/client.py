@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import grpc
 
@@ -282,7 +282,7 @@ class InsertStreamResult:
     index: int
     key: str
     result: InsertResult | None = None
-    error: LookalikeError | OSError | None = None
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -296,7 +296,7 @@ class SearchStreamResult:
 
     index: int
     result: SearchResult | None = None
-    error: LookalikeError | OSError | None = None
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -487,6 +487,13 @@ def _embeddings(r: pb.EmbedResponse) -> Any:
         return rows
     # Build from the packed fields directly; reshape keeps (0, dim) for an empty answer.
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), r.dim)
+
+
+def _image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    # A str or bytes is itself a Sequence, so "one image" must be decided before iterating.
+    if is_image_input(images):
+        return [cast(ImageInput, images)]
+    return list(cast(Sequence[ImageInput], images))
 
 
 def _to_item(item: ItemInput) -> NewItem:
@@ -701,7 +708,7 @@ class LookalikeClient:
             L2-normalised embeddings, one row per image in order: a numpy ``float32`` array of
             shape ``(n, dim)`` when numpy is importable, else a list of lists of floats.
         """
-        batch = [images] if is_image_input(images) else list(images)  # type: ignore[arg-type]
+        batch = _image_list(images)
         req = pb.EmbedRequest(model=model, images=[encode_image(i) for i in batch])
         return _embeddings(self._call(self._stub.Embed, req, timeout))
 
@@ -950,7 +957,12 @@ class LookalikeClient:
                 slots.release()
                 while not local_failures.empty():
                     yield local_failures.get()
-                index, value = pending.pop(resp.request_id, (-1, None))
+                entry = pending.pop(resp.request_id, None)
+                if entry is None:  # a server bug; better loud than a result filed under the wrong input
+                    raise LookalikeError(
+                        grpc.StatusCode.INTERNAL, f"server answered unknown request_id {resp.request_id!r}"
+                    )
+                index, value = entry
                 yield on_response(index, value, resp)
         except grpc.RpcError as err:
             raise _from_rpc_error(err) from err
@@ -1077,7 +1089,7 @@ class AsyncLookalikeClient:
         self, images: ImageInput | Sequence[ImageInput], model: str, *, timeout: float | None = _USE_DEFAULT
     ) -> Any:
         """See :meth:`LookalikeClient.embed`."""
-        batch = [images] if is_image_input(images) else list(images)  # type: ignore[arg-type]
+        batch = _image_list(images)
         req = pb.EmbedRequest(model=model, images=[encode_image(i) for i in batch])
         return _embeddings(await self._call(self._stub.Embed, req, timeout))
 

@@ -204,3 +204,22 @@ def test_bench_registered_or_explained(capsys: pytest.CaptureFixture) -> None:
     except ImportError:
         assert cli.main(["bench"]) == 1
         assert "lookalike.bench" in capsys.readouterr().err
+
+
+def test_serve_forwards_all_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    class FakeMain:
+        @staticmethod
+        def main(argv: list[str]) -> int:
+            seen.append(argv)
+            return 0
+
+    real_import = cli.importlib.import_module
+    monkeypatch.setattr(
+        cli.importlib,
+        "import_module",
+        lambda name: FakeMain if name == "lookalike_server.__main__" else real_import(name),
+    )
+    assert cli.main(["serve", "--port", "0", "--help"]) == 0
+    assert seen == [["--port", "0", "--help"]]
