@@ -426,13 +426,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code (see the module doc).
     """
     parser = build_parser()
-    # `serve` hands everything after it to the server's own parser (including --help), which
-    # argparse.REMAINDER alone does not do for arguments that start with "-".
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "serve":
-        args.server_args = [*args.server_args, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `serve` hands everything after it, untouched and in order, to the server's own parser
+    # (including --help), which argparse.REMAINDER alone does not do for "-" arguments.
+    if "serve" in argv:
+        cut = argv.index("serve") + 1
+        args = parser.parse_args(argv[:cut])
+        if args.command == "serve":
+            args.server_args = argv[cut:]
+        else:
+            args = parser.parse_args(argv)
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except LookalikeError as err:
