@@ -28,7 +28,7 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 .hit { display: flex; gap: .6rem; align-items: center; background: #fff; border-radius: 6px;
        padding: .35rem; margin-bottom: .45rem; }
 .hit img, .hit .noimg { width: 96px; height: 96px; object-fit: contain; flex: none;
-       background: #eee; border-radius: 4px; }
+       background: #fff; border: 1px solid #e3e5e8; border-radius: 4px; }
 .hit .noimg { display: flex; align-items: center; justify-content: center; color: #999;
        font-size: .75rem; }
 .rank { font-weight: bold; color: #2b6cb0; }
