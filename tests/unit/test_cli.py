@@ -12,7 +12,8 @@ import grpc
 import pytest
 from lookalike import cli
 from PIL import Image
-from test_client_fakes import DIM, FakeServer
+
+from tests.unit.test_client_fakes import DIM, FakeServer
 
 
 @pytest.fixture

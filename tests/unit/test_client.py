@@ -25,7 +25,8 @@ from lookalike import (
 )
 from lookalike.images import encode_image, sniff_mime
 from PIL import Image
-from test_client_fakes import DIM, FakeServer
+
+from tests.unit.test_client_fakes import DIM, FakeServer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
