@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,9 +199,12 @@ class LookalikeServer:
             grace: Seconds in-flight calls get; default ``config.grace_s``.
         """
         grace = self.config.grace_s if grace is None else grace
-        self._draining = True
         self.health.enter_graceful_shutdown()
         self._stop.set()
+        if self.config.shutdown_delay_s and grace:
+            # Keep serving while load balancers notice NOT_SERVING.
+            time.sleep(self.config.shutdown_delay_s)
+        self._draining = True
         self.grpc_server.stop(grace).wait()
         self.servicer.close()
         if self._embedder is not None:

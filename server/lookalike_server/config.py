@@ -79,9 +79,7 @@ class BatchingConfig:
     def resolved_buckets(self) -> tuple[int, ...]:
         """The padding buckets: configured ones (plus max_batch_size) or powers of two."""
         if self.buckets:
-            return tuple(
-                sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size})
-            )
+            return tuple(sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size}))
         out, b = [], 1
         while b < self.max_batch_size:
             out.append(b)
@@ -99,9 +97,7 @@ class ModelsConfig:
         "model registry TOML file (paths inside are relative to it)",
     )
     only: tuple[str, ...] = _opt((), "load only these models from the registry (default: all)")
-    providers: tuple[str, ...] = _opt(
-        DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order"
-    )
+    providers: tuple[str, ...] = _opt(DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order")
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
     preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
     warmup: bool = _opt(True, "run every batch bucket once at start-up")
@@ -161,9 +157,7 @@ class MilvusConfig:
     timeout_s: float = _opt(10.0, "timeout of one Milvus call, seconds")
 
     def __post_init__(self) -> None:
-        _require(
-            self.index_type in ("HNSW", "IVF_FLAT", "FLAT"), "milvus.index_type", "HNSW, IVF_FLAT or FLAT"
-        )
+        _require(self.index_type in ("HNSW", "IVF_FLAT", "FLAT"), "milvus.index_type", "HNSW, IVF_FLAT or FLAT")
         _require(
             self.consistency_level in ("Strong", "Bounded", "Session", "Eventually"),
             "milvus.consistency_level",
@@ -208,9 +202,7 @@ class RedisConfig:
 class IndexConfig:
     """Insert semantics."""
 
-    dedupe: str = _opt(
-        "content", "what makes two inserts the same item: 'content' (sha256 of bytes) or 'key'"
-    )
+    dedupe: str = _opt("content", "what makes two inserts the same item: 'content' (sha256 of bytes) or 'key'")
 
     def __post_init__(self) -> None:
         _require(self.dedupe in ("content", "key"), "index.dedupe", "'content' or 'key'")
@@ -224,9 +216,7 @@ class SecurityConfig:
     tls_key: str = _opt("", "PEM private key")
 
     def __post_init__(self) -> None:
-        _require(
-            bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither"
-        )
+        _require(bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither")
 
 
 @dataclass(frozen=True)
@@ -239,6 +229,9 @@ class Config:
     max_workers: int = _opt(32, "gRPC handler threads (upper bound on concurrently served calls)")
     max_message_mb: int = _opt(64, "largest gRPC message, MiB, each way")
     grace_s: float = _opt(10.0, "seconds in-flight calls get to finish at shutdown")
+    shutdown_delay_s: float = _opt(
+        0.0, "seconds to keep serving after health turns NOT_SERVING at shutdown, so balancers drain first"
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
     stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
@@ -255,6 +248,7 @@ class Config:
         _require(self.max_workers >= 1, "max_workers", "must be >= 1")
         _require(1 <= self.max_message_mb <= 2047, "max_message_mb", "must be in 1..2047")
         _require(self.grace_s >= 0, "grace_s", "must be >= 0")
+        _require(0 <= self.shutdown_delay_s <= 300, "shutdown_delay_s", "must be in 0..300")
         _require(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "DEBUG..ERROR")
         _require(
             self.max_message_mb * 1024 * 1024 > self.limits.max_image_bytes,

@@ -43,9 +43,7 @@ class Embedder:
         preprocess_threads: Pool size; 0 = number of CPUs.
     """
 
-    def __init__(
-        self, models: Mapping[str, OnnxModel], limits: LimitsConfig, preprocess_threads: int = 0
-    ) -> None:
+    def __init__(self, models: Mapping[str, OnnxModel], limits: LimitsConfig, preprocess_threads: int = 0) -> None:
         self.models = dict(models)
         self.limits = limits
         self._pool = ThreadPoolExecutor(
@@ -96,8 +94,7 @@ class Embedder:
         specs = {m: self.models[m].spec.preprocess for m in models}
         draft = max((s.decode_size for s in specs.values()), default=None)
         prepared: list[Future[_Prepared]] = [
-            ctx.track(self._pool.submit(self._prepare, i, data, specs, draft, ctx))
-            for i, data in enumerate(images)
+            ctx.track(self._pool.submit(self._prepare, i, data, specs, draft, ctx)) for i, data in enumerate(images)
         ]
         timing = Timing()
         batch_futures: list[tuple[int, str, Future[Batched[np.ndarray]]]] = []
@@ -144,9 +141,8 @@ class Embedder:
             )
             tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
         except ServiceError as exc:
-            if len(specs) and index >= 0:
-                raise type(exc)(f"image {index}: {exc.message}") from None
-            raise
+            # Name the offending image: a request may carry dozens.
+            raise type(exc)(f"image {index}: {exc.message}") from None
         elapsed = time.perf_counter() - started
         futures = {}
         try:
@@ -162,7 +158,7 @@ class Embedder:
     def _wait_each(futures: Sequence[Future], ctx: RequestContext, stage: str) -> list:  # type: ignore[type-arg]
         """Waits for all futures within the deadline; results in order."""
         remaining = ctx.remaining()
-        done, pending = wait_futures(futures, timeout=None if remaining is None else max(remaining, 0))
+        _done, pending = wait_futures(futures, timeout=None if remaining is None else max(remaining, 0))
         if pending:
             for f in pending:
                 f.cancel()

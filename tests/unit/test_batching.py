@@ -1,0 +1,235 @@
+"""MicroBatcher: merging, flushing, admission control, cancellation, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+
+from lookalike_server.batching import MicroBatcher, bucket_for, pad_to_bucket
+from lookalike_server.errors import DeadlineExceeded, InternalError, Overloaded, ShuttingDown
+
+
+class GatedRunner:
+    """A batch function that records batches and can be held closed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.batches.append(list(items))
+        return [i * 10 for i in items]
+
+
+def make(runner, **kw) -> MicroBatcher[int, int]:
+    opts = {"max_batch_size": 8, "max_delay_s": 0.05, "queue_size": 100} | kw
+    return MicroBatcher("test", runner, **opts)
+
+
+def test_single_item_runs_alone_after_the_delay():
+    runner = GatedRunner()
+    b = make(runner)
+    try:
+        res = b.submit(4).result(5)
+        assert res.value == 40
+        assert res.batch_size == 1
+        assert runner.batches == [[4]]
+    finally:
+        b.close()
+
+
+def test_items_queued_while_a_batch_runs_are_merged_into_the_next():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=8, max_delay_s=0.0)
+    try:
+        first = b.submit(0)
+        assert runner.entered.wait(5)  # worker is inside batch [0], blocked
+        futures = [b.submit(i) for i in range(1, 6)]
+        runner.gate.set()
+        assert first.result(5).value == 0
+        results = [f.result(5) for f in futures]
+        assert [r.value for r in results] == [10, 20, 30, 40, 50]
+        assert runner.batches == [[0], [1, 2, 3, 4, 5]]
+        assert {r.batch_size for r in results} == {5}
+        stats = b.stats()
+        assert stats.batch_sizes == {1: 1, 5: 1}
+        assert stats.items == 6 and stats.batches == 2
+    finally:
+        b.close()
+
+
+def test_full_batch_leaves_without_waiting_for_the_delay():
+    runner = GatedRunner()
+    runner.gate.clear()
+    # A delay far longer than the test's timeout: only the size rule can flush.
+    b = make(runner, max_batch_size=4, max_delay_s=60.0)
+    try:
+        futures = [b.submit(i) for i in range(4)]
+        runner.gate.set()
+        assert [f.result(5).value for f in futures] == [0, 10, 20, 30]
+        assert runner.batches == [[0, 1, 2, 3]]
+    finally:
+        b.close()
+
+
+def test_batches_never_exceed_max_batch_size():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=3, max_delay_s=0.0)
+    try:
+        futures = [b.submit(i) for i in range(10)]
+        runner.gate.set()
+        assert [f.result(5).value for f in futures] == [i * 10 for i in range(10)]
+        assert all(1 <= len(batch) <= 3 for batch in runner.batches)
+        assert sorted(i for batch in runner.batches for i in batch) == list(range(10))
+    finally:
+        b.close()
+
+
+def test_full_queue_rejects_at_once():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=1, max_delay_s=0.0, queue_size=2)
+    try:
+        b.submit(0)
+        assert runner.entered.wait(5)  # item 0 is running, queue empty
+        b.submit(1)
+        b.submit(2)
+        with pytest.raises(Overloaded, match="overloaded"):
+            b.submit(3)
+        assert b.stats().rejected == 1
+    finally:
+        runner.gate.set()
+        b.close()
+
+
+def test_cancelled_items_are_dropped_before_running():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=8, max_delay_s=0.0)
+    try:
+        b.submit(0)
+        assert runner.entered.wait(5)
+        keep = b.submit(1)
+        dropped = b.submit(2)
+        assert dropped.cancel()
+        runner.gate.set()
+        assert keep.result(5).value == 10
+        with pytest.raises(CancelledError):
+            dropped.result(5)
+        assert [2] not in runner.batches and all(2 not in batch for batch in runner.batches)
+        assert b.stats().cancelled == 1
+    finally:
+        b.close()
+
+
+def test_expired_items_fail_with_deadline_exceeded_and_do_not_run():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=8, max_delay_s=0.0)
+    try:
+        b.submit(0)
+        assert runner.entered.wait(5)
+        late = b.submit(7, deadline=time.monotonic() + 0.01)
+        ok = b.submit(8, deadline=time.monotonic() + 60)
+        time.sleep(0.05)
+        runner.gate.set()
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            late.result(5)
+        assert ok.result(5).value == 80
+        assert all(7 not in batch for batch in runner.batches)
+        assert b.stats().expired == 1
+    finally:
+        b.close()
+
+
+def test_an_exception_fails_exactly_its_batch():
+    calls = []
+
+    def flaky(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if 13 in items:
+            raise ValueError("boom")
+        return items
+
+    b = MicroBatcher("flaky", flaky, max_batch_size=1, max_delay_s=0.0, queue_size=10)
+    try:
+        bad = b.submit(13)
+        good = b.submit(2)
+        with pytest.raises(ValueError, match="boom"):
+            bad.result(5)
+        assert good.result(5).value == 2
+        assert b.stats().failed_batches == 1
+    finally:
+        b.close()
+
+
+def test_result_count_mismatch_fails_the_batch():
+    b = MicroBatcher("short", lambda items: items[:-1], max_batch_size=4, max_delay_s=0.0, queue_size=10)
+    try:
+        with pytest.raises(InternalError, match="returned 0 results for 1 items"):
+            b.submit(1).result(5)
+    finally:
+        b.close()
+
+
+def test_close_drains_queued_work_then_refuses_new_items():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_batch_size=2, max_delay_s=0.0)
+    first = b.submit(0)
+    assert runner.entered.wait(5)
+    queued = [b.submit(i) for i in (1, 2, 3)]
+    closer = threading.Thread(target=b.close, kwargs={"timeout": 10})
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(ShuttingDown):
+        b.submit(9)
+    runner.gate.set()
+    closer.join(10)
+    assert first.result(1).value == 0
+    assert [f.result(1).value for f in queued] == [10, 20, 30]
+
+
+def test_batching_off_runs_one_at_a_time():
+    runner = GatedRunner()
+    b = make(runner, max_batch_size=1)
+    try:
+        futures = [b.submit(i) for i in range(5)]
+        assert [f.result(5).batch_size for f in futures] == [1] * 5
+        assert runner.batches == [[0], [1], [2], [3], [4]]
+    finally:
+        b.close()
+
+
+def test_stats_reset_zeroes_counters():
+    b = make(GatedRunner())
+    try:
+        b.submit(1).result(5)
+        assert b.stats(reset=True).items == 1
+        assert b.stats().items == 0
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 9)])
+def test_bucket_for(n, bucket):
+    assert bucket_for(n, (1, 2, 4, 8)) == bucket
+
+
+def test_pad_to_bucket_pads_with_zeros_and_keeps_rows():
+    x = np.arange(3 * 2, dtype=np.float32).reshape(3, 2) + 1
+    padded = pad_to_bucket(x, (1, 2, 4, 8))
+    assert padded.shape == (4, 2)
+    np.testing.assert_array_equal(padded[:3], x)
+    np.testing.assert_array_equal(padded[3], 0)
+    assert pad_to_bucket(x[:2], (1, 2, 4)) is not None and pad_to_bucket(x[:2], (1, 2, 4)).shape == (2, 2)

@@ -1,0 +1,159 @@
+"""Model registry validation and ONNX session checks on real and broken files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike_server.config import BatchingConfig
+from lookalike_server.errors import ConfigError, ModelLoadError
+from lookalike_server.models import OnnxModel, l2_normalise, load_registry, pool_features
+
+ROOT = Path(__file__).resolve().parents[2]
+REGISTRY = ROOT / "models" / "models.toml"
+CPU = ("CPUExecutionProvider",)
+
+
+def write_registry(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "models.toml"
+    p.write_text(body)
+    return p
+
+
+def entry(**over: object) -> str:
+    base = {
+        "name": '"m"',
+        "path": f'"{ROOT / "models" / "mobilenet_v2.onnx"}"',
+        "dim": "1280",
+        "preset": '"imagenet"',
+        "input": '"input"',
+        "output": '"embedding"',
+    }
+    base.update({k: str(v) for k, v in over.items()})
+    return "[[models]]\n" + "\n".join(f"{k} = {v}" for k, v in base.items() if v != "DROP") + "\n"
+
+
+def test_shipped_registry_loads():
+    specs = load_registry(REGISTRY, BatchingConfig())
+    names = [s.name for s in specs]
+    assert {"mobilenet_v2", "efficientnet_lite0"} <= set(names)
+    for s in specs:
+        assert s.path.is_file() and s.dim > 0 and s.preprocess.shape[0] in (3, s.preprocess.height)
+
+
+def test_preset_fills_preprocessing_and_explicit_fields_win(tmp_path):
+    reg = write_registry(tmp_path, entry(preset='"caffe"', layout='"NCHW"'))
+    (spec,) = load_registry(reg, BatchingConfig())
+    assert spec.preprocess.color_order == "BGR" and spec.preprocess.layout == "NCHW"
+    assert spec.preprocess.mean == (103.939, 116.779, 123.68)
+
+
+def test_per_model_batching_override(tmp_path):
+    reg = write_registry(tmp_path, entry() + "[models.batching]\nmax_batch_size = 4\n")
+    (spec,) = load_registry(reg, BatchingConfig())
+    assert spec.batching.max_batch_size == 4 and spec.batching.resolved_buckets() == (1, 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"name": '"Bad Name"'}, "name must match"),
+        ({"dim": "DROP"}, "missing required key 'dim'"),
+        ({"preset": '"keras"'}, "unknown preset"),
+        ({"pooling": '"sum"'}, "pooling"),
+        ({"layout": '"CHW"'}, "layout"),
+        ({"colour": '"RGB"'}, "unknown key"),
+    ],
+)
+def test_bad_entries_name_the_model_and_problem(tmp_path, over, match):
+    reg = write_registry(tmp_path, entry(**over))
+    with pytest.raises(ConfigError, match=match):
+        load_registry(reg, BatchingConfig())
+
+
+def test_duplicate_and_unknown_only(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_registry(write_registry(tmp_path, entry() + entry()), BatchingConfig())
+    with pytest.raises(ConfigError, match="not in"):
+        load_registry(REGISTRY, BatchingConfig(), only=("nope",))
+
+
+def test_missing_registry_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_registry(tmp_path / "none.toml", BatchingConfig())
+
+
+def load_one(tmp_path: Path, **over: object) -> OnnxModel:
+    (spec,) = load_registry(write_registry(tmp_path, entry(**over)), BatchingConfig(max_batch_size=2))
+    return OnnxModel(spec, CPU)
+
+
+def test_real_model_loads_warms_and_reports_cpu(tmp_path):
+    model = load_one(tmp_path)
+    assert model.providers == ["CPUExecutionProvider"]
+    assert model.buckets == (1, 2)
+    model.warmup()
+    out = model.embed_batch([np.zeros((3, 224, 224), np.float32)] * 3)
+    assert len(out) == 3 and all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in out)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_one(tmp_path, path=f'"{tmp_path / "nope.onnx"}"')
+
+
+def test_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        load_one(tmp_path, path=f'"{bad}"')
+
+
+def test_checksum_mismatch(tmp_path):
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_one(tmp_path, sha256='"' + "0" * 64 + '"')
+
+
+def test_dimension_disagreement_is_caught_at_warmup(tmp_path):
+    model = load_one(tmp_path, dim="512")
+    with pytest.raises(ModelLoadError, match="dim = 512"):
+        model.warmup()
+
+
+def test_layout_disagreement(tmp_path):
+    with pytest.raises(ModelLoadError, match="layout"):
+        load_one(tmp_path, layout='"NHWC"')
+
+
+def test_wrong_input_name(tmp_path):
+    with pytest.raises(ModelLoadError, match="no input named 'pixels'"):
+        load_one(tmp_path, input='"pixels"')
+
+
+def test_optional_model_is_skipped_and_others_load(tmp_path):
+    from lookalike_server.app import load_models
+    from lookalike_server.config import load_config
+
+    shutil.copy(ROOT / "models" / "mobilenet_v2.onnx", tmp_path / "good.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"junk")
+    body = entry(name='"good"', path='"good.onnx"') + entry(name='"broken"', path='"broken.onnx"', optional="true")
+    reg = write_registry(tmp_path, body)
+    cfg = load_config(
+        ["--models-registry", str(reg), "--batching-max-batch-size", "1", "--models-providers", "CPUExecutionProvider"],
+        {},
+    )
+    models = load_models(cfg)
+    assert list(models) == ["good"]
+
+
+def test_pooling_and_normalisation():
+    fmap = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    np.testing.assert_array_equal(pool_features(fmap, "max", "NCHW"), fmap.max(axis=(2, 3)))
+    np.testing.assert_allclose(pool_features(fmap, "avg", "NCHW"), fmap.mean(axis=(2, 3)))
+    nhwc = fmap.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(pool_features(nhwc, "max", "NHWC"), fmap.max(axis=(2, 3)))
+    v = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
+    np.testing.assert_allclose(v, [[0.6, 0.8], [0.0, 0.0]])
