@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -270,7 +271,8 @@ def stats_summary(resp: Any, method: str | None = None) -> dict[str, Any]:
         "requests_by_status": by_status,
     }
     if method:
-        out["method_requests"] = sum(v for k, v in by_status.items() if method.lower() in k.lower())
+        # Keys are "<Method>:<CODE>"; match the method exactly (Search is not SearchStream).
+        out["method_requests"] = sum(v for k, v in by_status.items() if re.split(r"[:/]", k, maxsplit=1)[0] == method)
     return out
 
 
@@ -344,6 +346,9 @@ class RequestFactory:
         images: Encoded photos, used round-robin.
         images_per_request: Images per Embed request / items per Insert.
         top_k: Hits per model for Search.
+        unique: Make every Embed/Search payload unique too (a per-request
+            suffix), so the server's embedding cache, keyed by content hash,
+            never answers: each search then pays for a real embedding.
         run_id: Makes insert payloads and keys unique per run, so inserts are
             real writes and not idempotent lookups of earlier content.
     """
@@ -353,6 +358,7 @@ class RequestFactory:
     images: list[bytes]
     images_per_request: int = 1
     top_k: int = 10
+    unique: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
@@ -364,12 +370,14 @@ class RequestFactory:
             raise BenchError("embed needs a model")
 
     def _image(self, i: int) -> bytes:
+        if self.unique:
+            return self._unique_image(i)
         return self.images[i % len(self.images)]
 
     def _unique_image(self, i: int) -> bytes:
         # JPEG/PNG/WebP decoders stop at their end marker and ignore trailing
         # bytes, so a suffix changes the content hash without changing pixels.
-        return self._image(i) + f"\0lookalike-bench {self.run_id} {i}".encode()
+        return self.images[i % len(self.images)] + f"\0lookalike-bench {self.run_id} {i}".encode()
 
     @property
     def images_per_call(self) -> int:
@@ -380,14 +388,11 @@ class RequestFactory:
         """(RPC name, request) for request number i."""
         n = self.images_per_request
         if self.method == "embed":
-            return "Embed", pb.EmbedRequest(
-                model=self.models[0], images=[self._image(i * n + j) for j in range(n)]
-            )
+            return "Embed", pb.EmbedRequest(model=self.models[0], images=[self._image(i * n + j) for j in range(n)])
         if self.method == "search":
             return "Search", pb.SearchRequest(image=self._image(i), models=self.models, top_k=self.top_k)
         items = [
-            pb.InsertItem(key=f"bench/{self.run_id}/{i * n + j}", image=self._unique_image(i * n + j))
-            for j in range(n)
+            pb.InsertItem(key=f"bench/{self.run_id}/{i * n + j}", image=self._unique_image(i * n + j)) for j in range(n)
         ]
         return "Insert", pb.InsertRequest(items=items, models=self.models)
 
@@ -516,9 +521,7 @@ class Driver:
 
     async def _stream(self, point: LoadPoint, until: float, rec: WindowRecorder | None) -> None:
         """One stream; closed loop keeps N in flight, open loop writes on schedule."""
-        call = getattr(self.stub, self.factory.stream_rpc())(
-            timeout=self.timeout_s + (until - time.monotonic())
-        )
+        call = getattr(self.stub, self.factory.stream_rpc())(timeout=self.timeout_s + (until - time.monotonic()))
         started: dict[str, float] = {}
         images = self.factory.images_per_call
         slots = asyncio.Semaphore(point.concurrency or self.max_in_flight)
@@ -679,6 +682,8 @@ def describe_machine(models: Sequence[Any] = ()) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "memory_gib": _memory_gib(),
+        # Others may share the machine: the load before the run says how quiet it was.
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "gpus": _gpus(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -712,6 +717,7 @@ class BenchSpec:
     images: list[bytes] = field(default_factory=list)
     images_per_request: int = 1
     top_k: int = 10
+    unique: bool = False
     warmup_s: float = 1.0
     duration_s: float = 5.0
     timeout_s: float = 30.0
@@ -742,9 +748,7 @@ async def run_series(
     async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
         stub = pb_grpc.LookalikeStub(channel)
         try:
-            listing = await stub.ListModels(
-                pb.ListModelsRequest(), timeout=spec.connect_timeout_s, wait_for_ready=True
-            )
+            listing = await stub.ListModels(pb.ListModelsRequest(), timeout=spec.connect_timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise BenchError(f"cannot reach {spec.target}: {exc.code().name}: {exc.details()}") from None
         served = [m.name for m in listing.models]
@@ -757,7 +761,12 @@ async def run_series(
                 raise BenchError(f"{spec.target} serves no models")
             models = served[:1]
         factory = RequestFactory(
-            spec.method, models, spec.images, images_per_request=spec.images_per_request, top_k=spec.top_k
+            spec.method,
+            models,
+            spec.images,
+            images_per_request=spec.images_per_request,
+            top_k=spec.top_k,
+            unique=spec.unique,
         )
         driver = Driver(channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed)
         points = []
@@ -773,6 +782,7 @@ async def run_series(
         "method": spec.method,
         "models": models,
         "stream": spec.stream,
+        "unique_payloads": spec.unique or spec.method == "insert",
         "images_per_request": factory.images_per_call,
         "warmup_s": spec.warmup_s,
         "duration_s": spec.duration_s,
@@ -954,27 +964,31 @@ def write_plots(report: Mapping[str, Any], out_dir: Path) -> list[str]:
     plt.close(fig)
     written.append("latency_vs_throughput.png")
 
-    panels = [
-        (s["name"], p)
-        for s in series
-        for p in s["points"]
-        if (p.get("server") or {}).get("batch_size_histogram")
-    ]
+    # One panel per series whose batches were ever larger than 1 (a "no
+    # batching" series would only show a single bar): bars grouped by load
+    # point, height = share of the items that ran in a batch of that size.
+    panels = []
+    for s in series:
+        pts = [p for p in s["points"] if (p.get("server") or {}).get("batch_size_histogram")]
+        if any(int(k) > 1 for p in pts for k in p["server"]["batch_size_histogram"]):
+            panels.append((s["name"], pts))
     if panels:
-        cols = min(4, len(panels))
-        rows = math.ceil(len(panels) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-        for ax, (name, p) in zip(axes.flat, panels, strict=False):
-            hist = {int(k): int(v) for k, v in p["server"]["batch_size_histogram"].items()}
-            sizes = sorted(hist)
-            ax.bar([str(s) for s in sizes], [hist[s] for s in sizes], color="C0")
-            mean = p["server"].get("mean_batch_size")
-            ax.set_title(f"{name} {p.get('label', '')} (mean {mean:.1f})" if mean else name, fontsize=8)
-            ax.tick_params(labelsize=6)
-            ax.set_xlabel("batch size", fontsize=7)
-            ax.set_ylabel("batches", fontsize=7)
-        for ax in list(axes.flat)[len(panels) :]:
-            ax.axis("off")
+        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False)
+        for ax, (name, pts) in zip(axes.flat, panels, strict=False):
+            sizes = sorted({int(k) for p in pts for k in p["server"]["batch_size_histogram"]})
+            width = 0.8 / len(pts)
+            for j, p in enumerate(pts):
+                hist = {int(k): int(v) for k, v in p["server"]["batch_size_histogram"].items()}
+                items = sum(k * v for k, v in hist.items()) or 1
+                xs = [i - 0.4 + width * (j + 0.5) for i in range(len(sizes))]
+                mean = p["server"].get("mean_batch_size")
+                label = f"{p.get('label', '')} (mean {mean:.1f})" if mean else p.get("label", "")
+                ax.bar(xs, [hist.get(k, 0) * k / items for k in sizes], width, label=label, color=f"C{j % 10}")
+            ax.set_xticks(range(len(sizes)), [str(k) for k in sizes], fontsize=7)
+            ax.set_xlabel("batch size (real, unpadded)", fontsize=8)
+            ax.set_ylabel("share of items", fontsize=8)
+            ax.set_title(f"Batch sizes — {name}", fontsize=9)
+            ax.legend(fontsize=7, ncol=4)
         fig.tight_layout()
         fig.savefig(out_dir / "batch_sizes.png", dpi=110)
         plt.close(fig)
@@ -1070,6 +1084,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images per Embed request / items per Insert request (default 1)",
     )
+    parser.add_argument(
+        "--unique",
+        action="store_true",
+        help="make every payload unique (defeats the server's embedding cache; insert always is)",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="hits per model for search (default 10)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point, discarded")
     parser.add_argument("--duration", type=float, default=5.0, help="measurement seconds per point")
@@ -1101,6 +1120,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         images=images,
         images_per_request=args.images_per_request,
         top_k=args.top_k,
+        unique=args.unique,
         warmup_s=args.warmup,
         duration_s=args.duration,
         timeout_s=args.timeout,
