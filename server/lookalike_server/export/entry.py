@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +26,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from lookalike_server.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lookalike_server.export.parity import ParityReport
 
 # The preprocessing each preset stands for. Kept in step with
 # lookalike_server.preprocess.PRESETS (a unit test compares them) but defined
@@ -147,6 +150,23 @@ class ModelEntry:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced.
+
+    Attributes:
+        onnx_path: The written ONNX file.
+        entry: Its registry entry (sha256 filled in).
+        parity: The parity report, or None when no photos were given.
+        seconds: Wall time of export + checks.
+    """
+
+    onnx_path: Path
+    entry: ModelEntry
+    parity: ParityReport | None
+    seconds: float
+
+
 def _toml_value(v: Any) -> str:
     """Serialises the few value types the schema uses."""
     if isinstance(v, bool):
@@ -237,6 +257,7 @@ def upsert_entry(registry: Path, entry: ModelEntry) -> str:
     fd, tmp = tempfile.mkstemp(dir=registry.parent, prefix=".models.", suffix=".toml")
     with os.fdopen(fd, "w") as f:
         f.write(new_text)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; keep the registry readable by the server's user
     os.replace(tmp, registry)
     return action
 

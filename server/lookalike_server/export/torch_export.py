@@ -15,38 +15,20 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lookalike_server.errors import ModelLoadError
 from lookalike_server.export.archs import ARCHS, Pooling, build_feature_net
-from lookalike_server.export.entry import ModelEntry, file_sha256
-from lookalike_server.export.parity import ParityReport, check_parity, photo_batch
+from lookalike_server.export.entry import ExportResult, ModelEntry, file_sha256
+from lookalike_server.export.parity import check_parity, photo_batch
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export produced.
-
-    Attributes:
-        onnx_path: The written ONNX file.
-        entry: Its registry entry (sha256 filled in).
-        parity: The parity report, or None when no photos were given.
-        seconds: Wall time of export + checks.
-    """
-
-    onnx_path: Path
-    entry: ModelEntry
-    parity: ParityReport | None
-    seconds: float
 
 
 def torch_entry(
@@ -96,6 +78,8 @@ def export_onnx(net: object, path: Path, size: int) -> None:
     import onnx
     import torch
 
+    # The exporter warns once per torchvision op it cannot register; we use none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     x = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
