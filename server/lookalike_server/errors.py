@@ -64,10 +64,13 @@ class Overloaded(ServiceError):
     retriable = True
 
 
-class TooLarge(ServiceError):
-    """The request exceeds a configured size limit (bytes, pixels, images)."""
+class TooLarge(InvalidArgument):
+    """The request exceeds a configured size limit (bytes, pixels, images).
 
-    code = "RESOURCE_EXHAUSTED"
+    INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: retrying the same request can
+    never succeed, and clients treat RESOURCE_EXHAUSTED as "back off and
+    retry" (it is what :class:`Overloaded` sends).
+    """
 
 
 class DeadlineExceeded(ServiceError):

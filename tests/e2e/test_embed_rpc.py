@@ -14,13 +14,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
-
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from lookalike_server.config import BatchingConfig, LimitsConfig, ModelsConfig
 from lookalike_server.models import load_registry
 from lookalike_server.preprocess import preprocess
+from PIL import Image
+
 from tests.conftest import ROOT, start_server
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
@@ -110,7 +110,7 @@ def png_header_only(width: int, height: int) -> bytes:
 BAD_INPUTS = {
     "empty": (b"", grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     "text": (b"Hello, this is a text file.\n", grpc.StatusCode.INVALID_ARGUMENT, "look like text"),
-    "png bomb": (png_header_only(20000, 20000), grpc.StatusCode.RESOURCE_EXHAUSTED, "20000x20000"),
+    "png bomb": (png_header_only(20000, 20000), grpc.StatusCode.INVALID_ARGUMENT, "20000x20000"),
     "zero pixels": (png_header_only(0, 0), grpc.StatusCode.INVALID_ARGUMENT, "PNG"),
 }
 
@@ -142,7 +142,7 @@ def test_truncated_jpeg(embed_server, photos):
         (pb.EmbedRequest(model="resnet9000", images=[b"x"]), grpc.StatusCode.NOT_FOUND, "not loaded"),
         (pb.EmbedRequest(images=[b"x"]), grpc.StatusCode.INVALID_ARGUMENT, "model is required"),
         (pb.EmbedRequest(model="mobilenet_v2"), grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
-        (pb.EmbedRequest(model="mobilenet_v2", images=[b"x"] * 65), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 64"),
+        (pb.EmbedRequest(model="mobilenet_v2", images=[b"x"] * 65), grpc.StatusCode.INVALID_ARGUMENT, "limit is 64"),
     ],
 )
 def test_bad_requests(embed_server, request_, code, words):
@@ -299,7 +299,7 @@ def test_request_limits_from_config(photos):
         big = jpeg(Image.open(photos[0]).resize((200, 200)))
         with pytest.raises(grpc.RpcError) as info:
             embed(stub, "mobilenet_v2", big)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "limit" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
             embed(stub, "mobilenet_v2", small, small, small)
