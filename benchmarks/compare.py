@@ -175,9 +175,12 @@ def prefill(data_dir: Path, model: str, n: int, server_args: Sequence[str]) -> d
     return info
 
 
-def peer(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+def peer(args: argparse.Namespace, out_dir: Path, providers: Sequence[str]) -> dict[str, Any]:
     """The PyTriton peer as a series, or a series that says why it did not run."""
     series: dict[str, Any] = {"name": "peer: Triton dynamic batcher (PyTriton)", "kind": "peer", "points": []}
+    if list(providers) != ["CPUExecutionProvider"]:
+        series["skipped"] = "the peer runs the CPU provider only (its venv has the CPU onnxruntime)"
+        return series
     if not TRITON_PYTHON.exists():
         series["skipped"] = f"{TRITON_PYTHON} does not exist (see benchmarks/README.md to create it)"
         return series
@@ -343,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs everything asked and writes the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--registry", default=str(REPO / "models" / "models.toml"), help="model registry TOML")
     parser.add_argument("--images", default=None, help="photo folder (default: as lookalike bench)")
     parser.add_argument("--image-size", type=int, default=640, help="longer side of the photos sent, px")
     parser.add_argument("--concurrency", type=bench._int_list, default=[1, 2, 4, 8, 16, 32, 64])
@@ -384,8 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.images_dir = bench.find_image_dir(args.images).resolve()
     images = bench.load_images(args.images_dir, args.image_size)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-    common = ["--models-only", args.model, "--models-providers", ",".join(providers), "--log-level", "WARNING",
-              *args.server_arg]  # fmt: skip
+    common = [
+        "--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model,
+        "--models-providers", ",".join(providers), "--log-level", "WARNING", *args.server_arg,
+    ]  # fmt: skip
     embed_only = [*common, "--stores", "false", "--data-dir", str(Path(args.data_dir) / "none")]
     started = time.monotonic()
     loadavg_before = list(os.getloadavg())
@@ -404,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ceiling" not in skip or "original" not in skip:
         import baselines
 
-        model = baselines.load_model(args.model, providers=providers)
+        model = baselines.load_model(args.model, registry=args.registry, providers=providers)
         if "ceiling" not in skip:
             log("ceiling: in-process preprocess + ONNX Runtime")
             found["ceiling"] = baselines.ceiling(model, images, args.ceiling_batches, args.ceiling_seconds)
@@ -419,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         del model
 
     if "peer" not in skip:
-        found["peer"] = peer(args, out_dir)
+        found["peer"] = peer(args, out_dir, providers)
         if found["peer"].get("skipped"):
             log(f"peer skipped: {found['peer']['skipped']}")
         all_series.append(found["peer"])
