@@ -164,10 +164,11 @@ class LookalikeServer:
             self._monitor.start()
         log.info("serving lookalike on %s:%d (models: %s)", self.config.host, self.port, sorted(models))
 
-    def _watch_stores(self, interval_s: float = 5.0) -> None:
-        """Health follows the stores; stale pending items are swept now and then."""
+    def _watch_stores(self) -> None:
+        """Health follows the stores; stale pending items are swept about every minute."""
         ticks = 0
-        while not self._stop.wait(interval_s):
+        sweep_every = max(1, round(60 / self.config.health_interval_s))
+        while not self._stop.wait(self.config.health_interval_s):
             assert self.service is not None
             try:
                 self.service.check_stores()
@@ -182,7 +183,7 @@ class LookalikeServer:
                 self._set_health(_SERVING if ok else _NOT_SERVING)
             self._stores_ok = ok
             ticks += 1
-            if ok and ticks % 12 == 0:
+            if ok and ticks % sweep_every == 0:
                 try:
                     self.service.repair(older_than_s=300.0)
                 except ServiceError as exc:

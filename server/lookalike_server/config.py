@@ -235,6 +235,7 @@ class Config:
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
     stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
+    health_interval_s: float = _opt(5.0, "seconds between store pings; health is NOT_SERVING while one fails")
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -249,6 +250,7 @@ class Config:
         _require(1 <= self.max_message_mb <= 2047, "max_message_mb", "must be in 1..2047")
         _require(self.grace_s >= 0, "grace_s", "must be >= 0")
         _require(0 <= self.shutdown_delay_s <= 300, "shutdown_delay_s", "must be in 0..300")
+        _require(self.health_interval_s > 0, "health_interval_s", "must be > 0")
         _require(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "DEBUG..ERROR")
         _require(
             self.max_message_mb * 1024 * 1024 > self.limits.max_image_bytes,
