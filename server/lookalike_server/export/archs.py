@@ -395,7 +395,8 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], arch: str, head_
         model: The architecture, built with or without its classifier.
         state: A state dict.
         arch: Architecture name, for the error message.
-        head_prefixes: Classifier key prefixes that may be missing on either side.
+        head_prefixes: Classifier key prefixes that may be missing, or of another
+            shape, on either side (the classifier is not exported).
 
     Raises:
         ModelLoadError: Unknown or missing trunk keys, or shape disagreements,
@@ -405,10 +406,12 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], arch: str, head_
     is_head = lambda k: k.startswith(head_prefixes)  # noqa: E731
     missing = sorted(k for k in own if k not in state and not is_head(k))
     unexpected = sorted(k for k in state if k not in own and not is_head(k))
+    # A classifier of another width (a fine-tuned head) is irrelevant to
+    # feature export: only the trunk's shapes must agree.
     bad_shape = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state and not is_head(k) and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or bad_shape:
         parts = []
@@ -419,8 +422,9 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], arch: str, head_
         if bad_shape:
             parts.append(f"{len(bad_shape)} shape mismatches (e.g. {bad_shape[0]})")
         raise ModelLoadError(f"{arch}: weights do not match the architecture: " + "; ".join(parts))
-    strict = all(k in state for k in own) and all(k in own for k in state)
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=strict)
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    # strict=True whenever the file is a complete torchvision state dict.
+    model.load_state_dict(usable, strict=len(usable) == len(own) == len(state))
 
 
 def build_feature_net(

@@ -57,7 +57,8 @@ def keras_python() -> str | None:
     if importlib.util.find_spec("tensorflow") is not None:
         return sys.executable
     local = Path(".venv-keras/bin/python")
-    return str(local.resolve()) if local.exists() else None
+    # absolute(), not resolve(): resolving the venv symlink would leave the venv.
+    return str(local.absolute()) if local.exists() else None
 
 
 def keras_entry(arch: str, name: str, onnx_file: str, pooling: str, weights_label: str) -> ModelEntry:
