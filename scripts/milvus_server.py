@@ -105,9 +105,7 @@ def start(base_dir: str | os.PathLike[str], timeout_s: float = 180.0, debug: boo
         f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
         f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n"
     )
-    config.template_text = config.template_text.replace(
-        "\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1
-    )
+    config.template_text = config.template_text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
     server = MilvusServer(config, wait_for_started=False, debug=debug)
     server.webservice_port = _free_port()
 

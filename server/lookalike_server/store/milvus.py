@@ -342,9 +342,7 @@ class MilvusStore:
         else:
             params = {}
         index_params = MilvusClient.prepare_index_params()
-        index_params.add_index(
-            field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC, params=params
-        )
+        index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC, params=params)
         return index_params
 
     def _schema(self, dim: int) -> Any:
@@ -442,8 +440,7 @@ class MilvusStore:
         dim = self._dim(collection)
         if arr.ndim != 2 or arr.shape[1] != dim:
             raise errors.InvalidArgument(
-                f"{what} must have shape (n, {dim}) for collection {collection!r}, "
-                f"got {tuple(np.shape(vectors))}"
+                f"{what} must have shape (n, {dim}) for collection {collection!r}, got {tuple(np.shape(vectors))}"
             )
         if not np.isfinite(arr).all():
             raise errors.InvalidArgument(f"{what} contain NaN or infinite values")
@@ -493,9 +490,7 @@ class MilvusStore:
                     raise errors.InvalidArgument(
                         f"attribute {name!r} of item {item_id}: names must be identifiers, values strings"
                     )
-            rows.append(
-                {ID_FIELD: int(item_id), VECTOR_FIELD: vec.tolist(), KEY_FIELD: key, ATTRS_FIELD: dict(attrs)}
-            )
+            rows.append({ID_FIELD: int(item_id), VECTOR_FIELD: vec.tolist(), KEY_FIELD: key, ATTRS_FIELD: dict(attrs)})
         try:
             self._client.upsert(collection, rows, timeout=self._config.timeout_s)
         except Exception as exc:
@@ -559,6 +554,15 @@ class MilvusStore:
 
     # ------------------------------------------------------------------- reads
 
+    def _consistency(self, override: str | None) -> str:
+        if override is None:
+            return self._config.consistency_level
+        if override not in ("Strong", "Bounded", "Session", "Eventually"):
+            raise errors.InvalidArgument(
+                f"consistency level must be Strong, Bounded, Session or Eventually, got {override!r}"
+            )
+        return override
+
     def _search_params(self, top_k: int) -> dict[str, Any]:
         cfg = self._config
         params: dict[str, Any] = {}
@@ -578,6 +582,7 @@ class MilvusStore:
         key_prefix: str = "",
         attributes: Mapping[str, str] | None = None,
         exclude_ids: Sequence[int] = (),
+        consistency_level: str | None = None,
     ) -> list[list[SearchHit]]:
         """Nearest neighbours of each query vector.
 
@@ -588,6 +593,11 @@ class MilvusStore:
             key_prefix: Only items whose key starts with this.
             attributes: Only items with all these attribute values.
             exclude_ids: Never return these ids.
+            consistency_level: Override of the configured level for this call,
+                e.g. "Strong" when a client needs to see its own writes. On a
+                Milvus server Strong waits for the next time tick (~200 ms per
+                search); Bounded may miss writes of the last few seconds and
+                still return rows deleted in that window.
 
         Returns:
             One list per query row, nearest first, with squared L2 distances.
@@ -614,19 +624,22 @@ class MilvusStore:
                 output_fields=[ID_FIELD],
                 search_params=self._search_params(top_k),
                 anns_field=VECTOR_FIELD,
-                consistency_level=self._config.consistency_level,
+                consistency_level=self._consistency(consistency_level),
                 timeout=self._config.timeout_s,
             )
         except Exception as exc:
             self._raise(exc, "search", collection)
         return [[SearchHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]
 
-    def get_vectors(self, collection: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def get_vectors(
+        self, collection: str, ids: Sequence[int], *, consistency_level: str | None = None
+    ) -> dict[int, np.ndarray]:
         """Stored vectors by id.
 
         Args:
             collection: From :meth:`ensure_collection`.
             ids: Item ids.
+            consistency_level: Override of the configured level for this call.
 
         Returns:
             ``{id: float32 vector}``; ids without a row are absent.
@@ -643,7 +656,7 @@ class MilvusStore:
                 collection,
                 ids=id_list,
                 output_fields=[ID_FIELD, VECTOR_FIELD],
-                consistency_level=self._config.consistency_level,
+                consistency_level=self._consistency(consistency_level),
                 timeout=self._config.timeout_s,
             )
         except Exception as exc:
@@ -730,9 +743,6 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     """One line of an exception, bounded, for messages sent to clients."""
-    if isinstance(exc, MilvusException):
-        text = f"code={exc.code}: {exc.message}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
+    text = f"code={exc.code}: {exc.message}" if isinstance(exc, MilvusException) else f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
