@@ -25,8 +25,12 @@ COPY pyproject.toml README.md ./
 COPY client ./client
 COPY server ./server
 RUN pip install --upgrade pip==25.3 \
- && pip install ".[server]" \
- && pip uninstall -y onnxruntime 2>/dev/null || true
+ && pip install ".[server]"
+# onnxruntime and onnxruntime-gpu share one import name: both installed means
+# whichever wrote last wins. Fail the build rather than ship the CPU one.
+RUN python -c "import importlib.metadata as m, sys; \
+names = {d.metadata['Name'].lower() for d in m.distributions()}; \
+sys.exit('plain onnxruntime beside onnxruntime-gpu' if 'onnxruntime' in names else 0)"
 
 # ---------------------------------------------------------------- runtime --
 FROM ${CUDA_IMAGE}

