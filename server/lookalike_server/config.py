@@ -433,6 +433,8 @@ def config_reference() -> str:
                 continue
             key = f"{section}.{f.name}" if section else f.name
             default = f.default if f.default is not dataclasses.MISSING else ""
+            if isinstance(default, str):
+                default = default.replace(str(REPO_ROOT), "<checkout>")
             rows.append(
                 f"| `{key}` | `{_flag_name(section, f.name)}` | `{_env_name(section, f.name)}` "
                 f"| `{default!r}` | {f.metadata['help']} |"
@@ -440,5 +442,24 @@ def config_reference() -> str:
     return "\n".join(rows)
 
 
+README_START = "<!-- config-reference:start -->"
+README_END = "<!-- config-reference:end -->"
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrites the README's config-reference block; returns True if it changed."""
+    text = path.read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{config_reference()}\n{README_END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":  # pragma: no cover - doc helper
-    sys.stdout.write(config_reference() + "\n")
+    if sys.argv[1:2] == ["--readme"]:
+        changed = update_readme(Path(sys.argv[2]) if len(sys.argv) > 2 else REPO_ROOT / "README.md")
+        sys.stdout.write("README updated\n" if changed else "README already current\n")
+    else:
+        sys.stdout.write(config_reference() + "\n")

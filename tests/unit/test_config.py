@@ -73,3 +73,11 @@ def test_reference_lists_every_setting():
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().port = 1  # type: ignore[misc]
+
+
+def test_readme_reference_is_current(tmp_path):
+    from lookalike_server.config import REPO_ROOT, update_readme
+
+    copy = tmp_path / "README.md"
+    copy.write_text((REPO_ROOT / "README.md").read_text())
+    assert not update_readme(copy), "run `python -m lookalike_server.config --readme` and commit README.md"
