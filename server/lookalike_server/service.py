@@ -23,6 +23,7 @@ and periodically).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lookalike_server.batching import MicroBatcher
 from lookalike_server.config import Config
 from lookalike_server.domain import (
     Hit,
@@ -68,6 +70,16 @@ _OVERFETCH = 8
 
 
 @dataclass(frozen=True)
+class _Row:
+    """One vector to write to one collection."""
+
+    id: int
+    vector: np.ndarray
+    key: str
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ModelView:
     """A loaded model as ListModels shows it."""
 
@@ -85,9 +97,7 @@ class LookalikeService:
         redis: Metadata store, or None for an embed-only server.
     """
 
-    def __init__(
-        self, config: Config, embedder: Embedder, milvus: object | None, redis: object | None
-    ) -> None:
+    def __init__(self, config: Config, embedder: Embedder, milvus: object | None, redis: object | None) -> None:
         self.config = config
         self.embedder = embedder
         self.milvus = milvus
@@ -95,11 +105,33 @@ class LookalikeService:
         self.collections: dict[str, str] = {}
         # Per-model Milvus searches of one query run side by side here.
         self._io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-io")
+        # Rows of concurrent inserts are merged into one Milvus write (and one
+        # flush) per collection: the same micro-batcher that merges inference.
+        self._writers: dict[str, MicroBatcher[_Row, None]] = {}
         if milvus is not None:
             for name, model in embedder.models.items():
-                self.collections[name] = milvus.ensure_collection(  # type: ignore[attr-defined]
+                collection = milvus.ensure_collection(  # type: ignore[attr-defined]
                     name, model.spec.version, model.spec.dim
                 )
+                self.collections[name] = collection
+                self._writers[name] = MicroBatcher(
+                    f"write-{name}",
+                    functools.partial(self._write_rows, collection),
+                    max_batch_size=512,
+                    max_delay_s=0.002,
+                    queue_size=100_000,
+                )
+
+    def _write_rows(self, collection: str, rows: list[_Row]) -> list[None]:
+        """Writer batcher's batch function: one upsert for many inserts' rows."""
+        self.milvus.insert(  # type: ignore[union-attr]
+            collection,
+            [r.id for r in rows],
+            np.stack([r.vector for r in rows]),
+            [r.key for r in rows],
+            [r.attributes for r in rows],
+        )
+        return [None] * len(rows)
 
     # --------------------------------------------------------- helpers --
     @property
@@ -134,9 +166,7 @@ class LookalikeService:
         todo: dict[str, list[int]] = {}
         started = time.perf_counter()
         for m in models:
-            cached = (
-                self.redis.cache_get_many(self.models[m].spec.key, shas) if self.redis else [None] * len(shas)
-            )
+            cached = self.redis.cache_get_many(self.models[m].spec.key, shas) if self.redis else [None] * len(shas)
             out[m] = np.empty((len(images), self.models[m].spec.dim), dtype=np.float32)
             for i, vec in enumerate(cached):
                 if vec is not None and vec.shape == (self.models[m].spec.dim,):
@@ -180,22 +210,16 @@ class LookalikeService:
         if not item.key:
             raise InvalidArgument(f"{where}: key is required (e.g. the image's path or URL)")
         if len(item.key.encode()) > MAX_KEY_BYTES:
-            raise InvalidArgument(
-                f"{where}: key is {len(item.key.encode())} bytes; the limit is {MAX_KEY_BYTES}"
-            )
+            raise InvalidArgument(f"{where}: key is {len(item.key.encode())} bytes; the limit is {MAX_KEY_BYTES}")
         if not item.image:
             raise InvalidArgument(f"{where}: image is empty")
         if len(item.attributes) > MAX_ATTRIBUTES:
-            raise InvalidArgument(
-                f"{where}: {len(item.attributes)} attributes; the limit is {MAX_ATTRIBUTES}"
-            )
+            raise InvalidArgument(f"{where}: {len(item.attributes)} attributes; the limit is {MAX_ATTRIBUTES}")
         for name, value in item.attributes.items():
             if not _ATTR_NAME_RE.match(name):
                 raise InvalidArgument(f"{where}: attribute name {name!r} must match {_ATTR_NAME_RE.pattern}")
             if len(value.encode()) > MAX_ATTR_VALUE_BYTES:
-                raise InvalidArgument(
-                    f"{where}: attribute {name!r} is longer than {MAX_ATTR_VALUE_BYTES} bytes"
-                )
+                raise InvalidArgument(f"{where}: attribute {name!r} is longer than {MAX_ATTR_VALUE_BYTES} bytes")
 
     def insert(
         self, items: Sequence[InsertItem], models: Sequence[str], ctx: RequestContext
@@ -252,15 +276,17 @@ class LookalikeService:
                 )
                 ctx.check("writing vectors")
                 t0 = time.perf_counter()
+                writes = []
                 for m in todo_models:
-                    rows = [k for k, i in enumerate(todo_idx) if m in work[i]]
-                    milvus.insert(
-                        self.collections[m],
-                        [reserved[todo_idx[k]][0].id for k in rows],
-                        vectors[m][rows],
-                        [reserved[todo_idx[k]][0].key for k in rows],
-                        [reserved[todo_idx[k]][0].attributes for k in rows],
-                    )
+                    for k, i in enumerate(todo_idx):
+                        if m in work[i]:
+                            rec = reserved[i][0]
+                            row = _Row(rec.id, vectors[m][k], rec.key, rec.attributes)
+                            writes.append(self._writers[m].submit(row))
+                # Not cancellable past this point: a half-written item must be
+                # either completed or cleaned up by this call, not abandoned.
+                for fut in writes:
+                    fut.result()
                 timing.milvus_ms += (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             results = []
@@ -348,11 +374,7 @@ class LookalikeService:
             timing.redis_ms += (time.perf_counter() - t0) * 1e3
             if rec is None or rec.state != "complete":
                 raise NotFound(f"no item with id {query.item_id}")
-            names = (
-                self.embedder.require(query.models)
-                if query.models
-                else [m for m in rec.models if m in self.models]
-            )
+            names = self.embedder.require(query.models) if query.models else [m for m in rec.models if m in self.models]
             lacking = [m for m in names if m not in rec.models]
             if lacking:
                 raise FailedPrecondition(
@@ -364,9 +386,7 @@ class LookalikeService:
             for m in names:
                 got = milvus.get_vectors(self.collections[m], [query.item_id])
                 if query.item_id not in got:
-                    raise FailedPrecondition(
-                        f"item {query.item_id} has no vector in model {m!r}; re-insert it"
-                    )
+                    raise FailedPrecondition(f"item {query.item_id} has no vector in model {m!r}; re-insert it")
                 vectors[m] = got[query.item_id][None, :]
             timing.milvus_ms += (time.perf_counter() - t0) * 1e3
             if query.exclude_self:
@@ -375,9 +395,7 @@ class LookalikeService:
             names = self.embedder.require(query.models)
             sha = hashlib.sha256(query.image).hexdigest()
             if len(query.image) > self.config.limits.max_image_bytes:
-                raise TooLarge(
-                    f"image is {len(query.image)} bytes; the limit is {self.config.limits.max_image_bytes}"
-                )
+                raise TooLarge(f"image is {len(query.image)} bytes; the limit is {self.config.limits.max_image_bytes}")
             vectors = self._embed_cached([query.image], [sha], names, ctx, timing)
         else:
             raise InvalidArgument("the query needs one of: image (bytes), id (a stored item), vector")
@@ -433,9 +451,7 @@ class LookalikeService:
             raise InvalidArgument("vector.model is required for a vector query")
         (name,) = self.embedder.require([model])
         if query.models and set(query.models) != {name}:
-            raise InvalidArgument(
-                f"a vector query searches only its own model {name!r}; got models {query.models}"
-            )
+            raise InvalidArgument(f"a vector query searches only its own model {name!r}; got models {query.models}")
         vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
         dim = self.models[name].spec.dim
         if vec.shape[0] != dim:
@@ -460,9 +476,7 @@ class LookalikeService:
             raise InvalidArgument("give an id or a key")
         if rec is None or rec.state != "complete":
             raise NotFound(f"no item with {what}")
-        return ItemView(
-            rec.id, rec.key, dict(rec.attributes), rec.content_sha256, tuple(rec.models), rec.created_at
-        )
+        return ItemView(rec.id, rec.key, dict(rec.attributes), rec.content_sha256, tuple(rec.models), rec.created_at)
 
     def delete(self, item_id: int) -> tuple[str, ...]:
         """Removes an item from every collection, then its record.
@@ -488,7 +502,9 @@ class LookalikeService:
         self.redis.ping()
 
     def close(self) -> None:
-        """Stops the I/O pool (stores and embedder are closed by their owner)."""
+        """Drains pending writes and stops the I/O pool (stores are closed by their owner)."""
+        for writer in self._writers.values():
+            writer.close()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
 
 
