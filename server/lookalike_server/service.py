@@ -234,7 +234,7 @@ class LookalikeService:
         Returns:
             One result per item, in order, and timing.
         """
-        milvus, redis = self._stores()
+        _, redis = self._stores()
         names = self.embedder.require(models)
         self._check_images([it.image for it in items], "items")
         for i, item in enumerate(items):
