@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -105,6 +107,96 @@ def _search_json(result: SearchResult) -> dict[str, Any]:
     }
 
 
+class LineProgress:
+    """Progress for a stderr that is not a terminal (CI logs, pipes, files): plain lines, no redraws.
+
+    tqdm redraws its bar with carriage returns; where stderr is not a terminal every redraw
+    becomes a new line in the log, hundreds per run. This prints one line when another
+    ``step`` of the total is done (every 10% by default) or ``interval_s`` has passed since the
+    last line, whichever comes first, and one at the end. It has the small part of tqdm's
+    interface that ``index`` uses (``update``, ``set_postfix``, ``close``).
+
+    Args:
+        total: Items expected.
+        desc: Label at the start of each line.
+        file: Where lines go.
+        step: Fraction of ``total`` between lines.
+        interval_s: Longest silence between lines while items complete, in seconds.
+        clock: Monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        file: TextIO,
+        *,
+        step: float = 0.1,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.desc = desc
+        self.file = file
+        self.step = step
+        self.interval_s = interval_s
+        self.clock = clock
+        self.n = 0
+        self.postfix: dict[str, Any] = {}
+        self._start = clock()
+        self._last_line_at = self._start
+        self._last_step = 0  # how many whole steps the last printed line had reached
+        self._printed_n = 0
+
+    def update(self, n: int = 1) -> None:
+        """Counts ``n`` more items done; prints a line when a step or the interval is reached."""
+        self.n += n
+        steps = math.floor(self.n / (self.total * self.step)) if self.total else 0
+        now = self.clock()
+        if self.n >= self.total or steps > self._last_step or now - self._last_line_at >= self.interval_s:
+            self._print(now)
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Counters appended to each line (as ``name=value``)."""
+        self.postfix = kwargs
+
+    def close(self) -> None:
+        """Prints the final count unless the last line already showed it (e.g. when stopped early)."""
+        if self.n != self._printed_n:
+            self._print(self.clock())
+
+    def _print(self, now: float) -> None:
+        elapsed = now - self._start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if rate > 0 and self.n < self.total else ""
+        extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        line = f"{self.desc}: {self.n}/{self.total}{pct} {rate:.1f} img/s, {elapsed:.0f}s elapsed{eta}"
+        print(f"{line}  {extra}" if extra else line, file=self.file, flush=True)
+        self._last_line_at = now
+        self._printed_n = self.n
+        if self.total:
+            self._last_step = math.floor(self.n / (self.total * self.step))
+
+
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    """A tqdm bar when stderr is a terminal, :class:`LineProgress` lines otherwise; silent if quiet."""
+    from tqdm import tqdm
+
+    if quiet:
+        return tqdm(total=total, disable=True)
+    if _is_tty(sys.stderr):
+        return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
+    return LineProgress(total, desc, sys.stderr)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def _iter_images(root: Path, recursive: bool) -> Iterator[Path]:
     pattern = root.rglob("*") if recursive else root.glob("*")
     for p in sorted(pattern):
@@ -156,8 +248,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     root = Path(args.dir)
     if not root.is_dir():
         raise CliError(f"not a directory: {root}")
@@ -178,7 +268,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     counts: Counter[str] = Counter()
     failures: list[InsertStreamResult] = []
-    bar = tqdm(total=len(paths), unit="img", desc="indexing", disable=args.quiet, dynamic_ncols=True)
+    bar = _progress(len(paths), "indexing", args.quiet)
     try:
         with _client(args) as client:
             stream = client.insert_stream((item_for(p) for p in paths), models=args.model or None, window=args.batch)
@@ -190,8 +280,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                     counts["indexed"] += 1
                 else:
                     counts["already"] += 1
-                bar.update(1)
+                # Postfix first, so a line printed by this update shows the counts including it.
                 bar.set_postfix(new=counts["indexed"], known=counts["already"], failed=counts["failed"])
+                bar.update(1)
     except LookalikeError:
         bar.close()
         # The stream died (server gone...): say how far it got; a rerun resumes from there
@@ -375,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attr", action="append", metavar="K=V", help="attribute for every item (repeatable)")
     p.add_argument("--dir-attr", metavar="NAME", help="set attribute NAME to each file's parent directory")
     p.add_argument("--batch", type=int, default=32, help="items in flight on the stream (default %(default)s)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress (a bar on a terminal, else a line every 10%% or 10 s)"
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find the nearest stored images, per model side by side")

@@ -151,6 +151,57 @@ def test_index_failures_exit_3(server: FakeServer, tmp_path: Path, capsys: pytes
     assert {i.key for i in server.servicer.items.values()} == {"set1/good.png"}
 
 
+def test_index_progress_without_a_tty_is_a_few_plain_lines(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # capsys's stderr is not a terminal, as in CI logs: no tqdm redraws, one line per 10%.
+    for i in range(20):
+        (tmp_path / f"{i:02d}.png").write_bytes(_png("red", (8 + i, 8)))
+    assert run(server, "index", str(tmp_path), "--batch", "4") == 0
+    cap = capsys.readouterr()
+    assert "20 indexed, 0 already indexed, 0 failed" in cap.out
+    lines = [line for line in cap.err.splitlines() if line.startswith("indexing:")]
+    assert "\r" not in cap.err
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert lines[-1].startswith("indexing: 20/20 (100%)") and lines[-1].endswith("new=20 known=0 failed=0")
+
+
+def test_line_progress_prints_every_step_or_interval() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    progress = cli.LineProgress(1000, "indexing", out, step=0.1, interval_s=10.0, clock=lambda: now[0])
+    for _ in range(99):  # under 10%, within 10 s: silent
+        now[0] += 0.01
+        progress.update(1)
+    assert out.getvalue() == ""
+    progress.update(1)  # 100/1000 = the first step
+    assert out.getvalue().splitlines() == ["indexing: 100/1000 (10%) 101.0 img/s, 1s elapsed, ETA 9s"]
+    now[0] += 10.0  # a slow stretch: the interval alone brings the next line
+    progress.set_postfix(new=101)
+    progress.update(1)
+    assert out.getvalue().splitlines()[-1].startswith("indexing: 101/1000 (10%)")
+    assert out.getvalue().splitlines()[-1].endswith("new=101")
+    progress.close()  # stopped early: the count reached is printed once more, then nothing
+    progress.close()
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_index_progress_on_a_tty_is_tqdm(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    (tmp_path / "a.png").write_bytes(_png("red"))
+    assert run(server, "index", str(tmp_path)) == 0
+    # tqdm redraws in place ("\r") and draws a bar ("100%|"); no LineProgress lines.
+    assert "\r" in term.getvalue() and "100%|" in term.getvalue()
+    assert "elapsed" not in term.getvalue()
+
+
 def test_get_delete_and_not_found(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "a.png").write_bytes(_png("red"))
     assert run(server, "index", str(tmp_path), "-q") == 0
