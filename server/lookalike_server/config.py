@@ -152,7 +152,9 @@ class MilvusConfig:
     ivf_nprobe: int = _opt(16, "IVF nprobe at search time")
     consistency_level: str = _opt("Bounded", "Strong, Bounded, Session or Eventually")
     flush_rows: int = _opt(
-        1, "flush after a write once this many rows are unflushed (Lite scans unflushed rows slowly)"
+        -1,
+        "flush once this many written rows are unflushed; 0 = never explicitly; -1 = auto "
+        "(1 on Milvus Lite, which scans unflushed rows slowly; 0 on a server, which seals segments itself)",
     )
     timeout_s: float = _opt(10.0, "timeout of one Milvus call, seconds")
 
@@ -169,7 +171,7 @@ class MilvusConfig:
             "milvus.*",
             "must be positive",
         )
-        _require(self.flush_rows >= 0, "milvus.flush_rows", "must be >= 0 (0 = never flush explicitly)")
+        _require(self.flush_rows >= -1, "milvus.flush_rows", "-1 (auto), 0 (never) or a row count")
         _require(
             self.collection_prefix.replace("_", "a").isalnum(),
             "milvus.collection_prefix",

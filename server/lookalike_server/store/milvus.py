@@ -33,6 +33,7 @@ import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -256,6 +257,15 @@ class MilvusStore:
         self._safe_uri = redact_uri(uri)
         self._is_lite = not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
         self._lock = threading.Lock()
+        # Milvus Lite is one embedded process whose writes are not safe to
+        # overlap: concurrent flushes fail with "current_seq is monotonic;
+        # tried to set 338 < 339". It executes them one at a time anyway, so
+        # serialising writes here costs nothing. A server needs no such lock.
+        self._write_lock: AbstractContextManager[Any] = threading.Lock() if self._is_lite else nullcontext()
+        # flush_rows < 0 = auto: flush every write on Lite (it scans unflushed
+        # rows slowly), never explicitly on a server (it seals segments itself,
+        # and one flush costs ~0.5 s there).
+        self._flush_rows = config.flush_rows if config.flush_rows >= 0 else (1 if self._is_lite else 0)
         self._dims: dict[str, int] = {}
         self._unflushed: dict[str, int] = {}
         self._closed = False
@@ -492,7 +502,8 @@ class MilvusStore:
                     )
             rows.append({ID_FIELD: int(item_id), VECTOR_FIELD: vec.tolist(), KEY_FIELD: key, ATTRS_FIELD: dict(attrs)})
         try:
-            self._client.upsert(collection, rows, timeout=self._config.timeout_s)
+            with self._write_lock:
+                self._client.upsert(collection, rows, timeout=self._config.timeout_s)
         except Exception as exc:
             self._raise(exc, f"upsert of {n} rows", collection)
         self._wrote(collection, n)
@@ -512,14 +523,15 @@ class MilvusStore:
         if not id_list:
             return
         try:
-            self._client.delete(collection, ids=id_list, timeout=self._config.timeout_s)
+            with self._write_lock:
+                self._client.delete(collection, ids=id_list, timeout=self._config.timeout_s)
         except Exception as exc:
             self._raise(exc, f"delete of {len(id_list)} ids", collection)
         self._wrote(collection, len(id_list))
 
     def _wrote(self, collection: str, rows: int) -> None:
         """Applies the flush policy after a write of ``rows`` rows."""
-        threshold = self._config.flush_rows
+        threshold = self._flush_rows
         if threshold == 0:
             return
         with self._lock:
@@ -548,7 +560,8 @@ class MilvusStore:
                 self._unflushed[name] = 0
         for name in names:
             try:
-                self._client.flush(name, timeout=self._config.timeout_s)
+                with self._write_lock:
+                    self._client.flush(name, timeout=self._config.timeout_s)
             except Exception as exc:
                 self._raise(exc, "flush", name)
 
