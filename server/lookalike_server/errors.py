@@ -51,6 +51,13 @@ class AlreadyExists(ServiceError):
     code = "ALREADY_EXISTS"
 
 
+class Aborted(ServiceError):
+    """A concurrent change won a race (e.g. a delete during an insert); retry the call."""
+
+    code = "ABORTED"
+    retriable = True
+
+
 class FailedPrecondition(ServiceError):
     """The system is not in a state for this request (e.g. item lacks that model)."""
 
@@ -118,6 +125,7 @@ STATUS_TABLE: dict[type[ServiceError], str] = {
         NotFound,
         ModelNotFound,
         AlreadyExists,
+        Aborted,
         FailedPrecondition,
         Overloaded,
         TooLarge,

@@ -49,6 +49,7 @@ from lookalike_server.domain import (
 )
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -292,7 +293,16 @@ class LookalikeService:
             results = []
             for i, (rec, created) in enumerate(reserved):
                 if i in work:
-                    rec = redis.mark_complete(rec.id, work[i])
+                    try:
+                        rec = redis.mark_complete(rec.id, work[i])
+                    except NotFound:
+                        # A Delete removed the record while we wrote vectors:
+                        # take our rows back out rather than orphan them.
+                        for m in work[i]:
+                            self.milvus.delete(self.collections[m], [rec.id])  # type: ignore[union-attr]
+                        raise Aborted(
+                            f"item {rec.id} ({rec.key!r}) was deleted while this insert ran; retry the insert"
+                        ) from None
                 results.append(InsertResult(rec.id, created, tuple(rec.models), shas[i]))
             timing.redis_ms += (time.perf_counter() - t0) * 1e3
         except BaseException:

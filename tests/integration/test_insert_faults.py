@@ -175,3 +175,33 @@ def test_embedding_cache_serves_a_repeat_query(service, photos):
     assert cached is not None and cached.shape == (1280,)
     _, second = service.search(q, ctx())
     assert second.inference_ms == 0  # no model run the second time
+
+
+def test_a_delete_racing_an_insert_leaves_no_orphan_rows(service, photos):
+    from lookalike_server.errors import Aborted
+
+    class DeleteLandsFirst:
+        """A racing Delete lands between the vector writes and the completion."""
+
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def mark_complete(self, item_id, models):
+            self._real.delete(item_id)
+            return self._real.mark_complete(item_id, models)
+
+    data, _ = unique_photo(photos[5])
+    key = f"race-del-{uuid.uuid4().hex[:6]}"
+    before = counts(service)
+    real = service.redis
+    service.redis = DeleteLandsFirst(real)
+    try:
+        with pytest.raises(Aborted, match="deleted while this insert ran"):
+            service.insert([InsertItem(key, data)], [], ctx())
+    finally:
+        service.redis = real
+    assert service.redis.get_by_key(key) is None
+    assert counts(service) == before
