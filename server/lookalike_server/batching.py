@@ -7,8 +7,13 @@ and Ray Serve's ``@serve.batch``):
 
 * A batch runs when ``max_batch_size`` items are queued, or ``max_delay``
   after the *oldest* queued item arrived, whichever is first. Under load the
-  queue fills while the previous batch runs, so the next batch leaves at once;
-  when idle, a lone item waits at most ``max_delay``.
+  queue fills while the previous batch runs, so the next batch leaves at once.
+* Waiting only pays when company is on its way. Callers may
+  :meth:`~MicroBatcher.announce` items they are still preparing (decoding,
+  resizing). With ``adaptive=True`` the worker waits for company only while
+  announced items are outstanding, so a lone request at low load runs at once
+  instead of paying ``max_delay`` for nothing; with ``adaptive=False`` it
+  always waits (Triton's rule).
 * The queue is bounded: :meth:`MicroBatcher.submit` raises
   :class:`~lookalike_server.errors.Overloaded` at once when it is full, rather
   than letting latency grow without bound.
@@ -97,6 +102,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: Largest batch; 1 turns batching off.
         max_delay_s: How long the oldest item may wait for company.
         queue_size: Items that may wait; more are rejected with ``Overloaded``.
+        adaptive: Wait ``max_delay`` only while announced items are on their way.
         clock: Monotonic clock, injectable for tests.
     """
 
@@ -108,6 +114,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         max_delay_s: float,
         queue_size: int,
+        adaptive: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
@@ -116,23 +123,43 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.queue_size = queue_size
+        self.adaptive = adaptive
         self._run_batch = run_batch
         self._clock = clock
         self._queue: collections.deque[_Request[T, R]] = collections.deque()
         self._cond = threading.Condition()
         self._stats = BatcherStats()
+        self._announced = 0
         self._closing = False
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
     # ------------------------------------------------------------ public --
-    def submit(self, item: T, *, deadline: float | None = None) -> Future[Batched[R]]:
+    def announce(self, n: int = 1) -> None:
+        """Says ``n`` items will be submitted soon (e.g. they are being decoded).
+
+        Each announcement must later be matched by a ``submit(...,
+        announced=True)`` or a :meth:`withdraw`.
+        """
+        with self._cond:
+            self._announced += n
+
+    def withdraw(self, n: int = 1) -> None:
+        """Takes back announcements whose items will not come (failed, cancelled)."""
+        with self._cond:
+            self._announced = max(0, self._announced - n)
+            if self._announced == 0:
+                self._cond.notify()
+
+    def submit(self, item: T, *, deadline: float | None = None, announced: bool = False) -> Future[Batched[R]]:
         """Queues one item.
 
         Args:
             item: What ``run_batch`` will receive in its list.
             deadline: Absolute time on this batcher's clock after which the
                 item is not worth running; None = no deadline.
+            announced: The item was announced; its announcement is consumed
+                (also when the submit is refused).
 
         Returns:
             A future resolving to a :class:`Batched` result. Cancelling it
@@ -144,6 +171,8 @@ class MicroBatcher(Generic[T, R]):
         """
         future: Future[Batched[R]] = Future()
         with self._cond:
+            if announced:
+                self._announced = max(0, self._announced - 1)
             if self._closing:
                 raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
             if len(self._queue) >= self.queue_size:
@@ -154,8 +183,9 @@ class MicroBatcher(Generic[T, R]):
                 )
             self._queue.append(_Request(item, future, self._clock(), deadline))
             # Wake the worker only when its decision can change: it sleeps
-            # either for the first item or for a full batch.
-            if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size:
+            # for the first item, for a full batch, or for the last item it
+            # was told to expect.
+            if len(self._queue) == 1 or len(self._queue) >= self.max_batch_size or self._announced == 0:
                 self._cond.notify()
         return future
 
@@ -203,7 +233,13 @@ class MicroBatcher(Generic[T, R]):
             # The oldest item sets the clock; under load it has usually waited
             # long enough already and we leave without sleeping.
             flush_at = self._queue[0].enqueued + self.max_delay_s
-            while len(self._queue) < self.max_batch_size and not self._closing:
+            # Wait only while announced items are still on their way: with
+            # none coming, waiting would add latency and merge nothing.
+            while (
+                len(self._queue) < self.max_batch_size
+                and not self._closing
+                and (self._announced > 0 or not self.adaptive)
+            ):
                 remaining = flush_at - self._clock()
                 if remaining <= 0:
                     break

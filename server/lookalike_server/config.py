@@ -66,6 +66,11 @@ class BatchingConfig:
     max_batch_size: int = _opt(32, "largest batch one inference run takes; 1 turns batching off")
     max_delay_ms: float = _opt(2.0, "how long the oldest queued item waits for company before its batch runs")
     queue_size: int = _opt(512, "items a model's queue holds; beyond that requests get RESOURCE_EXHAUSTED")
+    adaptive_delay: bool = _opt(
+        True,
+        "wait max_delay_ms only while images of in-flight requests are still being preprocessed "
+        "(a lone request runs at once); false = always wait, as Triton does",
+    )
     buckets: tuple[int, ...] = _opt(
         (), "batch sizes to pad to and warm at start; empty = powers of two up to max_batch_size"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -56,6 +56,7 @@ class Embedder:
                 max_batch_size=model.max_batch_size,
                 max_delay_s=model.spec.batching.max_delay_ms / 1000.0,
                 queue_size=model.spec.batching.queue_size,
+                adaptive=model.spec.batching.adaptive_delay,
             )
             for name, model in self.models.items()
         }
@@ -93,9 +94,16 @@ class Embedder:
         ctx.check("preprocessing")
         specs = {m: self.models[m].spec.preprocess for m in models}
         draft = max((s.decode_size for s in specs.values()), default=None)
-        prepared: list[Future[_Prepared]] = [
-            ctx.track(self._pool.submit(self._prepare, i, data, specs, draft, ctx)) for i, data in enumerate(images)
-        ]
+        # Tell each batcher these images are coming, so it holds a batch open
+        # for them rather than for nobody (see MicroBatcher.announce).
+        for m in models:
+            self.batchers[m].announce(len(images))
+        prepared: list[Future[_Prepared]] = []
+        for i, data in enumerate(images):
+            fut = self._pool.submit(self._prepare, i, data, specs, draft, ctx)
+            # A task cancelled before it ran never submits: withdraw for it.
+            fut.add_done_callback(lambda f: self._withdraw(specs, 1) if f.cancelled() else None)
+            prepared.append(ctx.track(fut))
         timing = Timing()
         batch_futures: list[tuple[int, str, Future[Batched[np.ndarray]]]] = []
         try:
@@ -132,25 +140,27 @@ class Embedder:
     ) -> _Prepared:
         """Pool task: decode once, make each model's tensor, queue it."""
         started = time.perf_counter()
+        futures: dict[str, Future[Batched[np.ndarray]]] = {}
         try:
-            img = decode_image(
-                data,
-                max_bytes=self.limits.max_image_bytes,
-                max_pixels=self.limits.max_pixels,
-                draft_size=draft,
-            )
-            tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
-        except ServiceError as exc:
-            # Name the offending image: a request may carry dozens.
-            raise type(exc)(f"image {index}: {exc.message}") from None
-        elapsed = time.perf_counter() - started
-        futures = {}
-        try:
+            try:
+                img = decode_image(
+                    data,
+                    max_bytes=self.limits.max_image_bytes,
+                    max_pixels=self.limits.max_pixels,
+                    draft_size=draft,
+                )
+                tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
+            except ServiceError as exc:
+                # Name the offending image: a request may carry dozens.
+                raise type(exc)(f"image {index}: {exc.message}") from None
+            elapsed = time.perf_counter() - started
             for m, tensor in tensors.items():
-                futures[m] = ctx.track(self.batchers[m].submit(tensor, deadline=ctx.deadline))
+                futures[m] = ctx.track(self.batchers[m].submit(tensor, deadline=ctx.deadline, announced=True))
         except BaseException:
             for f in futures.values():
                 f.cancel()
+            # Announcements of the models this image never reached.
+            self._withdraw([m for m in specs if m not in futures], 1)
             raise
         return _Prepared(futures, elapsed)
 
@@ -171,6 +181,10 @@ class Embedder:
             if ctx.cancelled:
                 raise Cancelled("the client cancelled the request") from None
             raise DeadlineExceeded(f"deadline exceeded during {stage}") from None
+
+    def _withdraw(self, models: Iterable[str], n: int) -> None:
+        for m in models:
+            self.batchers[m].withdraw(n)
 
     def stats(self, reset: bool = False) -> dict[str, BatcherStats]:
         """Each batcher's counters."""

@@ -173,11 +173,11 @@ def test_health_and_reflection(embed_server):
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """One model whose batcher holds items for 3 s, with a queue of 4."""
+    """One model whose batcher always holds items for 3 s (Triton's rule), with a queue of 4."""
     live = start_server(
         stores=False,
         models=ModelsConfig(only=("mobilenet_v2",)),
-        batching=BatchingConfig(max_batch_size=32, max_delay_ms=3000, queue_size=4),
+        batching=BatchingConfig(max_batch_size=32, max_delay_ms=3000, queue_size=4, adaptive_delay=False),
     )
     yield live
     live.server.stop(0)
@@ -232,7 +232,7 @@ def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(photos)
         stores=False,
         shutdown_delay_s=1.0,
         models=ModelsConfig(only=("mobilenet_v2",)),
-        batching=BatchingConfig(max_batch_size=8, max_delay_ms=4000, queue_size=16),
+        batching=BatchingConfig(max_batch_size=8, max_delay_ms=4000, queue_size=16, adaptive_delay=False),
     )
     stub = stub_for(live.target)
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(live.target))

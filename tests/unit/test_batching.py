@@ -233,3 +233,53 @@ def test_pad_to_bucket_pads_with_zeros_and_keeps_rows():
     np.testing.assert_array_equal(padded[:3], x)
     np.testing.assert_array_equal(padded[3], 0)
     assert pad_to_bucket(x[:2], (1, 2, 4)) is not None and pad_to_bucket(x[:2], (1, 2, 4)).shape == (2, 2)
+
+
+def test_adaptive_lone_item_does_not_wait_for_company():
+    runner = GatedRunner()
+    # A delay far beyond the test's timeout: only "nobody is coming" can flush.
+    b = make(runner, max_delay_s=60.0, adaptive=True)
+    try:
+        assert b.submit(1).result(5).value == 10
+    finally:
+        b.close()
+
+
+def test_adaptive_batch_is_held_open_for_announced_items():
+    runner = GatedRunner()
+    b = make(runner, max_delay_s=60.0, adaptive=True)
+    try:
+        b.announce(2)
+        first = b.submit(1, announced=True)
+        time.sleep(0.1)
+        assert not first.done()  # the second announced item is still coming
+        second = b.submit(2, announced=True)
+        assert first.result(5).batch_size == 2 and second.result(5).value == 20
+        assert runner.batches == [[1, 2]]
+    finally:
+        b.close()
+
+
+def test_adaptive_withdrawn_announcement_releases_the_batch():
+    runner = GatedRunner()
+    b = make(runner, max_delay_s=60.0, adaptive=True)
+    try:
+        b.announce(2)
+        first = b.submit(1, announced=True)
+        time.sleep(0.05)
+        assert not first.done()
+        b.withdraw(1)  # the other image failed to decode
+        assert first.result(5).batch_size == 1
+    finally:
+        b.close()
+
+
+def test_non_adaptive_waits_for_the_delay_even_alone():
+    runner = GatedRunner()
+    b = make(runner, max_delay_s=0.3, adaptive=False)
+    try:
+        started = time.monotonic()
+        b.submit(1).result(5)
+        assert time.monotonic() - started >= 0.3
+    finally:
+        b.close()
