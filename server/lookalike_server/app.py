@@ -56,7 +56,13 @@ def load_models(config: Config) -> dict[str, OnnxModel]:
     models: dict[str, OnnxModel] = {}
     for spec in specs:
         try:
-            model = OnnxModel(spec, config.models.providers, config.models.intra_op_threads, cache_dir)
+            model = OnnxModel(
+                spec,
+                config.models.providers,
+                config.models.intra_op_threads,
+                cache_dir,
+                session_per_bucket=config.models.session_per_bucket,
+            )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:
             if spec.optional:

@@ -106,6 +106,9 @@ class ModelsConfig:
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
     preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
     warmup: bool = _opt(True, "run every batch bucket once at start-up")
+    session_per_bucket: str = _opt(
+        "auto", "one ONNX Runtime session per batch bucket: on, off, or auto (on for CUDA/TensorRT, off on CPU)"
+    )
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]
@@ -117,6 +120,7 @@ class ModelsConfig:
         _require(bool(self.providers), "models.providers", "at least one provider is needed")
         _require(self.intra_op_threads >= 0, "models.intra_op_threads", "must be >= 0")
         _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
+        _require(self.session_per_bucket in ("on", "off", "auto"), "models.session_per_bucket", "on, off or auto")
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,7 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
         raise _entry_error(registry, index, name, f"output_layout {output_layout!r} must be NCHW or NHWC")
     dim = entry["dim"]
     if not isinstance(dim, int) or not 1 <= dim <= 32768:
-        raise _entry_error(
-            registry, index, name, f"dim {dim!r} must be an integer in 1..32768 (Milvus' limit)"
-        )
+        raise _entry_error(registry, index, name, f"dim {dim!r} must be an integer in 1..32768 (Milvus' limit)")
     overrides = entry.get("batching", {})
     try:
         batching = dataclasses.replace(defaults, **overrides)
@@ -256,6 +254,7 @@ class OnnxModel:
         providers: Sequence[str],
         intra_op_threads: int = 0,
         cache_dir: Path | None = None,
+        session_per_bucket: str = "auto",
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
@@ -276,20 +275,33 @@ class OnnxModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
         opts.log_severity_level = 3  # ORT's provider fallbacks are reported by us, once
-        try:
-            self.session = ort.InferenceSession(
-                str(spec.path),
-                sess_options=opts,
-                providers=[(p, _provider_options(p, spec, self.buckets, cache_dir)) for p in chosen],
-            )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
-            raise ModelLoadError(f"{where}: ONNX Runtime cannot load it: {exc}") from None
+
+        def new_session() -> Any:
+            try:
+                return ort.InferenceSession(
+                    str(spec.path),
+                    sess_options=opts,
+                    providers=[(p, _provider_options(p, spec, self.buckets, cache_dir)) for p in chosen],
+                )
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
+                raise ModelLoadError(f"{where}: ONNX Runtime cannot load it: {exc}") from None
+
+        self.session = new_session()
         self.providers = self.session.get_providers()
         if self.providers[0] != providers[0]:
-            log.warning(
-                "model %s: asked for %s, ONNX Runtime gave %s", spec.name, list(providers), self.providers
-            )
+            log.warning("model %s: asked for %s, ONNX Runtime gave %s", spec.name, list(providers), self.providers)
         self._check_io(where)
+        # On CUDA, one session fed alternating batch shapes was measured at
+        # 80-105 ms a run against 3-11 ms when it sees a single shape (H200,
+        # ResNet50; see benchmarks/results/gpu-*). A session per bucket keeps
+        # each session on one shape. On the CPU one session serves all shapes
+        # at full speed, so "auto" shares it there.
+        on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        per_bucket = session_per_bucket == "on" or (session_per_bucket == "auto" and on_gpu)
+        self.sessions: dict[int, Any] = {
+            b: (self.session if i == 0 or not per_bucket else new_session()) for i, b in enumerate(self.buckets)
+        }
+        self.session_per_bucket = per_bucket
 
     def _check_io(self, where: str) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -316,9 +328,7 @@ class OnnxModel:
         batch_dim = shape[0]
         if isinstance(batch_dim, int) and batch_dim > 0:
             # A fixed batch size: the only bucket is that size.
-            log.warning(
-                "model %s: batch axis is fixed at %d; batching limited to it", self.spec.name, batch_dim
-            )
+            log.warning("model %s: batch axis is fixed at %d; batching limited to it", self.spec.name, batch_dim)
             self.buckets = (batch_dim,)
             self.max_batch_size = batch_dim
 
@@ -355,7 +365,8 @@ class OnnxModel:
         """
         n = batch.shape[0]
         x = pad_to_bucket(batch, self.buckets) if pad else batch
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        session = self.sessions.get(x.shape[0], self.session)
+        (out,) = session.run([self.output_name], {self.input_name: x})
         out = np.asarray(out[:n], dtype=np.float32)
         return pool_features(out, self.spec.pooling, self.spec.output_layout)
 

@@ -157,3 +157,13 @@ def test_pooling_and_normalisation():
     np.testing.assert_array_equal(pool_features(nhwc, "max", "NHWC"), fmap.max(axis=(2, 3)))
     v = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
     np.testing.assert_allclose(v, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_session_per_bucket_gives_each_bucket_its_own_session(tmp_path):
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=4))
+    shared = OnnxModel(spec, CPU)  # auto: one session on the CPU
+    assert not shared.session_per_bucket and len({id(s) for s in shared.sessions.values()}) == 1
+    split = OnnxModel(spec, CPU, session_per_bucket="on")
+    assert split.session_per_bucket and len({id(s) for s in split.sessions.values()}) == 3
+    x = [np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32) for _ in range(3)]
+    np.testing.assert_allclose(np.stack(split.embed_batch(x)), np.stack(shared.embed_batch(x)), atol=1e-5)
