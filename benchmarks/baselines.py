@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lookalike.bench import latency_summary
 
 REPO = Path(__file__).resolve().parents[1]

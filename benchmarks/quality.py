@@ -48,9 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from lookalike.bench import describe_machine, machine_markdown
 from lookalike.client import LookalikeClient, NewItem, SearchQuery
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"

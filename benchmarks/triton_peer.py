@@ -94,12 +94,13 @@ def serve(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    from lookalike_server.config import BatchingConfig
-    from lookalike_server.models import OnnxModel, l2_normalise, load_registry
-    from lookalike_server.preprocess import preprocess
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    from lookalike_server.config import BatchingConfig
+    from lookalike_server.models import OnnxModel, l2_normalise, load_registry
+    from lookalike_server.preprocess import preprocess
 
     (spec,) = load_registry(
         REPO / "models" / "models.toml", BatchingConfig(max_batch_size=args.max_batch_size), only=[args.model]

@@ -31,8 +31,8 @@ def generate(out_dir: Path) -> list[Path]:
     Raises:
         RuntimeError: protoc reported an error.
     """
-    from grpc_tools import protoc  # dev dependency only
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

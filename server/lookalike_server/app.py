@@ -26,8 +26,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
-
 from lookalike_server.domain import (
     InsertItem,
     ModelHits,
@@ -87,9 +87,7 @@ def search_response(results: list[ModelHits], timing: Timing) -> pb.SearchRespon
         results=[
             pb.ModelHits(
                 model=r.model,
-                hits=[
-                    pb.Hit(id=h.id, distance=h.distance, key=h.key, attributes=h.attributes) for h in r.hits
-                ],
+                hits=[pb.Hit(id=h.id, distance=h.distance, key=h.key, attributes=h.attributes) for h in r.hits],
             )
             for r in results
         ],

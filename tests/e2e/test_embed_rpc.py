@@ -14,13 +14,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from lookalike_server.config import BatchingConfig, LimitsConfig, ModelsConfig
 from lookalike_server.models import load_registry
 from lookalike_server.preprocess import preprocess
-from PIL import Image
-
 from tests.conftest import ROOT, start_server
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")

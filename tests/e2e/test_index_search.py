@@ -15,9 +15,10 @@ import uuid
 
 import grpc
 import pytest
+from PIL import Image
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
-from PIL import Image
 
 MODELS = ["mobilenet_v2", "efficientnet_lite0"]
 

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from lookalike.client import LookalikeClient
 
 ROOT = Path(__file__).resolve().parents[2]

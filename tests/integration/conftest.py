@@ -33,6 +33,7 @@ from types import ModuleType
 
 import pytest
 import redis
+
 from lookalike_server.config import MilvusConfig, RedisConfig
 from lookalike_server.store.milvus import MilvusStore
 from lookalike_server.store.redis import RedisStore

@@ -12,6 +12,7 @@ import argparse
 import json
 
 import pytest
+
 from lookalike import bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from PIL import Image
+
 from lookalike_server.domain import InsertItem, RequestContext, SearchFilter, SearchQuery
 from lookalike_server.errors import Unavailable
-from PIL import Image
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ def ctx() -> RequestContext:
     ids=["milvus-write", "redis-complete"],
 )
 def test_failed_insert_leaves_nothing_behind_and_a_retry_succeeds(service, photos, milvus_fail, redis_fail):
-    data, sha = unique_photo(photos[0])
+    data, _sha = unique_photo(photos[0])
     key = f"fault-{uuid.uuid4().hex[:8]}"
     before = counts(service)
     with faulty(service, milvus_fail, redis_fail), pytest.raises(Unavailable, match="injected"):
@@ -109,7 +110,7 @@ def test_failed_insert_leaves_nothing_behind_and_a_retry_succeeds(service, photo
 
 
 def test_when_cleanup_also_fails_the_pending_item_is_hidden_then_repaired(service, photos):
-    data, sha = unique_photo(photos[1])
+    data, _sha = unique_photo(photos[1])
     key = f"fault-{uuid.uuid4().hex[:8]}"
     before = counts(service)
     # Writes reach Milvus, the completion fails, and so do the clean-up deletes.

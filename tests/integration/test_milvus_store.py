@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from lookalike_server import errors
 from lookalike_server.config import MilvusConfig
 from lookalike_server.store.milvus import MilvusStore, SearchHit, build_filter, string_literal

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
 from lookalike_server.store.redis import STATE_COMPLETE, STATE_PENDING, RedisStore

@@ -19,10 +19,10 @@ from dataclasses import replace
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from lookalike_server.config import MilvusConfig, ModelsConfig, RedisConfig
-
 from tests.conftest import ROOT, start_server
 
 pytestmark = pytest.mark.integration

@@ -13,6 +13,7 @@ from collections import Counter
 
 import grpc
 import pytest
+
 from lookalike import bench
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
@@ -31,9 +32,7 @@ class FakeLookalike(pb_grpc.LookalikeServicer):
         self.counts[f"{method}/{code}"] += 1
 
     async def ListModels(self, request, context):
-        info = pb.ModelInfo(
-            name="fake", version="1", dim=4, providers=["CPUExecutionProvider"], max_batch_size=8
-        )
+        info = pb.ModelInfo(name="fake", version="1", dim=4, providers=["CPUExecutionProvider"], max_batch_size=8)
         return pb.ListModelsResponse(models=[info])
 
     async def Embed(self, request, context):
@@ -62,9 +61,7 @@ class FakeLookalike(pb_grpc.LookalikeServicer):
     async def Insert(self, request, context):
         await asyncio.sleep(DELAY_S)
         self._count("Insert")
-        return pb.InsertResponse(
-            results=[pb.InsertResult(id=i, created=True) for i, _ in enumerate(request.items)]
-        )
+        return pb.InsertResponse(results=[pb.InsertResult(id=i, created=True) for i, _ in enumerate(request.items)])
 
     async def SearchStream(self, request_iterator, context):
         async for req in request_iterator:

@@ -8,6 +8,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+
 from lookalike import bench
 
 
@@ -127,9 +128,7 @@ def _point(label: str, rps: float) -> dict:
 
 def test_report_structure_and_files(tmp_path) -> None:
     report = bench.new_report("unit", bench.describe_machine(), {"method": "embed"})
-    report["series"].append(
-        {"name": "embed", "kind": "server", "points": [_point("c=1", 10.0), _point("c=4", 30.0)]}
-    )
+    report["series"].append({"name": "embed", "kind": "server", "points": [_point("c=1", 10.0), _point("c=4", 30.0)]})
     out = bench.write_report(report, tmp_path / "r")
     data = json.loads((out / "results.json").read_text())
     assert {"name", "created", "machine", "config", "series", "plots"} <= set(data)

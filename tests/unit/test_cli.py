@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from lookalike import cli
 from PIL import Image
 
+from lookalike import cli
 from tests.unit.test_client_fakes import DIM, FakeServer
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
+
 from lookalike import (
     AsyncLookalikeClient,
     InvalidArgumentError,
@@ -24,8 +26,6 @@ from lookalike import (
     UnavailableError,
 )
 from lookalike.images import encode_image, sniff_mime
-from PIL import Image
-
 from tests.unit.test_client_fakes import DIM, FakeServer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

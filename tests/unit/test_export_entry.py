@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lookalike_server.errors import ConfigError
 from lookalike_server.export.entry import PRESETS, ModelEntry, read_entries, upsert_entry
 from lookalike_server.export.parity import compare, find_photos, load_rgb, preprocess_image

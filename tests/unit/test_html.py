@@ -8,9 +8,10 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
+from PIL import Image
+
 from lookalike import Hit, ModelHits
 from lookalike.html import render_search_html
-from PIL import Image
 
 
 def _jpeg(size: tuple[int, int], color: str = "red") -> bytes:

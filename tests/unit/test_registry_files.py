@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lookalike_server.export.entry import read_entries
 from lookalike_server.export.parity import find_photos, load_rgb, preprocess_image
 from lookalike_server.export.quantize import entry_from_registry
