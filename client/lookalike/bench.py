@@ -323,8 +323,8 @@ def load_images(directory: str | Path, image_size: int = 0, limit: int = 256) ->
         raise BenchError("--image-size needs Pillow: pip install 'lookalike[bench]'") from exc
     out = []
     for data in raw:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGBA")
+        with Image.open(io.BytesIO(data)) as opened:
+            img = opened.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             rgb = Image.alpha_composite(background, img).convert("RGB")
             w, h = rgb.size

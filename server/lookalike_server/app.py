@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,10 @@ from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, 
 from lookalike_server.models import OnnxModel, load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
+
+if TYPE_CHECKING:
+    from lookalike_server.store.milvus import MilvusStore
+    from lookalike_server.store.redis import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +103,8 @@ class LookalikeServer:
         self._stores_ok = True
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._milvus = None
-        self._redis = None
+        self._milvus: MilvusStore | None = None
+        self._redis: RedisStore | None = None
         self._embedder: Embedder | None = None
         mb = config.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.server(

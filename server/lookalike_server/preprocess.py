@@ -216,8 +216,8 @@ def decode_image(
             if fmt == "JPEG" and draft_size is not None:
                 img.draft("RGB", (draft_size[0] * 2, draft_size[1] * 2))
             img.load()  # decode now, inside the try: truncation surfaces here
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            upright: Image.Image = ImageOps.exif_transpose(img) or img
+            return _to_rgb(upright)
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"{fmt} image is too large to decode safely: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:

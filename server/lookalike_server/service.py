@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -58,6 +59,10 @@ from lookalike_server.errors import (
     Unavailable,
 )
 from lookalike_server.models import OnnxModel, l2_normalise
+
+if TYPE_CHECKING:
+    from lookalike_server.store.milvus import MilvusStore
+    from lookalike_server.store.redis import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,9 @@ class LookalikeService:
         redis: Metadata store, or None for an embed-only server.
     """
 
-    def __init__(self, config: Config, embedder: Embedder, milvus: object | None, redis: object | None) -> None:
+    def __init__(
+        self, config: Config, embedder: Embedder, milvus: MilvusStore | None, redis: RedisStore | None
+    ) -> None:
         self.config = config
         self.embedder = embedder
         self.milvus = milvus

@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -119,6 +120,14 @@ def search_query(req: pb.SearchRequest) -> SearchQuery:
 def insert_result_pb(r: Any) -> pb.InsertResult:
     """Domain insert result → proto."""
     return pb.InsertResult(id=r.id, created=r.created, models=list(r.models), content_sha256=r.content_sha256)
+
+
+@dataclass
+class _StreamState:
+    """What a stream's reader thread tells the responding loop."""
+
+    sent: int = 0
+    read_error: Exception | None = None
 
 
 class RequestCounter:
@@ -349,7 +358,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         window = threading.Semaphore(self.stream_in_flight)
         answers: queue.Queue[Any] = queue.Queue()
         reader_done = object()
-        state = {"sent": 0, "read_error": None}
+        state = _StreamState()
 
         def run_item(req: Any) -> None:
             ctx = stream_ctx.child()
@@ -373,7 +382,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
                     if stream_ctx.cancelled:
                         window.release()
                         return
-                    state["sent"] += 1
+                    state.sent += 1
                     try:
                         self._stream_pool.submit(run_item, req)
                     except RuntimeError as exc:  # pool shut down: server stopping
@@ -382,14 +391,14 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
             except grpc.RpcError:
                 pass  # the client went away; the stream context is cancelled
             except Exception as exc:
-                state["read_error"] = exc
+                state.read_error = exc
             finally:
                 answers.put(reader_done)
 
         threading.Thread(target=reader, name=f"{method}-reader", daemon=True).start()
         received = 0
         reading = True
-        while reading or received < state["sent"]:
+        while reading or received < state.sent:
             try:
                 answer = answers.get(timeout=0.5)
             except queue.Empty:
@@ -401,11 +410,11 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
                 continue
             received += 1
             yield answer
-        if state["read_error"] is not None:
-            exc = state["read_error"]
-            code = grpc_code_for(exc if isinstance(exc, ServiceError) else InternalError(str(exc)))
+        if state.read_error is not None:
+            err = state.read_error
+            code = grpc_code_for(err if isinstance(err, ServiceError) else InternalError(str(err)))
             self.counter.add(method, code)
-            context.abort(status_code(code), error_message(exc))
+            context.abort(status_code(code), error_message(err))
         self.counter.add(method, "CANCELLED" if stream_ctx.cancelled else "OK")
 
     def close(self) -> None:

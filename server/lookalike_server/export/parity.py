@@ -30,8 +30,8 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def load_rgb(path: Path) -> Image.Image:
     """Opens an image as the server does: EXIF orientation, RGB, alpha on white."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as opened:
+        im: Image.Image = ImageOps.exif_transpose(opened)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -64,7 +64,7 @@ def preprocess_image(img: Image.Image, entry: ModelEntry) -> np.ndarray:
         img = img.crop((left, top, left + entry.width, top + entry.height))
     elif img.size != (entry.width, entry.height):
         img = img.resize((entry.width, entry.height), resample)
-    x = np.asarray(img, dtype=np.float32) * np.float32(entry.scale)
+    x: np.ndarray = np.asarray(img, dtype=np.float32) * np.float32(entry.scale)
     if entry.color_order == "BGR":
         x = x[..., ::-1]
     x = (x - np.asarray(entry.mean, np.float32)) / np.asarray(entry.std, np.float32)

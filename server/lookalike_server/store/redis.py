@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import redis
@@ -435,7 +435,7 @@ class RedisStore:
         except Exception as exc:
             self._raise(exc, "cache_get_many")
         # copy(): frombuffer views the immutable bytes; callers may normalise in place.
-        return [np.frombuffer(v, dtype=np.float32).copy() if v else None for v in values]
+        return [np.frombuffer(cast(bytes, v), dtype=np.float32).copy() if v else None for v in values]
 
     def cache_put_many(self, model_key: str, shas: Sequence[str], vectors: np.ndarray) -> None:
         """Caches embeddings (one pipeline), each with the configured TTL.
