@@ -79,6 +79,17 @@ __all__ = [
 DEFAULT_TARGET = "127.0.0.1:50051"
 """Where the server listens by default (the ``lookalike-server`` default port, on loopback)."""
 
+
+def _open_channel(
+    module: Any, target: str, secure: bool, root_certificates: bytes | None, options: Sequence[tuple[str, Any]]
+) -> Any:
+    """A channel from ``grpc`` or ``grpc.aio`` (same function names in both)."""
+    if secure:
+        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return module.secure_channel(target, creds, options=list(options))
+    return module.insecure_channel(target, options=list(options))
+
+
 # Sized for images: a few multi-megabyte photos per request must fit both ways.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -623,11 +634,7 @@ class LookalikeClient:
         self.target = target
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries=retries, codes=frozenset(retry_codes))
-        if secure:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(target, creds, options=list(options))
-        else:
-            self._channel = grpc.insecure_channel(target, options=list(options))
+        self._channel = _open_channel(grpc, target, secure, root_certificates, options)
         self._stub = pb_grpc.LookalikeStub(self._channel)
         # Tests and tooling may swap the sleep out; production uses time.sleep.
         self._sleep: Callable[[float], None] = time.sleep
@@ -1041,11 +1048,7 @@ class AsyncLookalikeClient:
         self.target = target
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries=retries, codes=frozenset(retry_codes))
-        if secure:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.aio.secure_channel(target, creds, options=list(options))
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        self._channel = _open_channel(grpc.aio, target, secure, root_certificates, options)
         self._stub = pb_grpc.LookalikeStub(self._channel)
 
     @property

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lookalike_server.errors import ConfigError
-from lookalike_server.export.entry import PRESETS, ModelEntry, read_entries, upsert_entry
+from lookalike_server.export.entry import ModelEntry, read_entries, upsert_entry
 from lookalike_server.export.parity import compare, find_photos, load_rgb, preprocess_image
 
 if sys.version_info >= (3, 11):
@@ -65,13 +65,6 @@ def test_bad_names_and_presets_are_config_errors() -> None:
         _entry("Bad-Name")
     with pytest.raises(ConfigError, match="unknown preset"):
         _entry("ok", preset="pytorch")
-
-
-def test_presets_agree_with_the_server() -> None:
-    server = pytest.importorskip("lookalike_server.preprocess", reason="server preprocessing not importable")
-    for name, fields in PRESETS.items():
-        theirs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in server.PRESETS[name].items()}
-        assert {k: theirs[k] for k in fields} == fields, name
 
 
 @pytest.mark.parametrize("preset", ["imagenet", "caffe", "tf"])

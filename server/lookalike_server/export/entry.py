@@ -26,43 +26,13 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from lookalike_server.errors import ConfigError
+from lookalike_server.preprocess import PRESETS
 
 if TYPE_CHECKING:
     from lookalike_server.export.parity import ParityReport
 
-# The preprocessing each preset stands for. Kept in step with
-# lookalike_server.preprocess.PRESETS (a unit test compares them) but defined
-# here too so the exporter never imports the serving stack.
-PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet": {
-        "resize_shorter": 256,
-        "interpolation": "bilinear",
-        "color_order": "RGB",
-        "layout": "NCHW",
-        "scale": 1 / 255,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-    },
-    "caffe": {
-        "resize_shorter": 0,
-        "interpolation": "nearest",
-        "color_order": "BGR",
-        "layout": "NHWC",
-        "scale": 1.0,
-        "mean": (103.939, 116.779, 123.68),
-        "std": (1.0, 1.0, 1.0),
-    },
-    "tf": {
-        "resize_shorter": 0,
-        "interpolation": "bilinear",
-        "color_order": "RGB",
-        "layout": "NHWC",
-        "scale": 1 / 127.5,
-        "mean": (1.0, 1.0, 1.0),
-        "std": (1.0, 1.0, 1.0),
-    },
-}
-
+# One source of truth for presets: the server's own preprocessing module
+# (numpy + Pillow only; it pulls in nothing of the serving stack).
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
 # Key order of a written entry: the schema's order, so files diff nicely.
 _KEY_ORDER = [
