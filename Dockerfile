@@ -48,10 +48,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     LOOKALIKE_DATA_DIR=/data \
     LOOKALIKE_MODELS_REGISTRY=/opt/lookalike/models/models.toml \
     LOOKALIKE_SHUTDOWN_DELAY_S=5 \
+    LOOKALIKE_METRICS_PORT=9464 \
     PYTHONUNBUFFERED=1
 USER lookalike
 VOLUME ["/data"]
-EXPOSE 50051
+# gRPC, and Prometheus /metrics.
+EXPOSE 50051 9464
 # grpc.health.v1: SERVING once models are warm and Milvus/Redis answer.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD \
   python -c "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;\

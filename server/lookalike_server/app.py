@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -106,6 +106,8 @@ class LookalikeServer:
         self._milvus: MilvusStore | None = None
         self._redis: RedisStore | None = None
         self._embedder: Embedder | None = None
+        self.metrics: Any = None
+        self.metrics_port = 0
         mb = config.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
@@ -170,6 +172,17 @@ class LookalikeServer:
         except ServiceError as exc:
             log.warning("start-up repair sweep failed: %s", exc)
         self._set_health(_SERVING)
+        if self.config.metrics_port >= 0:
+            from lookalike_server.metrics import PrometheusExporter
+
+            embedder = self._embedder
+            self.metrics = PrometheusExporter(
+                embedder.totals,
+                self.servicer.counter.totals,
+                lambda: self._stores_ok if self.config.stores else None,
+            )
+            self.metrics_port = self.metrics.start(self.config.host, self.config.metrics_port)
+            self.servicer.observe = self.metrics.observe
         if self.config.stores:
             self._monitor = threading.Thread(target=self._watch_stores, name="store-monitor", daemon=True)
             self._monitor.start()
@@ -219,6 +232,8 @@ class LookalikeServer:
         self._draining = True
         self.grpc_server.stop(grace).wait()
         self.servicer.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._embedder is not None:
             self._embedder.close(timeout=grace)
         if self.service is not None:

@@ -129,6 +129,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: collections.deque[_Request[T, R]] = collections.deque()
         self._cond = threading.Condition()
         self._stats = BatcherStats()
+        self._baseline = BatcherStats()
         self._announced = 0
         self._closing = False
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -190,12 +191,26 @@ class MicroBatcher(Generic[T, R]):
         return future
 
     def stats(self, reset: bool = False) -> BatcherStats:
-        """A snapshot of the counters; ``reset`` zeroes them atomically."""
+        """Counters since the last reset; ``reset`` starts a new window atomically.
+
+        The counters themselves never go down (see :meth:`totals`): a reset
+        only moves the window's baseline, so monitoring keeps monotonic values.
+        """
         with self._cond:
-            snap = BatcherStats(**{**vars(self._stats), "batch_sizes": dict(self._stats.batch_sizes)})
-            snap.queue_depth = len(self._queue)
+            totals = self._snapshot()
+            window = _minus(totals, self._baseline)
             if reset:
-                self._stats = BatcherStats()
+                self._baseline = totals
+        return window
+
+    def totals(self) -> BatcherStats:
+        """Monotonic counters since start (for Prometheus-style scraping)."""
+        with self._cond:
+            return self._snapshot()
+
+    def _snapshot(self) -> BatcherStats:
+        snap = BatcherStats(**{**vars(self._stats), "batch_sizes": dict(self._stats.batch_sizes)})
+        snap.queue_depth = len(self._queue)
         return snap
 
     @property
@@ -304,6 +319,15 @@ class MicroBatcher(Generic[T, R]):
                 st.batch_sizes[len(live)] = st.batch_sizes.get(len(live), 0) + 1
                 st.run_s_sum += run_s
                 st.queue_s_sum += sum(started - r.enqueued for r in live)
+
+
+def _minus(a: BatcherStats, b: BatcherStats) -> BatcherStats:
+    """Counters of ``a`` less ``b`` (``queue_depth`` is taken from ``a``)."""
+    sizes = {k: v - b.batch_sizes.get(k, 0) for k, v in a.batch_sizes.items()}
+    out = BatcherStats(**{k: getattr(a, k) - getattr(b, k) for k in vars(a) if k not in ("batch_sizes", "queue_depth")})
+    out.batch_sizes = {k: v for k, v in sizes.items() if v}
+    out.queue_depth = a.queue_depth
+    return out
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:

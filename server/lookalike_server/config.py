@@ -247,6 +247,7 @@ class Config:
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
     stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
     health_interval_s: float = _opt(5.0, "seconds between store pings; health is NOT_SERVING while one fails")
+    metrics_port: int = _opt(-1, "Prometheus /metrics HTTP port on the same host; -1 = off, 0 = any free port")
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -262,6 +263,7 @@ class Config:
         _require(self.grace_s >= 0, "grace_s", "must be >= 0")
         _require(0 <= self.shutdown_delay_s <= 300, "shutdown_delay_s", "must be in 0..300")
         _require(self.health_interval_s > 0, "health_interval_s", "must be > 0")
+        _require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1 (off) or in 0..65535")
         _require(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "DEBUG..ERROR")
         _require(
             self.max_message_mb * 1024 * 1024 > self.limits.max_image_bytes,

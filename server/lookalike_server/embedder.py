@@ -187,8 +187,12 @@ class Embedder:
             self.batchers[m].withdraw(n)
 
     def stats(self, reset: bool = False) -> dict[str, BatcherStats]:
-        """Each batcher's counters."""
+        """Each batcher's counters since the last reset."""
         return {name: b.stats(reset) for name, b in self.batchers.items()}
+
+    def totals(self) -> dict[str, BatcherStats]:
+        """Each batcher's monotonic counters since start."""
+        return {name: b.totals() for name, b in self.batchers.items()}
 
     def close(self, timeout: float = 10.0) -> None:
         """Drains the batchers and stops the pool."""

@@ -136,6 +136,7 @@ class RequestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._baseline: Counter[str] = Counter()
 
     def add(self, method: str, code: str) -> None:
         """Counts one finished call."""
@@ -143,12 +144,17 @@ class RequestCounter:
             self._counts[f"{method}:{code}"] += 1
 
     def snapshot(self, reset: bool = False) -> dict[str, int]:
-        """Counts so far; ``reset`` zeroes them."""
+        """Counts since the last reset; ``reset`` starts a new window (totals keep counting)."""
         with self._lock:
-            out = dict(self._counts)
+            out = {k: v - self._baseline[k] for k, v in self._counts.items() if v - self._baseline[k]}
             if reset:
-                self._counts.clear()
+                self._baseline = Counter(self._counts)
         return out
+
+    def totals(self) -> dict[str, int]:
+        """Monotonic counts since start, ``"Method:CODE" -> n``."""
+        with self._lock:
+            return dict(self._counts)
 
 
 def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -160,11 +166,13 @@ def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             ctx = self.request_context(context)
             try:
                 response = fn(self, request, ctx)
-            except Exception as exc:
+            except Exception as exc:  # the one mapping point: every failure gets a status
                 code = grpc_code_for(exc)
                 self.counter.add(method, code)
+                self.observe(method, time.monotonic() - ctx.started)
                 context.abort(status_code(code), error_message(exc))
             self.counter.add(method, "OK")
+            self.observe(method, time.monotonic() - ctx.started)
             return response
 
         return wrapper
@@ -192,6 +200,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         self.stream_in_flight = stream_in_flight
         self.counter = RequestCounter()
         self.started = time.monotonic()
+        # Latency observer (method, seconds); the app plugs in Prometheus.
+        self.observe: Callable[[str, float], None] = lambda method, seconds: None
         self._stream_pool = ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream-item")
 
     @staticmethod

@@ -316,3 +316,27 @@ def test_photos_fixture_is_real(photos):
     arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in photos]
     assert all(a.std() > 20 for a in arrays)
     assert len({Path(p).stem for p in photos}) == len(photos)
+
+
+def test_prometheus_metrics_are_monotonic_and_count_real_work(photos):
+    import urllib.request
+
+    live = start_server(stores=False, metrics_port=0, models=ModelsConfig(only=("mobilenet_v2",)))
+    try:
+        stub = stub_for(live.target)
+        data = photos[0].read_bytes()
+        for _ in range(3):
+            embed(stub, "mobilenet_v2", data)
+        with pytest.raises(grpc.RpcError):
+            embed(stub, "mobilenet_v2", b"not an image")
+        stub.GetStats(pb.GetStatsRequest(reset=True))  # must not reset what Prometheus sees
+
+        url = f"http://127.0.0.1:{live.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'lookalike_requests_total{code="OK",method="Embed"} 3.0' in text
+        assert 'lookalike_requests_total{code="INVALID_ARGUMENT",method="Embed"} 1.0' in text
+        assert 'lookalike_batch_items_total{model="mobilenet_v2"} 3.0' in text
+        assert 'lookalike_request_duration_seconds_count{method="Embed"} 4.0' in text
+        assert 'lookalike_queue_depth{model="mobilenet_v2"} 0.0' in text
+    finally:
+        live.server.stop(0)

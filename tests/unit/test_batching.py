@@ -283,3 +283,17 @@ def test_non_adaptive_waits_for_the_delay_even_alone():
         assert time.monotonic() - started >= 0.3
     finally:
         b.close()
+
+
+def test_stats_reset_moves_the_window_but_totals_stay_monotonic():
+    b = make(GatedRunner(), max_batch_size=1)
+    try:
+        for i in range(3):
+            b.submit(i).result(5)
+        assert b.stats(reset=True).batch_sizes == {1: 3}
+        b.submit(9).result(5)
+        window, totals = b.stats(), b.totals()
+        assert window.items == 1 and window.batch_sizes == {1: 1}
+        assert totals.items == 4 and totals.batch_sizes == {1: 4}
+    finally:
+        b.close()
