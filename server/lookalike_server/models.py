@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from lookalike_server.batching import pad_to_bucket
+from lookalike_server.batching import bucket_for, pad_to_bucket
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec
@@ -371,9 +371,19 @@ class OnnxModel:
         return pool_features(out, self.spec.pooling, self.spec.output_layout)
 
     def embed_batch(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        """The micro-batcher's ``run_batch``: stack, run, L2-normalise, split."""
-        feats = l2_normalise(self.run(np.stack(tensors)))
-        return list(feats)
+        """The micro-batcher's ``run_batch``: stack, run, L2-normalise, split.
+
+        The batch is written straight into a buffer of the bucket's size, so
+        each image tensor is copied once (not stacked, then padded again).
+        """
+        n = len(tensors)
+        x = np.empty((bucket_for(n, self.buckets), *tensors[0].shape), dtype=np.float32)
+        for i, t in enumerate(tensors):
+            x[i] = t
+        x[n:] = 0.0
+        (out,) = self.sessions.get(x.shape[0], self.session).run([self.output_name], {self.input_name: x})
+        feats = pool_features(np.asarray(out[:n], dtype=np.float32), self.spec.pooling, self.spec.output_layout)
+        return list(l2_normalise(feats))
 
 
 def pool_features(out: np.ndarray, pooling: str, layout: str) -> np.ndarray:

@@ -19,6 +19,7 @@ resamplers, and numpy's arithmetic, release the GIL.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -135,6 +136,12 @@ class PreprocessSpec:
             problems.append("std values must be non-zero")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @functools.cached_property
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` with ``x * a - b == (x * scale - mean) / std``, computed once per model."""
+        std = np.asarray(self.std, dtype=np.float32)
+        return np.float32(self.scale) / std, np.asarray(self.mean, dtype=np.float32) / std
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -265,9 +272,7 @@ def normalise(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if spec.color_order == "BGR":
         x = x[..., ::-1]
     # (x * scale - mean) / std, folded into one multiply-add.
-    std = np.asarray(spec.std, dtype=np.float32)
-    a = np.float32(spec.scale) / std
-    b = np.asarray(spec.mean, dtype=np.float32) / std
+    a, b = spec.affine
     x = x * a - b
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)
