@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +66,11 @@ def fetch_package(package: str, cache: Path) -> Path:
         cmd = ["apt-get", "download", package]
         print(f"$ {' '.join(cmd)}  (in {cache})", file=sys.stderr)
         proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True)
+        if proc.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # A fresh machine often has empty package lists: refresh once and retry.
+            print("$ apt-get update -qq", file=sys.stderr)
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True)
         if proc.returncode != 0:
             # A fresh container often has empty package lists; `apt-get update` fixes that.
             raise RuntimeError(
