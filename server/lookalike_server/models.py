@@ -363,12 +363,13 @@ class OnnxModel:
         Returns:
             (n, dim) float32 features.
         """
-        n = batch.shape[0]
         x = pad_to_bucket(batch, self.buckets) if pad else batch
-        session = self.sessions.get(x.shape[0], self.session)
-        (out,) = session.run([self.output_name], {self.input_name: x})
-        out = np.asarray(out[:n], dtype=np.float32)
-        return pool_features(out, self.spec.pooling, self.spec.output_layout)
+        return self._infer(x, batch.shape[0])
+
+    def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
+        """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""
+        (out,) = self.sessions.get(x.shape[0], self.session).run([self.output_name], {self.input_name: x})
+        return pool_features(np.asarray(out[:n], dtype=np.float32), self.spec.pooling, self.spec.output_layout)
 
     def embed_batch(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
         """The micro-batcher's ``run_batch``: stack, run, L2-normalise, split.
@@ -381,9 +382,7 @@ class OnnxModel:
         for i, t in enumerate(tensors):
             x[i] = t
         x[n:] = 0.0
-        (out,) = self.sessions.get(x.shape[0], self.session).run([self.output_name], {self.input_name: x})
-        feats = pool_features(np.asarray(out[:n], dtype=np.float32), self.spec.pooling, self.spec.output_layout)
-        return list(l2_normalise(feats))
+        return list(l2_normalise(self._infer(x, n)))
 
 
 def pool_features(out: np.ndarray, pooling: str, layout: str) -> np.ndarray:
