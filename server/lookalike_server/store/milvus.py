@@ -66,6 +66,7 @@ METRIC = "L2"
 _MAX_NAME_LEN = 255
 _MAX_TOP_K = 16384
 _MAX_HNSW_EF = 32768
+_MAX_IVF_NPROBE = 65536
 # Default indexes when MilvusConfig.index_type is empty.
 LITE_DEFAULT_INDEX = "IVF_FLAT"
 SERVER_DEFAULT_INDEX = "HNSW"
@@ -630,14 +631,21 @@ class MilvusStore:
             )
         return override
 
-    def _search_params(self, top_k: int) -> dict[str, Any]:
+    def _search_params(self, top_k: int, filtered: bool = False) -> dict[str, Any]:
         cfg = self._config
         params: dict[str, Any] = {}
         if self._index_type == "HNSW":
             # HNSW cannot return more than ef candidates.
             params["ef"] = min(max(cfg.search_ef, top_k), _MAX_HNSW_EF)
         elif self._index_type == "IVF_FLAT":
-            params["nprobe"] = cfg.ivf_nprobe
+            # A selective filter (key prefix, attributes) may match items only
+            # in cells nprobe would skip: probe every cell then, which is an
+            # exact scan of the matching rows, not a silent miss. Unfiltered,
+            # probe at least top_k cells: a cell holds at least one row, and
+            # Milvus Lite clamps nlist to a small segment's row count (one row
+            # per cell), where nprobe cells would cap the hits at nprobe.
+            nprobe = cfg.ivf_nlist if filtered else max(cfg.ivf_nprobe, top_k)
+            params["nprobe"] = min(nprobe, _MAX_IVF_NPROBE)
         return {"metric_type": METRIC, "params": params}
 
     def search(
@@ -689,7 +697,7 @@ class MilvusStore:
                 limit=top_k,
                 # Only the primary key: the service joins metadata from Redis.
                 output_fields=[ID_FIELD],
-                search_params=self._search_params(top_k),
+                search_params=self._search_params(top_k, filtered=bool(key_prefix or attributes)),
                 anns_field=VECTOR_FIELD,
                 consistency_level=self._consistency(consistency_level),
                 timeout=self._config.timeout_s,
