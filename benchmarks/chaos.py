@@ -290,6 +290,7 @@ class Chaos:
         self.milvus_dir = self.work / "milvus"
         self.servers: list[ServerProc] = []
         self.cli_dir = self.work / "cli-images"
+        self.orphans_seen = 0  # embedded redis-servers that outlived a killed server
 
     # -------------------------------------------------------------- set-up
 
@@ -466,10 +467,14 @@ class Chaos:
             return self.milvus_pid()
         return self.embedded_redis_pid()
 
-    def inject(self, faults: Counter[str]) -> tuple[str, str]:
-        target = self.rng.choice(self.targets())
-        # A Milvus standalone takes ~20-40 s to boot again: kill it rarely, freeze it instead.
-        kind = "KILL" if self.rng.random() < (0.15 if target == "milvus" else 0.5) else "STOP"
+    def inject(self, faults: Counter[str], n: int) -> tuple[str, str]:
+        plan = [p for p in self.args.fault_plan.split(",") if p]
+        if n <= len(plan):
+            target, kind = plan[n - 1].split(":")
+        else:
+            target = self.rng.choice(self.targets())
+            # A Milvus standalone takes ~20-40 s to boot again: kill it rarely, freeze it instead.
+            kind = "KILL" if self.rng.random() < (0.15 if target == "milvus" else 0.5) else "STOP"
         pid = self.pid_of(target)
         if not pid or not alive(pid):
             return target, "none"
@@ -490,6 +495,14 @@ class Chaos:
             assert s.proc is not None
             s.proc.wait()
             s.proc = None
+            if self.args.stores == "embedded":
+                # Its embedded redis-server must go by itself (parent-death signal), before any restart.
+                redis_pid = self.embedded_redis_pid()
+                deadline = time.monotonic() + 10
+                while redis_pid and alive(redis_pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if redis_pid and alive(redis_pid):
+                    self.orphans_seen += 1
             s.start(self.env)
         elif target == "redis":
             assert self.redis is not None
@@ -517,7 +530,7 @@ class Chaos:
         cli = threading.Thread(target=self.cli_run, args=(self.rng.uniform(0.5, self.args.round_s),), daemon=True)
         cli.start()
         time.sleep(self.rng.uniform(0.3, self.args.round_s * 0.6))
-        target, kind = self.inject(faults)
+        target, kind = self.inject(faults, n)
         time.sleep(self.rng.uniform(1.0, self.args.stall_s))
         try:
             self.heal(target, kind)
@@ -610,7 +623,10 @@ class Chaos:
                     undeleted += 1
                     notes.append(f"undeleted {key} id {item_id}")
         store = self.store_check(notes)
-        orphans = self.orphan_processes(notes)
+        orphans = self.orphan_processes(notes) + self.orphans_seen
+        if self.orphans_seen:
+            notes.append(f"{self.orphans_seen} embedded redis-server(s) outlived their SIGKILLed server")
+        self.orphans_seen = 0
         return RoundResult(
             faults=faults,
             acknowledged=len(acked),
@@ -796,6 +812,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cli-files", type=int, default=8, help="images added to the CLI's directory per round")
     p.add_argument("--redis-timeout-s", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--fault-plan",
+        default="",
+        help="faults of the first rounds, e.g. server0:KILL,embedded-redis:STOP (then random)",
+    )
     p.add_argument("--workdir", default="", help="parent of the work dir (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
     p.add_argument("--out", default="", help="append the table to this file")
