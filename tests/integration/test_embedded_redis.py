@@ -276,3 +276,35 @@ def test_two_stores_in_one_process_share_one_server(tmp_path: Path) -> None:
         a.close()
         b.close()
     assert _wait_gone(data, timeout_s=2.0) == []
+
+
+def _start_real_server(data: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lookalike_server", "--port", "0", "--models-only", "mobilenet_v2",
+         "--grace-s", "2", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("lookalike-server ready on"):
+            return proc
+        assert time.monotonic() < deadline
+    raise AssertionError(f"server exited {proc.wait()} before it was ready")
+
+
+@pytest.mark.slow
+def test_real_server_leaves_no_redis_server_after_sigterm_or_sigkill(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = _start_real_server(data)
+    assert len(redis_servers_on(data)) == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert _wait_gone(data, timeout_s=1.0) == [], "redis-server outlived a SIGTERM stop"
+
+    proc = _start_real_server(data)
+    (server,) = redis_servers_on(data)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _wait_gone(data) == [], "redis-server outlived a SIGKILLed server"
+    assert not _alive(server)
