@@ -162,7 +162,9 @@ class MilvusConfig:
     hnsw_ef_construction: int = _opt(200, "HNSW efConstruction")
     search_ef: int = _opt(128, "HNSW ef at search time (raised to top_k when smaller)")
     ivf_nlist: int = _opt(1024, "IVF nlist")
-    ivf_nprobe: int = _opt(16, "IVF nprobe at search time")
+    ivf_nprobe: int = _opt(
+        16, "IVF nprobe at search time (raised to top_k; every cell is probed under a key or attribute filter)"
+    )
     consistency_level: str = _opt("Bounded", "Strong, Bounded, Session or Eventually")
     flush_rows: int = _opt(
         -1,
