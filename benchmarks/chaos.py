@@ -510,7 +510,12 @@ class Chaos:
                 self.redis.proc.wait()
             self.redis.start()
         elif target == "milvus":
+            # A restarted standalone gets new free ports: point the servers at its new URI.
             self.start_milvus()
+            for i, s in enumerate(self.servers):
+                s.stop()
+                s.args = self.server_args(i)
+                s.start(self.env)
         else:  # embedded redis: the server cannot go on without it; restart it as a supervisor would
             s = self.servers[0]
             s.stop()
