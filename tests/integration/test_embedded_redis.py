@@ -308,3 +308,9 @@ def test_real_server_leaves_no_redis_server_after_sigterm_or_sigkill(tmp_path: P
     proc.wait()
     assert _wait_gone(data) == [], "redis-server outlived a SIGKILLed server"
     assert not _alive(server)
+
+
+def test_appendfsync_is_validated() -> None:
+    with pytest.raises(errors.ConfigError, match="appendfsync"):
+        RedisConfig(appendfsync="sometimes")
+    assert RedisConfig().appendfsync == "always"
