@@ -856,6 +856,9 @@ def main() -> None:
         store_check(sys.argv[2])
         return
     args = parser().parse_args()
+    # SIGTERM (and SIGINT, which a background job ignores) end the run through
+    # its teardown, so no server, Redis or Milvus of the harness is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _, _, table = run(args)
     print(table)
     if args.out:
