@@ -41,6 +41,7 @@ The short version in CI is ``tests/integration/test_chaos.py``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -600,27 +601,15 @@ class Chaos:
             self.ledger.deleted.clear()
         lost = ghosts = undeleted = 0
         found_first = searched = 0
-        for key, (item_id, _sha, models) in acked.items():
-            try:
-                item = stub.Get(pb.GetRequest(key=key), timeout=10)
-            except grpc.RpcError:
-                item = None
-            if item is None or int(item.id) != item_id:
-                lost += 1
-                notes.append(f"lost {key} id {item_id}")
-                continue
-            for model in models or (MODEL,):
-                searched += 1
-                try:
-                    resp = stub.Search(pb.SearchRequest(id=item_id, models=[model], top_k=1), timeout=10)
-                    first = resp.results[0].hits[0].id if resp.results and resp.results[0].hits else None
-                except grpc.RpcError:
-                    first = None
-                if first == item_id:
-                    found_first += 1
-                else:
-                    ghosts += 1
-                    notes.append(f"ghost {key} id {item_id} model {model} (first hit {first})")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for r_lost, r_ghosts, r_found, r_searched, r_notes in pool.map(
+                lambda kv: self.verify(stub, kv[0], *kv[1]), acked.items()
+            ):
+                lost += r_lost
+                ghosts += r_ghosts
+                found_first += r_found
+                searched += r_searched
+                notes.extend(r_notes)
         for key, item_id in deleted.items():
             with contextlib.suppress(grpc.RpcError):
                 item = stub.Get(pb.GetRequest(id=item_id), timeout=10)
@@ -645,6 +634,37 @@ class Chaos:
             self_recall=found_first / searched if searched else 1.0,
             notes=notes,
         )
+
+    @staticmethod
+    def _call(fn: Any, request: Any) -> Any:
+        """One RPC, retried on transient errors (a server just restarted); None when NOT_FOUND."""
+        for attempt in range(4):
+            try:
+                return fn(request, timeout=15)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND or attempt == 3:
+                    return None
+                time.sleep(0.5 * (attempt + 1))
+        return None
+
+    def verify(
+        self, stub: pb_grpc.LookalikeStub, key: str, item_id: int, _sha: str, models: tuple[str, ...]
+    ) -> tuple[int, int, int, int, list[str]]:
+        """(lost, ghosts, found first, searched, notes) for one acknowledged item."""
+        item = self._call(stub.Get, pb.GetRequest(key=key))
+        if item is None or int(item.id) != item_id:
+            return 1, 0, 0, 0, [f"lost {key} id {item_id} (got {None if item is None else item.id})"]
+        ghosts = found = 0
+        notes = []
+        for model in models or (MODEL,):
+            resp = self._call(stub.Search, pb.SearchRequest(id=item_id, models=[model], top_k=1))
+            first = resp.results[0].hits[0].id if resp and resp.results and resp.results[0].hits else None
+            if first == item_id:
+                found += 1
+            else:
+                ghosts += 1
+                notes.append(f"ghost {key} id {item_id} model {model} (first hit {first})")
+        return 0, ghosts, found, len(models or (MODEL,)), notes
 
     def store_check(self, notes: list[str]) -> dict[str, int]:
         """Redis records against Milvus rows, read straight from the stores."""
