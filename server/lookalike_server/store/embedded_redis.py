@@ -207,7 +207,23 @@ def _stale_pids(data_dir: Path) -> list[int]:
             pids.append(lite)
     except (OSError, ValueError, TypeError):
         pass
-    return [p for p in dict.fromkeys(pids) if p != os.getpid() and _proc_alive(p) and _is_redis_server(p)]
+    return [
+        p
+        for p in dict.fromkeys(pids)
+        if p != os.getpid() and _proc_alive(p) and _is_redis_server(p) and _works_in(p, data_dir)
+    ]
+
+
+def _works_in(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` runs in ``data_dir`` (Redis chdirs to its ``dir``).
+
+    A pid file can outlive its process and the pid be reused, even by another
+    redis-server: only one working on this directory is ours to stop.
+    """
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve() == data_dir.resolve()
+    except OSError:
+        return False
 
 
 def _stop_stale(pid: int, data_dir: Path, timeout_s: float) -> None:
