@@ -45,11 +45,11 @@ def ctx() -> RequestContext:
 def test_a_replicas_startup_sweep_spares_live_pending_work_and_removes_a_dead_owners(
     service: LookalikeService, replica: LookalikeService, photos
 ) -> None:
-    data, sha = unique_photo(photos[0])
+    _data, sha = unique_photo(photos[0])
     key = f"lease-{uuid.uuid4().hex[:8]}"
     ing = service.ingestor
     token = ing.lease.begin()  # an insert of the first instance, in flight
-    outcome, rec = service.redis.claim(key, sha, {}, "content", owner=ing.lease.owner, token=token)
+    _outcome, rec = service.redis.claim(key, sha, {}, "content", owner=ing.lease.owner, token=token)
     assert rec.state == "pending"
     try:
         replica.repair(verify=False)  # the start-up sweep of the second instance
@@ -62,7 +62,7 @@ def test_a_replicas_startup_sweep_spares_live_pending_work_and_removes_a_dead_ow
     # The owner dies (lease gone, never renewed): the replica's sweep removes it.
     fake_owner = uuid.uuid4().hex
     other_token = f"{fake_owner}.x"
-    data2, sha2 = unique_photo(photos[1])
+    _data2, sha2 = unique_photo(photos[1])
     _, dead = service.redis.claim(f"{key}-dead", sha2, {}, "content", owner=fake_owner, token=other_token)
     assert replica.repair(verify=False) >= 1
     assert service.redis.get(dead.id) is None
