@@ -115,9 +115,9 @@ def test_a_redis_stall_past_two_timeouts_during_inserts_leaves_no_ghost(tmp_path
         live.server.stop(0)  # type: ignore[attr-defined]
 
 
-def _photo_dir(root: Path, photos: list[Path], n: int) -> Path:
+def _photo_dir(root: Path, photos: list[Path], n: int, seed: int = 7) -> Path:
     root.mkdir()
-    rng = random.Random(7)
+    rng = random.Random(seed)
     for i in range(n):
         (root / f"p{i:03d}.jpg").write_bytes(distinct_photo(photos[i % len(photos)], rng))
     return root
@@ -140,10 +140,10 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
     )
     service: LookalikeService = live.server.service  # type: ignore[attr-defined]
     n = 60
-    root = _photo_dir(tmp_path / "photos", photos, n)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT / 'server'}"}
     try:
-        for _trial in range(2):
+        for trial in range(2):
+            root = _photo_dir(tmp_path / f"photos{trial}", photos, n, seed=trial)
             proc = subprocess.Popen(
                 _cli(live.target, "index", str(root), "--batch", "8", "-q"),
                 env=env,
@@ -160,7 +160,8 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
                     break
                 time.sleep(0.02)
             proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 130, f"not interrupted mid-run: {proc.returncode} {out} {err}"
             # The immediate re-run: everything ends stored, and the summary says so.
             rerun = subprocess.run(
                 _cli(live.target, "index", str(root), "--batch", "8", "-q"),
@@ -176,7 +177,7 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
                 item = service.get(key=str(path))
                 assert item.models == ("mobilenet_v2",)
             assert service.milvus is not None
-            assert service.milvus.count(service.collections["mobilenet_v2"]) == n
+            assert service.milvus.count(service.collections["mobilenet_v2"]) == n * (trial + 1)
         service.repair(verify=True)
         assert service.redis.list_unfinished() == []
     finally:
