@@ -15,17 +15,18 @@ import importlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from lookalike.client import (
     DEFAULT_TARGET,
-    InsertStreamResult,
+    InsertResult,
     LookalikeClient,
     LookalikeError,
     ModelHits,
@@ -266,49 +267,145 @@ def cmd_index(args: argparse.Namespace) -> int:
             item_attrs[args.dir_attr] = path.parent.name
         return NewItem(key=key, image=path, attributes=item_attrs)
 
-    counts: Counter[str] = Counter()
-    failures: list[InsertStreamResult] = []
+    items = [item_for(p) for p in paths]
+    models = args.model or None
+    done: dict[int, InsertResult] = {}  # file index -> the server's answer
+    errors: dict[int, BaseException] = {}  # file index -> its latest error
+    pending = list(range(len(paths)))
     bar = _progress(len(paths), "indexing", args.quiet)
+
+    tally: Counter[str] = Counter()
+
+    def settle(i: int) -> None:
+        # A file counts once, when its outcome is final (stored, or failed for good).
+        if i in done:
+            tally["new" if done[i].created else "known"] += 1
+        else:
+            tally["failed"] += 1
+        bar.set_postfix(new=tally["new"], known=tally["known"], failed=tally["failed"])
+        bar.update(1)
+
     try:
         with _client(args) as client:
-            stream = client.insert_stream((item_for(p) for p in paths), models=args.model or None, window=args.batch)
-            for res in stream:
-                if res.result is None:
-                    counts["failed"] += 1
-                    failures.append(res)
-                elif res.result.created:
-                    counts["indexed"] += 1
-                else:
-                    counts["already"] += 1
-                # Postfix first, so a line printed by this update shows the counts including it.
-                bar.set_postfix(new=counts["indexed"], known=counts["already"], failed=counts["failed"])
-                bar.update(1)
+            for attempt in range(args.retries + 1):
+                if attempt:
+                    _index_backoff(attempt, pending, errors, args.quiet)
+                todo, pending = pending, []
+                answered: set[int] = set()
+                try:
+                    stream = client.insert_stream((items[i] for i in todo), models=models, window=args.batch)
+                    for res in stream:
+                        i = todo[res.index]
+                        answered.add(i)
+                        if res.result is not None:
+                            done[i] = res.result
+                            errors.pop(i, None)
+                        elif _retriable(res.error) and attempt < args.retries:
+                            errors[i] = cast(BaseException, res.error)
+                            pending.append(i)
+                            continue
+                        else:
+                            errors[i] = cast(BaseException, res.error)
+                        settle(i)
+                except LookalikeError as exc:
+                    if not _retriable(exc) or attempt == args.retries:
+                        raise
+                    # The stream died (server restarting, store outage): the
+                    # unanswered files go to the next round.
+                    for i in todo:
+                        if i not in answered:
+                            errors[i] = exc
+                            pending.append(i)
+                if not pending and not args.no_verify:
+                    # Verification: every file about to be reported as indexed
+                    # must be found; a miss is re-inserted (idempotent) next round.
+                    for i in _index_unverified(client, items, done, models):
+                        errors[i] = LookalikeVerifyError(items[i].key)
+                        del done[i]
+                        if attempt < args.retries:
+                            pending.append(i)
+                        else:
+                            settle(i)
+                if not pending:
+                    break
     except LookalikeError:
         bar.close()
-        # The stream died (server gone...): say how far it got; a rerun resumes from there
+        # The stream died for good: say how far it got; a rerun resumes from there
         # because content already indexed is recognised by the server and skipped.
+        created = sum(r.created for r in done.values())
         print(
-            f"stopped after {counts['indexed']} indexed, {counts['already']} already indexed, "
-            f"{counts['failed']} failed; run the same command again to resume",
+            f"stopped after {created} indexed, {len(done) - created} already indexed, "
+            f"{len(errors)} failed; run the same command again to resume",
             file=sys.stderr,
         )
         raise
     finally:
         bar.close()
+    failed = {i: e for i, e in errors.items() if i not in done}
+    created = sum(r.created for r in done.values())
     print(
-        f"{counts['indexed']} indexed, {counts['already']} already indexed, "
-        f"{counts['failed']} failed (of {len(paths)} files in {root})"
+        f"{created} indexed, {len(done) - created} already indexed, "
+        f"{len(failed)} failed (of {len(paths)} files in {root})"
     )
-    if failures:
-        reasons = Counter(_reason(f.error) for f in failures)
-        for reason, n in reasons.most_common():
-            print(f"  {n} × {reason}", file=sys.stderr)
-        for f in failures[:20]:
-            print(f"  failed: {f.key}: {_reason(f.error)}", file=sys.stderr)
-        if len(failures) > 20:
-            print(f"  … and {len(failures) - 20} more", file=sys.stderr)
+    if failed:
+        # Each failure printed once: file and reason, then a tally of the rest.
+        listed = sorted(failed)[:20]
+        for i in listed:
+            print(f"  failed: {items[i].key}: {_reason(failed[i])}", file=sys.stderr)
+        rest = Counter(_reason(failed[i]) for i in sorted(failed)[20:])
+        for reason, n in rest.most_common():
+            print(f"  … and {n} more × {reason}", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+class LookalikeVerifyError(Exception):
+    """A file the server acknowledged was not found by the verification pass."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"acknowledged but not found by Get(key={key!r}) in the verification pass")
+
+
+#: Codes that mean "the same request may succeed later" (the server's retriable errors).
+_RETRY_CODES = frozenset({"ABORTED", "UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+
+
+def _retriable(err: BaseException | None) -> bool:
+    return isinstance(err, LookalikeError) and err.code.name in _RETRY_CODES
+
+
+def _index_backoff(attempt: int, pending: Sequence[int], errors: dict[int, BaseException], quiet: bool) -> None:
+    """Sleeps before a retry round (exponential, jittered, at most 8 s) and says why."""
+    delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.75 + 0.5 * random.random())
+    if not quiet:
+        reasons = Counter(_reason(errors[i]).split(":")[0] for i in pending if i in errors)
+        why = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        print(f"retrying {len(pending)} file(s) in {delay:.1f} s ({why})", file=sys.stderr)
+    time.sleep(delay)
+
+
+def _index_unverified(
+    client: LookalikeClient, items: Sequence[NewItem], done: dict[int, InsertResult], models: Sequence[str] | None
+) -> list[int]:
+    """Files whose acknowledged item is not stored as acknowledged.
+
+    A created item is looked up by its key; an "already indexed" one by its
+    id (with content dedupe, the stored key may be another file's with the
+    same bytes) and its content hash compared.
+    """
+    missing = []
+    for i, res in sorted(done.items()):
+        try:
+            item = client.get(key=items[i].key) if res.created else client.get(res.id)
+        except LookalikeError:
+            missing.append(i)
+            continue
+        ok = item.id == res.id and item.content_sha256 == res.content_sha256
+        if ok and models:
+            ok = set(models) <= set(item.models)
+        if not ok:
+            missing.append(i)
+    return missing
 
 
 def _reason(err: BaseException | None) -> str:
@@ -466,6 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attr", action="append", metavar="K=V", help="attribute for every item (repeatable)")
     p.add_argument("--dir-attr", metavar="NAME", help="set attribute NAME to each file's parent directory")
     p.add_argument("--batch", type=int, default=32, help="items in flight on the stream (default %(default)s)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="rounds of retry, with backoff, for files that failed ABORTED/UNAVAILABLE (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the final pass that looks up every file reported indexed"
+    )
     p.add_argument(
         "--quiet", "-q", action="store_true", help="no progress (a bar on a terminal, else a line every 10%% or 10 s)"
     )

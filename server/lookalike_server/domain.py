@@ -195,3 +195,30 @@ class ItemView:
     content_sha256: str
     models: tuple[str, ...]
     created_at: float
+
+
+def model_key(name: str, version: str) -> str:
+    """The key a record lists for a model: ``name:version`` (one embedding space)."""
+    return f"{name}:{version}"
+
+
+def normalise_model_keys(listed: tuple[str, ...] | list[str], current: dict[str, str]) -> tuple[str, ...]:
+    """A record's model list in ``name:version`` form.
+
+    The first release stored bare model names; such a name is read as the
+    version loaded now (the collection it wrote to is the one the same
+    configuration opens). If that guess is wrong (the version changed in the
+    same upgrade), the verify sweep finds no row there and un-lists it, and a
+    re-insert writes it.
+
+    Args:
+        listed: Entries as stored.
+        current: Loaded model name -> its key.
+
+    Returns:
+        The keys, duplicates dropped, order kept.
+    """
+    out: dict[str, None] = {}
+    for entry in listed:
+        out[current.get(entry, entry) if ":" not in entry else entry] = None
+    return tuple(out)

@@ -52,7 +52,13 @@ class AlreadyExists(ServiceError):
 
 
 class Aborted(ServiceError):
-    """A concurrent change won a race (e.g. a delete during an insert); retry the call."""
+    """A concurrent change won a race; retry the call.
+
+    Sent when a Delete (or a sweep) removed an item while an insert of it ran,
+    or when another request is still inserting the same item and did not
+    finish within this request's wait. Nothing was acknowledged, so a retry
+    is safe and returns the item's id once it is stored.
+    """
 
     code = "ABORTED"
     retriable = True

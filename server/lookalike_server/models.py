@@ -29,6 +29,7 @@ from lookalike_server.batching import bucket_for, pad_to_bucket
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec
+from lookalike_server.validation import MAX_DIM
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
     if output_layout not in ("NCHW", "NHWC"):
         raise _entry_error(registry, index, name, f"output_layout {output_layout!r} must be NCHW or NHWC")
     dim = entry["dim"]
-    if not isinstance(dim, int) or not 1 <= dim <= 32768:
-        raise _entry_error(registry, index, name, f"dim {dim!r} must be an integer in 1..32768 (Milvus' limit)")
+    if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise _entry_error(registry, index, name, f"dim {dim!r} must be an integer in 1..{MAX_DIM} (Milvus' limit)")
     overrides = entry.get("batching", {})
     try:
         batching = dataclasses.replace(defaults, **overrides)

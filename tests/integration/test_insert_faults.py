@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from lookalike_server.domain import InsertItem, RequestContext, SearchFilter, SearchQuery
-from lookalike_server.errors import Unavailable
+from lookalike_server.errors import NotFound, Unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,10 @@ def test_when_cleanup_also_fails_the_pending_item_is_hidden_then_repaired(servic
     with faulty(service, {"delete": {0}}, {"mark_complete": {0}}), pytest.raises(Unavailable):
         service.insert([InsertItem(key, data)], [], ctx())
     pending = service.redis.get_by_key(key)
-    assert pending is not None and pending.state == "pending"
+    # Left "deleting" (never "complete", never revived): hidden, and owed to the sweep.
+    assert pending is not None and pending.state == "deleting"
+    with pytest.raises(NotFound):
+        service.get(key=key)
     assert all(stored_rows(service, pending.id).values())  # rows exist...
     (hits,) = service.search(
         SearchQuery(image=data, models=("mobilenet_v2",), top_k=5, filter=SearchFilter(key_prefix="fault-")), ctx()
@@ -151,7 +154,7 @@ def test_concurrent_inserts_of_the_same_bytes_make_one_item(service, photos):
     assert sum(r.created for r in results) == 1
     assert counts(service) == {m: n + 1 for m, n in before.items()}
     rec = service.redis.get(results[0].id)
-    assert rec.state == "complete" and set(rec.models) == set(service.collections)
+    assert rec.state == "complete" and set(rec.models) == set(service.ingestor.keys.values())  # name:version
 
 
 def test_delete_that_fails_in_milvus_keeps_the_record_for_a_retry(service, photos):
@@ -190,9 +193,9 @@ def test_a_delete_racing_an_insert_leaves_no_orphan_rows(service, photos):
         def __getattr__(self, name):
             return getattr(self._real, name)
 
-        def mark_complete(self, item_id, models):
+        def mark_complete(self, item_id, models, **kwargs):
             self._real.delete(item_id)
-            return self._real.mark_complete(item_id, models)
+            return self._real.mark_complete(item_id, models, **kwargs)
 
     data, _ = unique_photo(photos[5])
     key = f"race-del-{uuid.uuid4().hex[:6]}"

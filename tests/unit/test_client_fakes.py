@@ -42,6 +42,8 @@ class FakeServicer(pb_grpc.LookalikeServicer):
         self.seen = Recorded()
         self.items: dict[int, pb.Item] = {}
         self.by_hash: dict[str, int] = {}
+        # InsertStream: keys whose next item(s) fail with these code names, in turn.
+        self.item_fail: dict[str, list[str]] = defaultdict(list)
         self._lock = threading.Lock()
         self._in_flight = 0
 
@@ -109,6 +111,13 @@ class FakeServicer(pb_grpc.LookalikeServicer):
                 yield pb.InsertStreamResponse(
                     request_id=req.request_id,
                     error=pb.Error(code=3, code_name="INVALID_ARGUMENT", message="cannot decode image"),
+                )
+                continue
+            if self.item_fail.get(req.item.key):
+                name = self.item_fail[req.item.key].pop(0)
+                code = grpc.StatusCode[name].value[0]
+                yield pb.InsertStreamResponse(
+                    request_id=req.request_id, error=pb.Error(code=code, code_name=name, message=f"injected {name}")
                 )
                 continue
             models = list(req.models) or list(MODELS)

@@ -52,6 +52,7 @@ from pymilvus.exceptions import (
 
 from lookalike_server import errors
 from lookalike_server.config import MilvusConfig
+from lookalike_server.validation import ATTRIBUTE_NAME, MAX_DIM, MAX_KEY_BYTES, MAX_TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ ID_FIELD = "id"
 VECTOR_FIELD = "vector"
 KEY_FIELD = "key"
 ATTRS_FIELD = "attrs"
-KEY_MAX_BYTES = 1024
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Limits live in one place (validation.py); these names stay for importers.
+KEY_MAX_BYTES = MAX_KEY_BYTES
 METRIC = "L2"
 # Milvus' own limits: collection names and the largest `limit` of a search.
 _MAX_NAME_LEN = 255
-_MAX_TOP_K = 16384
+_MAX_TOP_K = MAX_TOP_K
 _MAX_HNSW_EF = 32768
 _MAX_IVF_NPROBE = 65536
 # Default indexes when MilvusConfig.index_type is empty.
@@ -444,8 +445,8 @@ class MilvusStore:
             errors.Unavailable: Milvus is unreachable.
         """
         self._check_open()
-        if dim < 1 or dim > 32768:
-            raise errors.ConfigError(f"model {model!r}: embedding dimension {dim} is outside 1..32768")
+        if dim < 1 or dim > MAX_DIM:
+            raise errors.ConfigError(f"model {model!r}: embedding dimension {dim} is outside 1..{MAX_DIM}")
         name = self.collection_name(model, version)
         timeout = self._config.timeout_s
         try:
@@ -795,6 +796,31 @@ class MilvusStore:
             self._client.close()
         except Exception as exc:
             log.warning("closing Milvus client for %s failed: %s", self._safe_uri, _short(exc))
+
+    def existing_ids(self, collection: str, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` have a row, read with Strong consistency (the verify sweep).
+
+        Strong, because a row written a moment ago must not look missing: the
+        sweep would otherwise un-list a model that is in fact stored.
+
+        Raises:
+            errors.Unavailable: Milvus is unreachable.
+        """
+        self._check_open()
+        id_list = sorted({int(i) for i in ids})
+        if not id_list:
+            return set()
+        try:
+            rows = self._client.query(
+                collection,
+                ids=id_list,
+                output_fields=[ID_FIELD],
+                consistency_level="Strong",
+                timeout=self._config.timeout_s,
+            )
+        except Exception as exc:
+            self._raise(exc, "existing_ids", collection)
+        return {int(r[ID_FIELD]) for r in rows}
 
 
 def _is_unavailable(exc: BaseException) -> bool:

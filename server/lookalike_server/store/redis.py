@@ -2,11 +2,13 @@
 
 Layout (``P`` = ``RedisConfig.key_prefix``)::
 
-    P item:<id>     hash   key, attrs (JSON), sha, models (JSON list), created_at, state
+    P item:<id>     hash   key, attrs (JSON), sha, models (JSON list of model
+                           keys ``name:version``), created_at, state, owner, token
     P next_id       string the id counter (INCR)
     P idx:sha       hash   content sha256 -> id
     P idx:key       hash   client key -> id
-    P pending       zset   id scored by created_at, for ids in state "pending"
+    P pending       zset   id scored by created_at, for ids not yet "complete"
+    P lease:<owner> string a server instance's lease, renewed while it lives (TTL)
     P attrs         set    attribute names ever inserted
     P emb:<m>:<sha> string float32 embedding bytes, with a TTL
 
@@ -16,11 +18,20 @@ half-written record and never both allocate an id for the same content. On
 Redis Cluster the scripts need all keys in one slot: use a key prefix with a
 hash tag, e.g. ``{lookalike}:``.
 
-The record's ``state`` carries the insert protocol: the service reserves a
-record ("pending"), writes Milvus rows for each model, then marks it
-"complete". A failure in between is undone by deleting the Milvus rows and the
-record; a crash is repaired by sweeping :meth:`RedisStore.list_pending`.
-Searches only return items whose record is "complete".
+The record's ``state`` carries the insert protocol (see
+:mod:`lookalike_server.ingest` for the invariant it keeps):
+
+* ``pending``: an insert attempt (``token``) of a server instance (``owner``)
+  is writing its rows. Only that attempt may complete it. Another insert of
+  the same item waits while the owner's lease (``lease:<owner>``) lives, and
+  takes the record over once the lease is gone.
+* ``complete``: every model listed in ``models`` has its row.
+* ``deleting``: the owner (a failed insert, a Delete, or a sweep) is removing
+  the rows, then the record. Nothing revives such a record: a new insert of
+  the same content gets a new id, so a row delete that lands late can never
+  hit an item someone was told is stored.
+
+Records of the first release have no owner: they count as orphaned.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -45,12 +56,21 @@ log = logging.getLogger(__name__)
 
 STATE_PENDING = "pending"
 STATE_COMPLETE = "complete"
+STATE_DELETING = "deleting"
+
+#: Outcomes of :meth:`RedisStore.claim`.
+FOUND_COMPLETE, CREATED, BUSY, TAKEN_OVER = 0, 1, 2, 3
 DEDUPE_MODES = ("content", "key")
 
 # KEYS: idx:sha, idx:key, next_id, pending, attrs
-# ARGV: item key prefix, sha, key, attrs JSON, dedupe mode, created_at, attribute names...
-# Returns {created (0/1), id, record fields as a flat list}.
-_RESERVE = """
+# ARGV: item key prefix, sha, key, attrs JSON, dedupe mode, created_at, owner,
+#       token, lease key prefix, attribute names...
+# Returns {outcome, id, record fields as a flat list}; outcome is one of
+#   0 found a complete record, 1 created a pending record owned by (owner, token),
+#   2 found a pending record whose owner's lease lives (the caller waits),
+#   3 took over a pending record whose owner is gone (now owned by owner, token).
+# An empty owner (the legacy ``reserve``) never takes over: it reports 2.
+_CLAIM = """
 local existing
 if ARGV[5] == 'content' then
   existing = redis.call('HGET', KEYS[1], ARGV[2])
@@ -58,35 +78,60 @@ else
   existing = redis.call('HGET', KEYS[2], ARGV[3])
 end
 if existing then
-  local rec = redis.call('HGETALL', ARGV[1] .. existing)
-  if #rec > 0 then
-    return {0, existing, rec}
+  local ikey = ARGV[1] .. existing
+  local state = redis.call('HGET', ikey, 'state')
+  if state == 'complete' then
+    return {0, existing, redis.call('HGETALL', ikey)}
   end
-  -- The index points at a record that is gone (deleted by an older version or
-  -- by hand): fall through and reserve afresh, overwriting the stale entry.
+  if state == 'pending' then
+    local owner = redis.call('HGET', ikey, 'owner') or ''
+    local token = redis.call('HGET', ikey, 'token') or ''
+    local live = owner ~= '' and token ~= '' and redis.call('EXISTS', ARGV[9] .. owner) == 1
+    if live or ARGV[7] == '' then
+      return {2, existing, redis.call('HGETALL', ikey)}
+    end
+    redis.call('HSET', ikey, 'owner', ARGV[7], 'token', ARGV[8])
+    return {3, existing, redis.call('HGETALL', ikey)}
+  end
+  -- Gone, or being deleted: never revived. Reserve afresh under a new id,
+  -- taking the index entries over (the delete only drops entries naming it).
 end
 local id = redis.call('INCR', KEYS[3])
 local rec = {'key', ARGV[3], 'attrs', ARGV[4], 'sha', ARGV[2], 'models', '[]',
-             'created_at', ARGV[6], 'state', 'pending'}
+             'created_at', ARGV[6], 'state', 'pending', 'owner', ARGV[7], 'token', ARGV[8]}
 redis.call('HSET', ARGV[1] .. id, unpack(rec))
 redis.call('HSET', KEYS[1], ARGV[2], id)
 redis.call('HSET', KEYS[2], ARGV[3], id)
 redis.call('ZADD', KEYS[4], ARGV[6], id)
-for i = 7, #ARGV do
+for i = 10, #ARGV do
   redis.call('SADD', KEYS[5], ARGV[i])
 end
 return {1, tostring(id), rec}
 """
 
-# KEYS: item:<id>, pending.  ARGV: id, models JSON list.
-# Returns the record fields, or an empty list when the record is gone.
+# KEYS: item:<id>, pending.  ARGV: id, models JSON list, token, drop JSON list.
+# With a token: only the pending record that token owns is completed. Without:
+# any record not being deleted (adding models to a complete item, or legacy).
+# Model keys in ``drop`` (bare names of the first release) are removed first.
+# Returns the record fields, or an empty list when the condition fails.
 _MARK_COMPLETE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'deleting' then
   return {}
 end
-local models = cjson.decode(redis.call('HGET', KEYS[1], 'models') or '[]')
+if ARGV[3] ~= '' and (state ~= 'pending' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[3]) then
+  return {}
+end
+local drop = {}
+for _, m in ipairs(cjson.decode(ARGV[4] or '[]')) do drop[m] = true end
+local models = {}
 local seen = {}
-for _, m in ipairs(models) do seen[m] = true end
+for _, m in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'models') or '[]')) do
+  if not drop[m] and not seen[m] then
+    table.insert(models, m)
+    seen[m] = true
+  end
+end
 for _, m in ipairs(cjson.decode(ARGV[2])) do
   if not seen[m] then
     table.insert(models, m)
@@ -96,16 +141,39 @@ end
 local encoded = '[]'
 if #models > 0 then encoded = cjson.encode(models) end
 redis.call('HSET', KEYS[1], 'models', encoded, 'state', 'complete')
+redis.call('HDEL', KEYS[1], 'owner', 'token')
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: item:<id>, idx:sha, idx:key, pending.  ARGV: id.
-# Returns the removed record's fields, or an empty list when there was none.
+# KEYS: item:<id>, pending.  ARGV: id, owner, token, expected token, mode.
+# Moves a record to "deleting", owned by (owner, token). Modes:
+#   'own'   the record is pending and owned by the expected token (a failed insert);
+#   'sweep' the record is not complete and still has the expected token;
+#   'any'   any record (a Delete), whatever its state.
+# Returns the record fields before the change, or {} when the condition fails.
+_BEGIN_DELETE = """
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {} end
+local state = redis.call('HGET', KEYS[1], 'state')
+local token = redis.call('HGET', KEYS[1], 'token') or ''
+if ARGV[5] == 'own' and (state ~= 'pending' or token ~= ARGV[4]) then return {} end
+if ARGV[5] == 'sweep' and (state == 'complete' or token ~= ARGV[4]) then return {} end
+redis.call('HSET', KEYS[1], 'state', 'deleting', 'owner', ARGV[2], 'token', ARGV[3])
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at') or 0, ARGV[1])
+return rec
+"""
+
+# KEYS: item:<id>, idx:sha, idx:key, pending.  ARGV: id, token ('' = any).
+# Returns the removed record's fields, or an empty list when there was none
+# (or it is no longer owned by the token).
 _DELETE = """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then
   redis.call('ZREM', KEYS[4], ARGV[1])
+  return {}
+end
+if ARGV[2] and ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
   return {}
 end
 local sha = redis.call('HGET', KEYS[1], 'sha')
@@ -120,6 +188,24 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return rec
+"""
+
+# KEYS: item:<id>.  ARGV: models JSON (expected current list), new models JSON.
+# Compare-and-set of a complete record's model list (the verify sweep and the
+# migration of bare names). Returns 1 when set.
+_SET_MODELS = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'complete' then return 0 end
+local now = cjson.decode(redis.call('HGET', KEYS[1], 'models') or '[]')
+local want = cjson.decode(ARGV[1])
+if #now ~= #want then return 0 end
+for i = 1, #now do
+  if now[i] ~= want[i] then return 0 end
+end
+local encoded = '[]'
+local new = cjson.decode(ARGV[2])
+if #new > 0 then encoded = cjson.encode(new) end
+redis.call('HSET', KEYS[1], 'models', encoded)
+return 1
 """
 
 # KEYS: idx:key.  ARGV: item key prefix, client key.  Returns {id, fields} or {}.
@@ -143,7 +229,10 @@ class ItemRecord:
         content_sha256: Hex sha256 of the image bytes.
         models: Model keys whose collections hold a vector for this item.
         created_at: Unix time of the reservation.
-        state: ``"pending"`` while an insert is in flight, then ``"complete"``.
+        state: ``"pending"`` while an insert is in flight, then ``"complete"``;
+            ``"deleting"`` while its rows and then the record are removed.
+        owner: Server instance that owns a pending/deleting record ("" = none).
+        token: The owning attempt within that instance ("" = none).
     """
 
     id: int
@@ -153,6 +242,8 @@ class ItemRecord:
     models: tuple[str, ...]
     created_at: float
     state: str
+    owner: str = ""
+    token: str = ""
 
 
 def _decode(value: Any) -> str:
@@ -174,6 +265,8 @@ def _record(item_id: int, fields: Mapping[Any, Any] | Sequence[Any]) -> ItemReco
         models=tuple(json.loads(data.get("models") or "[]")),
         created_at=float(data.get("created_at") or 0.0),
         state=data.get("state", STATE_PENDING),
+        owner=data.get("owner", ""),
+        token=data.get("token", ""),
     )
 
 
@@ -217,9 +310,11 @@ class RedisStore:
             except Exception as exc:
                 raise errors.Unavailable(f"Redis ({self._where}) could not start: {exc}; retriable once fixed") from exc
             self._redis = self._lite.client(socket_timeout=config.timeout_s)
-        self._reserve = self._redis.register_script(_RESERVE)
+        self._claim = self._redis.register_script(_CLAIM)
         self._mark_complete = self._redis.register_script(_MARK_COMPLETE)
+        self._begin_delete = self._redis.register_script(_BEGIN_DELETE)
         self._delete = self._redis.register_script(_DELETE)
+        self._set_models = self._redis.register_script(_SET_MODELS)
         self._get_by_key = self._redis.register_script(_GET_BY_KEY)
         self._closed = False
 
@@ -255,23 +350,49 @@ class RedisStore:
     ) -> tuple[ItemRecord, bool]:
         """Finds the item a new insert duplicates, or reserves a new id for it.
 
-        Race-free: lookup, id allocation and the writes of the record, both
-        indexes, the pending entry and the attribute names run in one Lua
-        script, which Redis executes without interleaving any other command.
-        Two concurrent reserves of the same content therefore serialise: the
-        second finds the first's index entry and gets its record.
+        The ownerless form of :meth:`claim` (admin tools and store tests): it
+        never takes a record over.
+
+        Returns:
+            ``(record, created)``: ``created`` is True for a new "pending"
+            record; False when an existing item matched ("complete", or
+            "pending" while an insert of it is in flight).
+        """
+        outcome, record = self.claim(key, content_sha256, attributes, dedupe, owner="", token="")
+        return record, outcome == CREATED
+
+    def claim(
+        self,
+        key: str,
+        content_sha256: str,
+        attributes: Mapping[str, str],
+        dedupe: str,
+        *,
+        owner: str,
+        token: str,
+    ) -> tuple[int, ItemRecord]:
+        """Finds the item an insert duplicates, or reserves it for this attempt.
+
+        Race-free: lookup, lease check, id allocation and the writes of the
+        record, both indexes, the pending entry and the attribute names run in
+        one Lua script, which Redis executes without interleaving any other
+        command. Two concurrent claims of the same content therefore
+        serialise: the second finds the first's record.
 
         Args:
             key: The client's key.
             content_sha256: Hex sha256 of the image bytes.
             attributes: String attributes (names are recorded for filter checks).
             dedupe: ``"content"`` (same sha256 = same item) or ``"key"``.
+            owner: The server instance (its lease is ``lease:<owner>``).
+            token: This attempt, unique across instances and time.
 
         Returns:
-            ``(record, created)``: ``created`` is True for a new "pending"
-            record; False when an existing item matched, whose record may be
-            "complete" (a duplicate insert) or "pending" (an insert of it is in
-            flight, or crashed and awaits the repair sweep).
+            ``(outcome, record)``: :data:`FOUND_COMPLETE`, :data:`CREATED` (a
+            new pending record owned by ``token``), :data:`BUSY` (a pending
+            record whose owner's lease lives: wait for it) or
+            :data:`TAKEN_OVER` (a pending record whose owner is gone, now
+            owned by ``token``).
 
         Raises:
             errors.InvalidArgument: Unknown dedupe mode or non-string attributes.
@@ -284,14 +405,57 @@ class RedisStore:
             raise errors.InvalidArgument("attributes must map strings to strings")
         attrs_json = json.dumps(dict(attributes), sort_keys=True, ensure_ascii=False)
         keys = [self._k("idx", "sha"), self._k("idx", "key"), self._k("next_id"), self._k("pending"), self._k("attrs")]
-        args = [self._k("item", ""), content_sha256, key, attrs_json, dedupe, repr(time.time()), *attributes]
+        args = [
+            self._k("item", ""),
+            content_sha256,
+            key,
+            attrs_json,
+            dedupe,
+            repr(time.time()),
+            owner,
+            token,
+            self._k("lease", ""),
+            *attributes,
+        ]
         try:
-            created, item_id, fields = self._reserve(keys=keys, args=args)
+            outcome, item_id, fields = self._claim(keys=keys, args=args)
         except Exception as exc:
-            self._raise(exc, "reserve")
-        return _record(int(item_id), fields), bool(created)
+            self._raise(exc, "claim")
+        return int(outcome), _record(int(item_id), fields)
 
-    def mark_complete(self, item_id: int, models: Sequence[str]) -> ItemRecord:
+    def renew_lease(self, owner: str, ttl_s: float) -> None:
+        """Sets (or extends) the lease of server instance ``owner`` for ``ttl_s``.
+
+        While it lives, no other instance takes over or sweeps the owner's
+        pending records. It lapses by itself when the owner dies.
+        """
+        self._check_open()
+        try:
+            self._redis.set(self._k("lease", owner), "1", px=max(1, int(ttl_s * 1000)))
+        except Exception as exc:
+            self._raise(exc, "renew_lease")
+
+    def drop_lease(self, owner: str) -> None:
+        """Ends ``owner``'s lease at once (a clean stop)."""
+        self._check_open()
+        try:
+            self._redis.delete(self._k("lease", owner))
+        except Exception as exc:
+            self._raise(exc, "drop_lease")
+
+    def lease_alive(self, owner: str) -> bool:
+        """Whether ``owner`` holds a lease now ("" never does)."""
+        if not owner:
+            return False
+        self._check_open()
+        try:
+            return bool(self._redis.exists(self._k("lease", owner)))
+        except Exception as exc:
+            self._raise(exc, "lease_alive")
+
+    def mark_complete(
+        self, item_id: int, models: Sequence[str], token: str = "", drop: Sequence[str] = ()
+    ) -> ItemRecord:
         """Records that ``models`` hold the item's vectors and marks it complete.
 
         Race-free: the read-merge-write of the model list runs in one Lua
@@ -300,25 +464,31 @@ class RedisStore:
         Args:
             item_id: From :meth:`reserve`.
             models: Model keys just written (merged with those already listed).
+            token: The attempt that owns the pending record; only it may
+                complete it. "" = any record that is not being deleted.
+            drop: Entries to remove from the list first (bare names of the
+                first release, replaced by their model keys).
 
         Returns:
             The updated record.
 
         Raises:
-            errors.NotFound: The record is gone (deleted or rolled back while
-                the insert ran); the caller must remove the Milvus rows it wrote.
+            errors.NotFound: The record is gone, being deleted, or no longer
+                owned by ``token``; the caller reports the insert as failed.
             errors.Unavailable: Redis is unreachable.
         """
         self._check_open()
         try:
             fields = self._mark_complete(
                 keys=[self._k("item", item_id), self._k("pending")],
-                args=[int(item_id), json.dumps(list(models))],
+                args=[int(item_id), json.dumps(list(models)), token, json.dumps(list(drop))],
             )
         except Exception as exc:
             self._raise(exc, "mark_complete")
         if not fields:
-            raise errors.NotFound(f"item {item_id} no longer exists; it was deleted while being inserted")
+            raise errors.NotFound(
+                f"item {item_id} no longer exists or another request took it over while it was being inserted"
+            )
         return _record(item_id, fields)
 
     def get(self, item_id: int) -> ItemRecord | None:
@@ -363,12 +533,46 @@ class RedisStore:
             return None
         return _record(int(found[0]), found[1])
 
-    def delete(self, item_id: int) -> ItemRecord | None:
+    def begin_delete(
+        self, item_id: int, *, owner: str, token: str, expect: str = "", mode: str = "any"
+    ) -> ItemRecord | None:
+        """Moves a record to "deleting", owned by ``(owner, token)``.
+
+        From then on nothing revives it: a new insert of the same content gets
+        a new id, so removing its rows cannot hit an item anyone relies on.
+
+        Args:
+            item_id: The item.
+            owner: Server instance doing the delete.
+            token: This delete attempt.
+            expect: The token the record must still carry (modes own/sweep).
+            mode: ``"own"`` (a failed insert's own pending record), ``"sweep"``
+                (a record not complete, unchanged since it was listed) or
+                ``"any"`` (a client's Delete).
+
+        Returns:
+            The record as it was, or None when it is gone or the condition failed.
+        """
+        self._check_open()
+        try:
+            fields = self._begin_delete(
+                keys=[self._k("item", item_id), self._k("pending")],
+                args=[int(item_id), owner, token, expect, mode],
+            )
+        except Exception as exc:
+            self._raise(exc, "begin_delete")
+        return _record(item_id, fields) if fields else None
+
+    def delete(self, item_id: int, token: str = "") -> ItemRecord | None:
         """Removes a record and the index entries that still point at it.
 
         Race-free: one Lua script reads the record, compares each index entry
         with ``item_id`` and deletes, so an index entry that a newer item took
         over in the meantime is never removed.
+
+        Args:
+            item_id: The item.
+            token: When given, only a record still owned by this attempt is removed.
 
         Returns:
             The removed record, or None when there was none (idempotent).
@@ -377,13 +581,54 @@ class RedisStore:
         try:
             fields = self._delete(
                 keys=[self._k("item", item_id), self._k("idx", "sha"), self._k("idx", "key"), self._k("pending")],
-                args=[int(item_id)],
+                args=[int(item_id), token],
             )
         except Exception as exc:
             self._raise(exc, "delete")
         return _record(item_id, fields) if fields else None
 
-    def list_pending(self, older_than_s: float) -> list[ItemRecord]:
+    def set_models(self, item_id: int, expected: Sequence[str], models: Sequence[str]) -> bool:
+        """Replaces a complete record's model list if it still equals ``expected``.
+
+        Returns:
+            True when the list was replaced.
+        """
+        self._check_open()
+        try:
+            done = self._set_models(
+                keys=[self._k("item", item_id)], args=[json.dumps(list(expected)), json.dumps(list(models))]
+            )
+        except Exception as exc:
+            self._raise(exc, "set_models")
+        return bool(done)
+
+    def list_unfinished(self) -> list[ItemRecord]:
+        """Every record not yet "complete" (pending or deleting), oldest first."""
+        return self.list_pending(0.0, states=(STATE_PENDING, STATE_DELETING))
+
+    def scan_complete(self, batch: int = 1000) -> Iterator[list[ItemRecord]]:
+        """Complete records in batches, by scanning the item keys (the verify sweep)."""
+        self._check_open()
+        prefix = self._k("item", "")
+        try:
+            ids: list[int] = []
+            for raw in self._redis.scan_iter(match=prefix + "*", count=batch):
+                tail = _decode(raw)[len(prefix) :]
+                if tail.isdigit():
+                    ids.append(int(tail))
+                if len(ids) >= batch:
+                    recs = self.get_many(ids)
+                    yield [r for r in recs.values() if r.state == STATE_COMPLETE]
+                    ids = []
+            if ids:
+                recs = self.get_many(ids)
+                yield [r for r in recs.values() if r.state == STATE_COMPLETE]
+        except errors.ServiceError:
+            raise
+        except Exception as exc:
+            self._raise(exc, "scan_complete")
+
+    def list_pending(self, older_than_s: float, states: Sequence[str] = (STATE_PENDING,)) -> list[ItemRecord]:
         """Records still "pending" that were reserved more than ``older_than_s`` ago.
 
         For the repair sweep after a crash: such an insert either died or is
@@ -403,7 +648,7 @@ class RedisStore:
             self._raise(exc, "list_pending")
         ids = [int(_decode(i)) for i in raw_ids]
         records = self.get_many(ids)
-        return [records[i] for i in ids if i in records and records[i].state == STATE_PENDING]
+        return [records[i] for i in ids if i in records and records[i].state in states]
 
     def known_attributes(self) -> set[str]:
         """Names of every attribute ever inserted (to reject filters on unknown ones)."""

@@ -1,0 +1,80 @@
+"""Embedding through the Redis embedding cache, shared by insert and search."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lookalike_server.domain import RequestContext, Timing
+from lookalike_server.embedder import Embedder
+
+if TYPE_CHECKING:
+    from lookalike_server.store.redis import RedisStore
+
+
+class CachedEmbedder:
+    """Embeds images, reading and filling the cache by content hash.
+
+    Args:
+        embedder: Batchers and preprocessing of the loaded models.
+        redis: Returns the metadata store at call time (None = no cache);
+            a callable so a test may swap the store underneath.
+    """
+
+    def __init__(self, embedder: Embedder, redis: Callable[[], RedisStore | None]) -> None:
+        self._embedder = embedder
+        self._redis = redis
+
+    def embed(
+        self,
+        images: Sequence[bytes],
+        shas: Sequence[str],
+        models: Sequence[str],
+        ctx: RequestContext,
+        timing: Timing,
+    ) -> dict[str, np.ndarray]:
+        """Vectors of each image under each model, cached ones not recomputed.
+
+        Args:
+            images: Encoded images.
+            shas: Hex sha256 of each image (the cache key).
+            models: Loaded model names.
+            ctx: Deadline and cancellation.
+            timing: Accumulates Redis and inference time.
+
+        Returns:
+            ``{model: (len(images), dim) float32}``.
+        """
+        redis = self._redis()
+        specs = {m: self._embedder.models[m].spec for m in models}
+        out: dict[str, np.ndarray] = {}
+        todo: dict[str, list[int]] = {}
+        started = time.perf_counter()
+        for m, spec in specs.items():
+            cached = redis.cache_get_many(spec.key, shas) if redis else [None] * len(shas)
+            out[m] = np.empty((len(images), spec.dim), dtype=np.float32)
+            for i, vec in enumerate(cached):
+                if vec is not None and vec.shape == (spec.dim,):
+                    out[m][i] = vec
+                else:
+                    todo.setdefault(m, []).append(i)
+        timing.redis_ms += (time.perf_counter() - started) * 1e3
+        if not todo:
+            return out
+        # One embed call for the images any model still needs, under the
+        # models that need them (usually: all of them, or none).
+        need = sorted({i for idx in todo.values() for i in idx})
+        vectors, t = self._embedder.embed([images[i] for i in need], list(todo), ctx)
+        timing.merge_max(t)
+        started = time.perf_counter()
+        pos = {i: k for k, i in enumerate(need)}
+        for m, idx in todo.items():
+            rows = vectors[m][[pos[i] for i in idx]]
+            out[m][idx] = rows
+            if redis is not None:
+                redis.cache_put_many(specs[m].key, [shas[i] for i in idx], rows)
+        timing.redis_ms += (time.perf_counter() - started) * 1e3
+        return out

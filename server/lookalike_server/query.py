@@ -1,0 +1,207 @@
+"""Search and Get: the read paths, joining Milvus hits with Redis records.
+
+Only *complete* records are ever returned, and a hit counts under a model only
+when the record lists that model's key, so a half-written or half-deleted item
+is never visible (see :mod:`lookalike_server.ingest` for the write side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from lookalike_server.config import Config
+from lookalike_server.domain import Hit, ItemView, ModelHits, RequestContext, SearchQuery, Timing
+from lookalike_server.embedder import Embedder
+from lookalike_server.embedding_cache import CachedEmbedder
+from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from lookalike_server.ingest import Ingestor, Stores
+from lookalike_server.models import l2_normalise
+from lookalike_server.store.redis import STATE_COMPLETE
+from lookalike_server.validation import (
+    MAX_TOP_K,
+    check_attribute_name,
+    check_image_bytes,
+    check_query_vector,
+    resolve_top_k,
+)
+
+# Hits whose record is missing or incomplete are dropped after the vector
+# search; fetching a few extra keeps top_k full in that (rare) case.
+_OVERFETCH = 8
+
+
+class Searcher:
+    """Search and Get over the stores.
+
+    Args:
+        config: Server configuration.
+        stores: The stores (shared with the ingestor).
+        embedder: Loaded models (for require/dim).
+        embed: Cached embedding.
+        ingest: For model keys of records.
+    """
+
+    def __init__(
+        self, config: Config, stores: Stores, embedder: Embedder, embed: CachedEmbedder, ingest: Ingestor
+    ) -> None:
+        self.config = config
+        self.stores = stores
+        self.embedder = embedder
+        self._embed = embed
+        self._ingest = ingest
+        self.collections = ingest.collections
+        # Per-model Milvus searches of one query run side by side here.
+        self._io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-io")
+
+    def _check_filter(self, query: SearchQuery) -> None:
+        attrs = query.filter.attributes
+        if not attrs:
+            return
+        for name in attrs:
+            check_attribute_name(name, "filter attribute name")
+        known = self.stores.redis.known_attributes()
+        unknown = sorted(set(attrs) - known)
+        if unknown:
+            raise InvalidArgument(
+                f"filter on unknown attribute(s) {unknown}; attributes in the index: {sorted(known)[:50]}"
+            )
+
+    def search(self, query: SearchQuery, ctx: RequestContext) -> tuple[list[ModelHits], Timing]:
+        """Nearest items for one query, per model, side by side."""
+        milvus, redis = self.stores.milvus, self.stores.redis
+        started = time.perf_counter()
+        timing = Timing()
+        top_k = resolve_top_k(query.top_k, self.config.limits)
+        self._check_filter(query)
+        exclude: tuple[int, ...] = ()
+
+        vectors: dict[str, np.ndarray]
+        if query.vector is not None:
+            vectors = self._query_vector(query)
+        elif query.item_id is not None:
+            vectors = self._stored_vectors(query, timing)
+            if query.exclude_self:
+                exclude = (query.item_id,)
+        elif query.image:
+            names = self.embedder.require(query.models)
+            check_image_bytes(query.image, self.config.limits)
+            sha = hashlib.sha256(query.image).hexdigest()
+            vectors = self._embed.embed([query.image], [sha], names, ctx, timing)
+        else:
+            raise InvalidArgument("the query needs one of: image (bytes), id (a stored item), vector")
+
+        ctx.check("searching")
+        t0 = time.perf_counter()
+        fetch = min(top_k + len(exclude) + _OVERFETCH, MAX_TOP_K)
+        futures = {
+            m: self._io_pool.submit(
+                milvus.search,
+                self.collections[m],
+                vec,
+                fetch,
+                key_prefix=query.filter.key_prefix,
+                attributes=query.filter.attributes or None,
+                exclude_ids=exclude,
+            )
+            for m, vec in vectors.items()
+        }
+        raw = {}
+        for m, fut in futures.items():
+            remaining = ctx.remaining()
+            try:
+                raw[m] = fut.result(timeout=None if remaining is None else max(remaining, 0.001))[0]
+            except TimeoutError:
+                ctx.check(f"the {m} search finished")
+                raise
+        timing.milvus_ms += (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        ids = sorted({h.id for hits in raw.values() for h in hits})
+        records = redis.get_many(ids) if ids else {}
+        timing.redis_ms += (time.perf_counter() - t0) * 1e3
+        keys = {i: self._ingest.record_keys(r) for i, r in records.items()}
+        results = []
+        for m in vectors:
+            key = self._ingest.keys[m]
+            hits = []
+            for h in raw[m]:
+                rec = records.get(h.id)
+                # Only complete records that list this model: a hit on a
+                # half-written or deleted item is never returned.
+                if rec is None or rec.state != STATE_COMPLETE or key not in keys[h.id]:
+                    continue
+                hits.append(Hit(h.id, float(h.distance), rec.key, dict(rec.attributes)))
+                if len(hits) == top_k:
+                    break
+            results.append(ModelHits(m, hits))
+        timing.total_ms = (time.perf_counter() - started) * 1e3
+        return results, timing
+
+    def _stored_vectors(self, query: SearchQuery, timing: Timing) -> dict[str, np.ndarray]:
+        """A stored item's own vectors, per model asked (default: every one it lists)."""
+        assert query.item_id is not None
+        t0 = time.perf_counter()
+        rec = self.stores.redis.get(query.item_id)
+        timing.redis_ms += (time.perf_counter() - t0) * 1e3
+        if rec is None or rec.state != STATE_COMPLETE:
+            raise NotFound(f"no item with id {query.item_id}")
+        listed = self._ingest.record_keys(rec)
+        keys = self._ingest.keys
+        if query.models:
+            names = self.embedder.require(query.models)
+        else:
+            names = [m for m in self.embedder.models if keys[m] in listed]
+        lacking = [m for m in names if keys[m] not in listed]
+        if lacking:
+            raise FailedPrecondition(
+                f"item {query.item_id} is not indexed under {lacking} (it is under "
+                f"{list(self._ingest.record_names(rec))}); insert it again naming those models"
+            )
+        t0 = time.perf_counter()
+        vectors = {}
+        for m in names:
+            got = self.stores.milvus.get_vectors(self.collections[m], [query.item_id])
+            if query.item_id not in got:
+                raise FailedPrecondition(
+                    f"item {query.item_id} has no vector in model {m!r}; re-insert it (the repair sweep "
+                    "un-lists the model so the re-insert writes it)"
+                )
+            vectors[m] = got[query.item_id][None, :]
+        timing.milvus_ms += (time.perf_counter() - t0) * 1e3
+        return vectors
+
+    def _query_vector(self, query: SearchQuery) -> dict[str, np.ndarray]:
+        model = query.vector_model
+        if not model:
+            raise InvalidArgument("vector.model is required for a vector query")
+        (name,) = self.embedder.require([model])
+        if query.models and set(query.models) != {name}:
+            raise InvalidArgument(f"a vector query searches only its own model {name!r}; got models {query.models}")
+        assert query.vector is not None
+        vec = check_query_vector(query.vector, name, self.embedder.models[name].spec.dim)
+        return {name: l2_normalise(vec[None, :])}
+
+    def get(self, item_id: int | None = None, key: str | None = None) -> ItemView:
+        """A stored (complete) item by id or key."""
+        redis = self.stores.redis
+        if item_id is not None:
+            rec = redis.get(item_id)
+            what = f"id {item_id}"
+        elif key:
+            rec = redis.get_by_key(key)
+            what = f"key {key!r}"
+        else:
+            raise InvalidArgument("give an id or a key")
+        if rec is None or rec.state != STATE_COMPLETE:
+            raise NotFound(f"no item with {what}")
+        return ItemView(
+            rec.id, rec.key, dict(rec.attributes), rec.content_sha256, self._ingest.record_names(rec), rec.created_at
+        )
+
+    def close(self) -> None:
+        """Stops the I/O pool."""
+        self._io_pool.shutdown(wait=False, cancel_futures=True)

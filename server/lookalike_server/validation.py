@@ -1,0 +1,92 @@
+"""The one home of every request limit, and the checks that apply them.
+
+A limit written in two modules drifts; the stores and the service import the
+constants below instead of restating them. Limits a deployment tunes (images
+per request, image bytes, top_k) live in :class:`~lookalike_server.config.LimitsConfig`;
+the constants here are fixed by the stores' schemas or by Milvus itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from lookalike_server.config import LimitsConfig
+from lookalike_server.domain import InsertItem
+from lookalike_server.errors import InvalidArgument, TooLarge
+
+#: Client keys are stored in a Milvus VARCHAR of this many bytes.
+MAX_KEY_BYTES = 1024
+#: Attribute names are used in Milvus filter expressions: identifiers only.
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_ATTR_VALUE_BYTES = 1024
+MAX_ATTRIBUTES = 64
+#: Milvus' own cap on ``limit`` in one search.
+MAX_TOP_K = 16384
+#: Milvus' own cap on a float vector's dimension.
+MAX_DIM = 32768
+
+
+def check_images(images: Sequence[bytes], limits: LimitsConfig, what: str = "images") -> None:
+    """At least one image, at most ``limits.max_images_per_request``."""
+    limit = limits.max_images_per_request
+    if not images:
+        raise InvalidArgument(f"no {what} given; send at least one")
+    if len(images) > limit:
+        raise TooLarge(f"{len(images)} {what} in one request; the limit is {limit} (use the stream RPC)")
+
+
+def check_image_bytes(image: bytes, limits: LimitsConfig, where: str = "") -> None:
+    """An image no larger than ``limits.max_image_bytes``."""
+    if len(image) > limits.max_image_bytes:
+        prefix = f"{where}: " if where else ""
+        raise TooLarge(f"{prefix}image is {len(image)} bytes; the limit is {limits.max_image_bytes}")
+
+
+def check_attribute_name(name: str, what: str = "attribute name") -> None:
+    """Raises InvalidArgument unless ``name`` is an identifier usable in a filter."""
+    if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
+        raise InvalidArgument(f"{what} {name!r} must match {ATTRIBUTE_NAME.pattern}")
+
+
+def validate_item(item: InsertItem, index: int = 0) -> None:
+    """Checks an item's key, image and attributes before anything is written."""
+    where = f"item {index}" if index else "item"
+    if not item.key:
+        raise InvalidArgument(f"{where}: key is required (e.g. the image's path or URL)")
+    size = len(item.key.encode())
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"{where}: key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    if not item.image:
+        raise InvalidArgument(f"{where}: image is empty")
+    if len(item.attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{where}: {len(item.attributes)} attributes; the limit is {MAX_ATTRIBUTES}")
+    for name, value in item.attributes.items():
+        check_attribute_name(name, f"{where}: attribute name")
+        if len(value.encode()) > MAX_ATTR_VALUE_BYTES:
+            raise InvalidArgument(f"{where}: attribute {name!r} is longer than {MAX_ATTR_VALUE_BYTES} bytes")
+
+
+def resolve_top_k(top_k: int, limits: LimitsConfig) -> int:
+    """The top_k a search uses: 0 means the default; over the cap is refused."""
+    if top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0 (0 = default {limits.default_top_k}); got {top_k}")
+    if top_k > limits.max_top_k:
+        raise InvalidArgument(f"top_k {top_k} is over the limit of {limits.max_top_k}")
+    return top_k or limits.default_top_k
+
+
+def check_query_vector(vector: np.ndarray, model: str, dim: int) -> np.ndarray:
+    """A raw query vector as a finite, non-zero float32 row of the model's dimension."""
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        raise InvalidArgument(f"vector has {vec.shape[0]} values; model {model!r} needs {dim}")
+    if not np.all(np.isfinite(vec)):
+        raise InvalidArgument("vector contains NaN or infinite values")
+    norm = float(np.linalg.norm(vec))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InvalidArgument("vector has zero length; it cannot be normalised")
+    return vec
