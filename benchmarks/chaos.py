@@ -292,6 +292,7 @@ class Chaos:
         self.servers: list[ServerProc] = []
         self.cli_dir = self.work / "cli-images"
         self.orphans_seen = 0  # embedded redis-servers that outlived a killed server
+        self.server_killed_at: float | None = None
 
     # -------------------------------------------------------------- set-up
 
@@ -480,6 +481,8 @@ class Chaos:
         if not pid or not alive(pid):
             return target, "none"
         faults[f"{target.rstrip('0123456789')}:{kind}"] += 1
+        if kind == "KILL" and target.startswith("server"):
+            self.server_killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL if kind == "KILL" else signal.SIGSTOP)
         return target, kind
 
@@ -568,6 +571,11 @@ class Chaos:
                 break
             notes.append(f"cli re-run {attempt + 1} failed")
             time.sleep(2)
+        if self.server_killed_at is not None:
+            # A killed server's pending records are taken over once its lease
+            # has expired; wait that out so the start-up sweep below sees it.
+            time.sleep(max(0.0, self.server_killed_at + self.args.lease_wait_s - time.monotonic()))
+            self.server_killed_at = None
         for s in self.servers:
             s.stop()
         for s in self.servers:
@@ -842,6 +850,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cli-files", type=int, default=8, help="images added to the CLI's directory per round")
     p.add_argument("--redis-timeout-s", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--lease-wait-s",
+        type=float,
+        default=32.0,
+        help="after a server SIGKILL, wait this long (its lease, 30 s, expires) before the settling restart",
+    )
     p.add_argument(
         "--fault-plan",
         default="",
