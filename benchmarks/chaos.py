@@ -481,7 +481,10 @@ class Chaos:
         if not pid or not alive(pid):
             return target, "none"
         faults[f"{target.rstrip('0123456789')}:{kind}"] += 1
-        if kind == "KILL" and target.startswith("server"):
+        if kind == "KILL" and (target.startswith("server") or target == "embedded-redis"):
+            # Either way a server instance dies without ending its lease (a
+            # server whose embedded Redis died is restarted, and cannot reach
+            # its lease to end it).
             self.server_killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL if kind == "KILL" else signal.SIGSTOP)
         return target, kind
