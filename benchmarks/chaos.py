@@ -14,7 +14,8 @@ and re-run, while at a random moment one process gets SIGKILL or SIGSTOP
 
 Killed processes are restarted (a server whose embedded Redis was killed is
 restarted, as an operator or supervisor would). Then the round is settled: the
-CLI re-run completes, the servers restart gracefully (their start-up sweep
+CLI re-run completes, a killed server's lease (30 s) is waited out, the
+servers restart gracefully (their start-up sweep
 runs), and the invariant is checked over every item whose insert was
 acknowledged OK and not deleted since:
 
