@@ -183,7 +183,7 @@ class LookalikeService:
         return self._data().ingest.delete(item_id)
 
     def repair(self, older_than_s: float | None = None, *, verify: bool | None = None) -> int:
-        """Runs the repair sweep (see :meth:`lookalike_server.ingest.Ingestor.repair`).
+        """Runs the repair sweep (see :mod:`lookalike_server.repair`).
 
         Args:
             older_than_s: Ignored (kept for callers of the first release): a
