@@ -29,6 +29,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomllib
 
 from lookalike_server.errors import ConfigError
+from lookalike_server.validation import MAX_TOP_K
 
 ENV_PREFIX = "LOOKALIKE_"
 
@@ -138,7 +139,7 @@ class LimitsConfig:
         _require(self.max_image_bytes >= 1024, "limits.max_image_bytes", "must be >= 1024")
         _require(self.max_pixels >= 1024, "limits.max_pixels", "must be >= 1024")
         _require(self.max_images_per_request >= 1, "limits.max_images_per_request", "must be >= 1")
-        _require(1 <= self.max_top_k <= 16384, "limits.max_top_k", "must be in 1..16384 (Milvus' limit)")
+        _require(1 <= self.max_top_k <= MAX_TOP_K, "limits.max_top_k", f"must be in 1..{MAX_TOP_K} (Milvus' limit)")
         _require(1 <= self.default_top_k <= self.max_top_k, "limits.default_top_k", "must be in 1..max_top_k")
         _require(self.stream_in_flight >= 1, "limits.stream_in_flight", "must be >= 1")
 

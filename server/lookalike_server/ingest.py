@@ -25,7 +25,7 @@ owner's lease; no id is ever reused; a retry returns the same id.
    so a row delete that lands late (a stalled Milvus) can only hit a dead id.
    A failed attempt never touches a record another attempt now owns, and
    never deletes rows of a complete record.
-5. *Sweep* (:meth:`Ingestor.repair`, at start-up and periodically). Removes
+5. *Sweep* (:mod:`lookalike_server.repair`, at start-up and periodically). Removes
    the pending/deleting records whose owner's lease lapsed (a crashed
    replica) or that this instance owns with no attempt in flight (a clean-up
    that failed); never a live replica's in-flight work. The *verify* pass
@@ -46,9 +46,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +64,7 @@ from lookalike_server.domain import (
 )
 from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import Aborted, NotFound, ServiceError
+from lookalike_server.lease import DEFAULT_LEASE_S, Lease
 from lookalike_server.models import OnnxModel
 from lookalike_server.store.milvus import MilvusStore
 from lookalike_server.store.redis import (
@@ -80,8 +79,6 @@ from lookalike_server.validation import check_image_bytes, check_images, validat
 
 log = logging.getLogger(__name__)
 
-#: A server instance's lease on its in-flight inserts; renewed every third of it.
-DEFAULT_LEASE_S = 30.0
 #: How long an insert waits for a concurrent attempt on the same item when the
 #: request has no deadline.
 MAX_WAIT_S = 60.0
@@ -125,71 +122,6 @@ class _Attempt:
         return self.outcome not in (FOUND_COMPLETE, BUSY)
 
 
-class Lease:
-    """This server instance's identity in the stores, and its heartbeat.
-
-    Args:
-        stores: The stores.
-        ttl_s: Lease lifetime; renewed every ``ttl_s / 3``.
-    """
-
-    def __init__(self, stores: Stores, ttl_s: float = DEFAULT_LEASE_S) -> None:
-        self.owner = uuid.uuid4().hex
-        self.ttl_s = ttl_s
-        self._stores = stores
-        self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
-        self._stop = threading.Event()
-        self._ok = True
-        self.renew()
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-        self._thread.start()
-
-    def renew(self) -> bool:
-        """Renews the lease now; False (logged once per outage) when Redis does not answer."""
-        try:
-            self._stores.redis.renew_lease(self.owner, self.ttl_s)
-        except ServiceError as exc:
-            if self._ok:
-                log.warning("lease renewal of server instance %s failed: %s", self.owner[:8], exc)
-            self._ok = False
-            return False
-        if not self._ok:
-            log.info("lease of server instance %s renewed again", self.owner[:8])
-        self._ok = True
-        return True
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            self.renew()
-
-    def begin(self) -> str:
-        """A new attempt token, registered as in flight *before* it is written anywhere."""
-        token = f"{self.owner}.{uuid.uuid4().hex[:12]}"
-        with self._lock:
-            self._in_flight.add(token)
-        return token
-
-    def end(self, token: str) -> None:
-        """The attempt is over (completed or cleaned up, or left for the sweep)."""
-        with self._lock:
-            self._in_flight.discard(token)
-
-    def in_flight(self, token: str) -> bool:
-        """Whether an attempt of this instance with that token is running."""
-        with self._lock:
-            return token in self._in_flight
-
-    def close(self) -> None:
-        """Stops the heartbeat and ends the lease (a clean stop: others may sweep at once)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self._stores.redis.drop_lease(self.owner)
-        except ServiceError as exc:
-            log.warning("dropping the lease of server instance %s failed: %s", self.owner[:8], exc)
-
-
 class Ingestor:
     """Insert, Delete and the repair sweep.
 
@@ -219,7 +151,6 @@ class Ingestor:
         self._names = {k: n for n, k in self.keys.items()}
         self._embed = embed
         self.lease = Lease(stores, lease_s)
-        self._verified_at: float | None = None
         # Rows of concurrent inserts are merged into one Milvus write per
         # collection: the same micro-batcher that merges inference.
         self._writers: dict[str, MicroBatcher[_Row, None]] = {
@@ -329,7 +260,7 @@ class Ingestor:
                 if rec.owner == self.lease.owner and not self.lease.in_flight(rec.token):
                     # Our own attempt failed and its clean-up did too: finish
                     # that clean-up now (nothing was acknowledged for it).
-                    self._remove(rec, mode="sweep")
+                    self.remove(rec, mode="sweep")
                     continue
                 remaining = ctx.remaining()
                 budget = MAX_WAIT_S if remaining is None else remaining
@@ -411,11 +342,11 @@ class Ingestor:
     def _abandon(self, att: _Attempt) -> None:
         """Step 4 for an attempt that owns its pending record."""
         try:
-            self._remove(att.record, mode="own", expect=att.token)
+            self.remove(att.record, mode="own", expect=att.token)
         except ServiceError as exc:
             log.warning("insert clean-up of item %d failed (%s); the repair sweep will remove it", att.record.id, exc)
 
-    def _remove(self, rec: ItemRecord, *, mode: str, expect: str | None = None) -> bool:
+    def remove(self, rec: ItemRecord, *, mode: str, expect: str | None = None) -> bool:
         """Moves a record to deleting (if the condition holds), removes its rows, then it.
 
         Returns:
@@ -457,82 +388,6 @@ class Ingestor:
             return self.record_names(rec)
         finally:
             self.lease.end(token)
-
-    # ------------------------------------------------------------ repair --
-    def sweep_unfinished(self) -> int:
-        """Removes pending/deleting records no live attempt owns.
-
-        Skipped: records of a live attempt of this instance, and records of
-        another instance whose lease lives (its in-flight work).
-
-        Returns:
-            Number removed.
-        """
-        redis = self.stores.redis
-        removed = []
-        for rec in redis.list_unfinished():
-            if rec.owner == self.lease.owner:
-                if self.lease.in_flight(rec.token):
-                    continue
-            elif rec.owner and redis.lease_alive(rec.owner):
-                continue
-            if self._remove(rec, mode="sweep"):
-                removed.append(rec.id)
-        if removed:
-            log.info("repair: removed %d unfinished item(s) no live insert owns: %s", len(removed), removed[:20])
-        return len(removed)
-
-    def verify_complete(self, batch: int = 1000) -> int:
-        """Checks complete records against Milvus; un-lists models whose row is missing.
-
-        Also rewrites bare model names of the first release as model keys.
-
-        Returns:
-            Number of (item, model) pairs un-listed (ghosts repaired).
-        """
-        redis, milvus = self.stores.redis, self.stores.milvus
-        fixed: list[tuple[int, str]] = []
-        for records in redis.scan_complete(batch):
-            current: dict[int, tuple[str, ...]] = {}
-            for rec in records:
-                keys = self.record_keys(rec)
-                if keys != rec.models and not redis.set_models(rec.id, rec.models, keys):
-                    continue  # changed under us; the next sweep looks again
-                current[rec.id] = keys
-            for name, collection in self.collections.items():
-                key = self.keys[name]
-                ids = [i for i, keys in current.items() if key in keys]
-                if not ids:
-                    continue
-                missing = set(ids) - milvus.existing_ids(collection, ids)
-                for item_id in sorted(missing):
-                    keys = current[item_id]
-                    rest = tuple(k for k in keys if k != key)
-                    if redis.set_models(item_id, keys, rest):
-                        current[item_id] = rest
-                        fixed.append((item_id, key))
-        if fixed:
-            log.warning(
-                "repair: %d complete item(s) lacked a row; un-listed so a re-insert writes it: %s",
-                len(fixed),
-                fixed[:20],
-            )
-        return len(fixed)
-
-    def repair(self, verify: bool | None = None, verify_every_s: float = 3600.0) -> int:
-        """The sweep: unfinished records, then (first call, then hourly) the verify pass.
-
-        Returns:
-            Items removed plus (item, model) pairs un-listed.
-        """
-        n = self.sweep_unfinished()
-        now = time.monotonic()
-        if verify is None:
-            verify = self._verified_at is None or now - self._verified_at >= verify_every_s
-        if verify:
-            n += self.verify_complete()
-            self._verified_at = now
-        return n
 
     def close(self) -> None:
         """Drains pending writes and ends the lease."""

@@ -10,6 +10,8 @@ Each concern lives in the module named for it:
   by a search with its own vector under every model it lists; a complete
   record always has its rows; no pending record outlives its owner's lease;
   no id is ever reused; a retry returns the same id;**
+* :mod:`lookalike_server.lease` — this server instance's lease and in-flight attempts;
+* :mod:`lookalike_server.repair` — the sweep (unfinished records, complete ones without rows);
 * :mod:`lookalike_server.query` — Search and Get;
 * :mod:`lookalike_server.embedding_cache` — embedding through the cache.
 
@@ -38,6 +40,7 @@ from lookalike_server.validation import check_images
 if TYPE_CHECKING:
     from lookalike_server.ingest import Ingestor, Stores
     from lookalike_server.query import Searcher
+    from lookalike_server.repair import Repairer
     from lookalike_server.store.milvus import MilvusStore
     from lookalike_server.store.redis import RedisStore
 
@@ -58,6 +61,7 @@ class _DataPlane:
     stores: Stores
     ingest: Ingestor
     query: Searcher
+    repair: Repairer
 
 
 class LookalikeService:
@@ -88,15 +92,18 @@ class LookalikeService:
             raise ValueError("give both stores (a full server) or neither (embed-only)")
         if milvus is not None and redis is not None:
             # Imported here: an embed-only server never loads the store clients.
-            from lookalike_server.ingest import DEFAULT_LEASE_S, Ingestor, Stores
+            from lookalike_server.ingest import Ingestor, Stores
+            from lookalike_server.lease import DEFAULT_LEASE_S
             from lookalike_server.query import Searcher
+            from lookalike_server.repair import Repairer
 
             for name, model in embedder.models.items():
                 self.collections[name] = milvus.ensure_collection(name, model.spec.version, model.spec.dim)
             stores = Stores(milvus, redis)
             cached = CachedEmbedder(embedder, lambda: stores.redis)
             ingest = Ingestor(config, stores, embedder.models, self.collections, cached, lease_s or DEFAULT_LEASE_S)
-            self._plane = _DataPlane(stores, ingest, Searcher(config, stores, embedder, cached, ingest))
+            query = Searcher(config, stores, embedder, cached, ingest)
+            self._plane = _DataPlane(stores, ingest, query, Repairer(ingest))
 
     # ------------------------------------------------------------ access --
     @property
@@ -176,7 +183,7 @@ class LookalikeService:
         return self._data().ingest.delete(item_id)
 
     def repair(self, older_than_s: float | None = None, *, verify: bool | None = None) -> int:
-        """Runs the repair sweep (see :meth:`lookalike_server.ingest.Ingestor.repair`).
+        """Runs the repair sweep (see :mod:`lookalike_server.repair`).
 
         Args:
             older_than_s: Ignored (kept for callers of the first release): a
@@ -191,7 +198,7 @@ class LookalikeService:
         del older_than_s
         if self._plane is None:
             return 0
-        return self._plane.ingest.repair(verify=verify)
+        return self._plane.repair.repair(verify=verify)
 
     def check_stores(self) -> None:
         """Raises Unavailable when a store does not answer."""

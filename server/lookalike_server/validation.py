@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lookalike_server.config import LimitsConfig
-from lookalike_server.domain import InsertItem
 from lookalike_server.errors import InvalidArgument, TooLarge
+
+if TYPE_CHECKING:  # config imports the caps below: no import back at run time
+    from lookalike_server.config import LimitsConfig
+    from lookalike_server.domain import InsertItem
 
 #: Client keys are stored in a Milvus VARCHAR of this many bytes.
 MAX_KEY_BYTES = 1024
