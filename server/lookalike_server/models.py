@@ -13,9 +13,7 @@ tells the truth.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,29 +23,16 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from lookalike_server.batching import bucket_for, pad_to_bucket
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec
+from lookalike_server.registry import ENTRY_KEYS, NAME_RE, NAME_RULE, file_sha256
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
 _PREPROCESS_KEYS = {f.name for f in dataclasses.fields(PreprocessSpec)}
-_ENTRY_KEYS = {
-    "name",
-    "version",
-    "path",
-    "sha256",
-    "description",
-    "dim",
-    "input",
-    "output",
-    "optional",
-    "pooling",
-    "output_layout",
-    "batching",
-} | _PREPROCESS_KEYS
+# Every preprocessing setting must be a registry key, or an entry could not set it.
+assert _PREPROCESS_KEYS <= ENTRY_KEYS, "registry schema lacks a PreprocessSpec field"
 
 
 @dataclass(frozen=True)
@@ -111,11 +96,11 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
         ConfigError: Naming the model and the problem.
     """
     name = str(entry.get("name", ""))
-    unknown = set(entry) - _ENTRY_KEYS
+    unknown = set(entry) - ENTRY_KEYS
     if unknown:
         raise _entry_error(registry, index, name, f"unknown key(s) {sorted(unknown)}")
-    if not _NAME_RE.match(name):
-        raise _entry_error(registry, index, name, "name must match [a-z0-9][a-z0-9_]* (max 63 chars)")
+    if not NAME_RE.match(name):
+        raise _entry_error(registry, index, name, f"name {NAME_RULE}")
     for required in ("path", "dim"):
         if required not in entry:
             raise _entry_error(registry, index, name, f"missing required key {required!r}")
@@ -204,15 +189,6 @@ def load_registry(path: str | Path, defaults: BatchingConfig, only: Sequence[str
             raise ConfigError(f"models.only names {missing}, not in {registry} (has {names})")
         specs = [s for s in specs if s.name in only]
     return specs
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _provider_options(provider: str, spec: ModelSpec, buckets: Sequence[int], cache_dir: Path | None) -> dict:
@@ -344,7 +320,7 @@ class OnnxModel:
         started = time.perf_counter()
         for b in self.buckets:
             x = np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32)
-            out = self.run(x, pad=False)
+            out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
                 raise ModelLoadError(
                     f"model {self.spec.name!r} ({self.spec.path}): output {self.output_name!r} gives "
@@ -352,19 +328,6 @@ class OnnxModel:
                     f"but the registry says dim = {self.spec.dim}"
                 )
         return time.perf_counter() - started
-
-    def run(self, batch: np.ndarray, *, pad: bool = True) -> np.ndarray:
-        """Runs a stacked batch and returns raw (un-normalised) embeddings.
-
-        Args:
-            batch: (n, ...) float32 input tensors.
-            pad: Pad to the next bucket first (the padded rows are dropped).
-
-        Returns:
-            (n, dim) float32 features.
-        """
-        x = pad_to_bucket(batch, self.buckets) if pad else batch
-        return self._infer(x, batch.shape[0])
 
     def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
         """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""
@@ -383,6 +346,19 @@ class OnnxModel:
             x[i] = t
         x[n:] = 0.0
         return list(l2_normalise(self._infer(x, n)))
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding ``n`` items (``n`` itself past the largest).
+
+    Args:
+        n: Items in a batch.
+        buckets: Ascending batch sizes the model was warmed with.
+    """
+    for b in buckets:
+        if b >= n:
+            return b
+    return n
 
 
 def pool_features(out: np.ndarray, pooling: str, layout: str) -> np.ndarray:
