@@ -13,6 +13,7 @@ tells the truth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -210,6 +211,68 @@ def _provider_options(provider: str, spec: ModelSpec, buckets: Sequence[int], ca
     return {}
 
 
+# Shared libraries ONNX Runtime loads for a GPU provider. Their own
+# dependencies (CUDA, cuDNN, TensorRT) are what a CPU machine lacks.
+_PROVIDER_LIBS = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+
+@functools.cache
+def _provider_problem(provider: str) -> str:
+    """Why ``provider`` cannot be created in this process, or "" when it can be tried.
+
+    An onnxruntime-gpu build lists CUDA and TensorRT as *available* on every
+    machine; asking for them where their libraries are missing makes ORT print
+    red errors and an "EP Error" banner before it falls back to the CPU. The
+    provider library is loaded here the way ORT loads it (``dlopen`` from
+    ``onnxruntime/capi``), so a missing ``libcublas``/``libnvinfer`` is found
+    quietly, before any session is made. The reason is logged once, at INFO
+    (the answer is cached for the process).
+    """
+    import ctypes
+
+    import onnxruntime as ort
+
+    problem = ""
+    lib = _PROVIDER_LIBS.get(provider)
+    path = Path(ort.__file__).parent / "capi" / (lib or "")
+    if provider not in ort.get_available_providers():
+        problem = "not in this onnxruntime build"
+    elif lib is not None and path.is_file():  # other platforms name the file differently: ORT decides
+        try:
+            ctypes.CDLL(str(path))
+        except OSError as exc:
+            text = str(exc)
+            problem = text.split(":")[0] + " not found" if "cannot open shared object" in text else text
+    if problem:
+        log.info("%s not used on this machine: %s", provider, problem)
+    return problem
+
+
+def usable_providers(requested: Sequence[str]) -> list[str]:
+    """The requested providers that can exist on this machine, in order.
+
+    Providers whose libraries cannot load are dropped (one INFO line each per
+    process), so a CPU machine starts without red errors; the CPU
+    provider is the last resort.
+
+    Args:
+        requested: Execution providers in priority order.
+
+    Returns:
+        A non-empty list of providers to hand to ONNX Runtime.
+    """
+    import onnxruntime as ort
+
+    # ORT's C++ logger reports each failed provider as an ERROR with a banner;
+    # the providers obtained are reported by the caller instead.
+    ort.set_default_logger_severity(3)
+    chosen = [p for p in requested if not _provider_problem(p)]
+    return chosen or ["CPUExecutionProvider"]
+
+
 class OnnxModel:
     """One model: its spec, its ONNX Runtime session and its batch buckets.
 
@@ -244,9 +307,8 @@ class OnnxModel:
         if spec.sha256 and self.sha256 != spec.sha256:
             raise ModelLoadError(f"{where}: sha256 is {self.sha256}, the registry expects {spec.sha256}")
 
-        available = set(ort.get_available_providers())
         self.providers_requested = list(providers)
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        chosen = usable_providers(providers)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
@@ -264,8 +326,9 @@ class OnnxModel:
 
         self.session = new_session()
         self.providers = self.session.get_providers()
-        if self.providers[0] != providers[0]:
-            log.warning("model %s: asked for %s, ONNX Runtime gave %s", spec.name, list(providers), self.providers)
+        if self.providers[0] != chosen[0]:
+            # The provider's libraries loaded, yet ORT could not create it: a real fallback.
+            log.warning("model %s: asked for %s, ONNX Runtime gave %s", spec.name, chosen, self.providers)
         self._check_io(where)
         # On CUDA, one session fed alternating batch shapes was measured at
         # 80-105 ms a run against 3-11 ms when it sees a single shape (H200,
