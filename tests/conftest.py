@@ -1,6 +1,6 @@
 """Test tiers and shared fixtures: real servers on port 0 with the real models.
 
-Tiers (markers, registered in ``pyproject.toml``; see ``docs/testing.md``):
+Tiers (markers, registered in ``pyproject.toml``; the README's "Development" table):
 
 * quick: ``pytest -m "not export and not integration and not slow"`` — no
   torch, no TensorFlow, no Milvus/Redis service (``bash scripts/test.sh --quick``);
