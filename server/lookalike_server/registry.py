@@ -24,11 +24,13 @@ from typing import Any
 import tomllib
 
 from lookalike_server.errors import ConfigError
-from lookalike_server.preprocess import PRESETS
+from lookalike_server.preprocess import PRESETS, PreprocessSpec
 
 #: Model names: used in requests, collection names and cache keys.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
 NAME_RULE = "must match [a-z0-9][a-z0-9_]* (max 63 chars)"
+# Preprocessing defaults have one home, the server's PreprocessSpec.
+_PRE = PreprocessSpec()
 
 
 @dataclass
@@ -53,15 +55,15 @@ class ModelEntry:
     output: str = "embedding"
     optional: bool = False
     preset: str = "imagenet"
-    height: int = 224
-    width: int = 224
-    resize_shorter: int = 256
-    interpolation: str = "bilinear"
-    color_order: str = "RGB"
-    layout: str = "NCHW"
-    scale: float = 1 / 255
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    height: int = _PRE.height
+    width: int = _PRE.width
+    resize_shorter: int = _PRE.resize_shorter
+    interpolation: str = _PRE.interpolation
+    color_order: str = _PRE.color_order
+    layout: str = _PRE.layout
+    scale: float = _PRE.scale
+    mean: tuple[float, float, float] = _PRE.mean
+    std: tuple[float, float, float] = _PRE.std
     pooling: str = "none"
     output_layout: str = ""
     batching: dict[str, Any] = field(default_factory=dict)
