@@ -43,7 +43,7 @@ _HUB_FILES = {
 # Kept here (not imported from archs/keras_export) so --help works without torch or TF.
 TORCH_NAMES = ("mobilenet_v2", "efficientnet_lite0", "resnet50", "vgg16")
 KERAS_NAMES = ("resnet50", "vgg16")
-_DEFAULT_PHOTOS = Path(__file__).resolve().parents[3] / "tests" / "data" / "export"
+_DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "tests" / "data" / "export"  # export/lookalike_export/cli.py
 
 
 def _hub_weights(arch: str) -> Path:
