@@ -151,11 +151,12 @@ def test_registry_written_by_the_cli_loads_in_the_server(exported: Path) -> None
 def test_reexport_with_other_weights_bumps_the_version(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Same name, different file → version 2 (collection and cache keys change)."""
     from lookalike_export import cli
+    from lookalike_export.result import ExportResult
 
     reg = exported / "models.toml"
     entry = entry_from_registry(reg, "vgg16")
     other = dict(entry.__dict__, sha256="0" * 64)
-    result = cli.ExportResult(exported / "vgg16.onnx", type(entry)(**other), None, 0.0)
+    result = ExportResult(exported / "vgg16.onnx", type(entry)(**other), None, 0.0)
     args = cli.build_parser().parse_args(["torch", "vgg16", "--random", "--registry", str(reg)])
     cli._register(args, result)
     assert next(e for e in read_entries(reg) if e["name"] == "vgg16")["version"] == "2"
