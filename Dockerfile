@@ -24,6 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY server ./server
+COPY export ./export
 RUN pip install --upgrade pip==25.3 \
  && pip install ".[server]"
 # onnxruntime and onnxruntime-gpu share one import name: both installed means

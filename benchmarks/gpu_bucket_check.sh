@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD/client:$PWD/server${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/client:$PWD/server:$PWD/export${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-' | sed 's/-$//')
 OUT=${1:-benchmarks/results/gpu-${card,,}-buckets-$(date +%Y-%m-%d)}
@@ -19,7 +19,7 @@ nvidia-smi -L | tee "$OUT/nvidia-smi.txt"
 
 MODELS=.cache/gpu-models
 if [[ ! -f "$MODELS/resnet50.onnx" ]]; then
-  "$PY" -m lookalike_server.export.cli torch resnet50 --random --no-parity --out "$MODELS" --registry "$MODELS/models.toml"
+  "$PY" -m lookalike_export.cli torch resnet50 --random --no-parity --out "$MODELS" --registry "$MODELS/models.toml"
 fi
 common=(--registry "$MODELS/models.toml" --model resnet50 --concurrency 1,16,64 --at 64 --warmup 1 --duration 3
         --skip ceiling,original,peer,search --providers CUDAExecutionProvider,CPUExecutionProvider

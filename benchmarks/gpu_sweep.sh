@@ -20,7 +20,7 @@ PY=${PYTHON:-}
 if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-export PYTHONPATH="$REPO/client:$REPO/server${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO/client:$REPO/server:$REPO/export${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 TRT_TIMEOUT=${TRT_TIMEOUT:-240}
 CONCURRENCY=${CONCURRENCY:-1,4,16,64}
@@ -47,7 +47,7 @@ fi
 MODELS=.cache/gpu-models
 mkdir -p "$MODELS"
 if [[ ! -f "$MODELS/resnet50.onnx" ]]; then
-  if ! "$PY" -m lookalike_server.export.cli torch resnet50 --random --no-parity \
+  if ! "$PY" -m lookalike_export.cli torch resnet50 --random --no-parity \
       --out "$MODELS" --registry "$MODELS/models.toml"; then
     echo "lookalike-export failed; exporting with torch directly"
     "$PY" - "$MODELS" <<'EOF'

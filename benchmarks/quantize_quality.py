@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lookalike_server.export.parity import find_photos, load_rgb, preprocess_image
-from lookalike_server.export.quantize import (
+from lookalike_export.parity import find_photos, load_rgb, preprocess_image
+from lookalike_export.quantize import (
     _has_gpu,
     embed,
     entry_from_registry,

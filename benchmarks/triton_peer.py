@@ -99,7 +99,7 @@ def serve(args: argparse.Namespace) -> int:
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from lookalike_server.config import BatchingConfig
-    from lookalike_server.models import OnnxModel, l2_normalise, load_registry
+    from lookalike_server.models import OnnxModel, load_registry
     from lookalike_server.preprocess import preprocess
 
     (spec,) = load_registry(
@@ -116,7 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     def infer(image: np.ndarray) -> dict[str, np.ndarray]:
         blobs = [bytes(row[0]) for row in image]
         tensors = list(pool.map(prep, blobs))
-        return {"embedding": l2_normalise(model.run(np.stack(tensors)))}
+        return {"embedding": np.stack(model.embed_batch(tensors))}
 
     config = TritonConfig(
         grpc_address="127.0.0.1",

@@ -18,11 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lookalike_export.archs import packaged_weights
+from lookalike_export.entry import upsert_entry
+from lookalike_export.parity import find_photos
+from lookalike_export.torch_export import export_torch
 from lookalike_server.errors import ConfigError
-from lookalike_server.export.archs import packaged_weights
-from lookalike_server.export.entry import upsert_entry
-from lookalike_server.export.parity import find_photos
-from lookalike_server.export.torch_export import export_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTIONS = {

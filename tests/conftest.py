@@ -1,4 +1,16 @@
-"""Shared fixtures: real servers on port 0 with the real models.
+"""Test tiers and shared fixtures: real servers on port 0 with the real models.
+
+Tiers (markers, registered in ``pyproject.toml``; the README's "Development" table):
+
+* quick: ``pytest -m "not export and not integration and not slow"`` — no
+  torch, no TensorFlow, no Milvus/Redis service (``bash scripts/test.sh --quick``);
+* ``integration``: real stores (Milvus Lite/standalone, Redis);
+* ``export``: the exporter (torch, onnx; TensorFlow for Keras) in ``tests/export``;
+* ``slow``: more than a few seconds each.
+
+Markers follow from where a test lives and what it uses (see
+:func:`pytest_collection_modifyitems`), so a new test cannot land in the
+wrong tier by forgetting a decorator.
 
 * ``embed_server``: the shipped models, no stores (Embed/ListModels only).
 * ``live_server``: the shipped models, Milvus Lite in a temp dir, and the real
@@ -34,6 +46,20 @@ def redis_url_or_none() -> str | None:
     except OSError:
         pass
     return None
+
+
+# Fixtures that start real stores: a test using one is an integration test.
+_STORE_FIXTURES = frozenset({"live_server", "milvus_store", "redis_store"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks tests by folder (``tests/integration``, ``tests/export``) and by store fixtures."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts[0] == "integration" or _STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if parts[0] == "export":
+            item.add_marker(pytest.mark.export)
 
 
 @dataclass

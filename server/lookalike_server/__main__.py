@@ -8,9 +8,11 @@ NOT_SERVING, in-flight calls get ``--grace-s`` seconds, then the process exits.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,6 +20,31 @@ from types import FrameType
 
 from lookalike_server.config import add_arguments, describe, load_config
 from lookalike_server.errors import ConfigError, ServiceError
+from lookalike_server.logs import configure_logging
+
+
+def port_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on, or "" (port 0 always can).
+
+    Checked with a plain socket before gRPC tries, so a busy port is one line
+    that says what to do, not gRPC's core error and a traceback.
+    """
+    if port == 0:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host!r}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # gRPC sets SO_REUSEADDR too: a port in TIME_WAIT is free for it, a listening one is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = "already in use (another server is listening)" if exc.errno == errno.EADDRINUSE else exc.strerror
+            return f"cannot listen on {host}:{port}: {why}; choose another --port (or LOOKALIKE_PORT)"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,16 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lookalike-server: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    problem = port_problem(config.host, config.port)
+    if problem:
+        print(f"lookalike-server: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
     log = logging.getLogger("lookalike_server")
     log.info("config: %s", json.dumps(describe(config)))
 
     from lookalike_server.app import build_server  # heavy imports after arg parsing
 
-    server, port = build_server(config, load=False)
+    try:
+        server, port = build_server(config, load=False)
+    except (OSError, RuntimeError) as exc:  # grpc reports a failed bind as RuntimeError
+        if "bind" not in str(exc):
+            raise
+        print(f"lookalike-server: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 2
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

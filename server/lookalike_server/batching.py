@@ -25,9 +25,8 @@ and Ray Serve's ``@serve.batch``):
   anyway (a CUDA session uses one stream), and a single consumer makes the
   queue logic simple to reason about.
 
-:func:`pad_to_bucket` is the companion for shape-specialised runtimes: it pads
-a stacked batch up to the next warmed size so the runtime never meets a new
-shape under load.
+Padding a batch up to a warmed bucket size is the model's business
+(:func:`lookalike_server.models.bucket_for`, :meth:`OnnxModel.embed_batch`).
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-
-import numpy as np
 
 from lookalike_server.errors import DeadlineExceeded, InternalError, Overloaded, ShuttingDown
 
@@ -328,30 +325,3 @@ def _minus(a: BatcherStats, b: BatcherStats) -> BatcherStats:
     out.batch_sizes = {k: v for k, v in sizes.items() if v}
     out.queue_depth = a.queue_depth
     return out
-
-
-def bucket_for(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket holding ``n`` items (``n`` itself past the largest)."""
-    for b in buckets:
-        if b >= n:
-            return b
-    return n
-
-
-def pad_to_bucket(batch: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
-    """Pads a stacked batch with zeros along axis 0 up to its bucket size.
-
-    Args:
-        batch: Array of shape (n, ...).
-        buckets: Ascending batch sizes the runtime was warmed with.
-
-    Returns:
-        ``batch`` itself when n is a bucket size, else a zero-padded copy.
-    """
-    n = batch.shape[0]
-    size = bucket_for(n, buckets)
-    if size == n:
-        return batch
-    padded = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
-    padded[:n] = batch
-    return padded

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,7 +453,7 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def config_reference() -> str:
-    """Markdown table of every setting (used to write the README's reference)."""
+    """Markdown table of every setting, from the dataclasses (``scripts/gen_config_docs.py`` writes it out)."""
     rows = ["| setting | flag | env | default | meaning |", "| --- | --- | --- | --- | --- |"]
     for section, cls in [(None, Config), *SECTIONS.items()]:
         for f in dataclasses.fields(cls):
@@ -469,26 +468,3 @@ def config_reference() -> str:
                 f"| `{default!r}` | {f.metadata['help']} |"
             )
     return "\n".join(rows)
-
-
-README_START = "<!-- config-reference:start -->"
-README_END = "<!-- config-reference:end -->"
-
-
-def update_readme(path: Path) -> bool:
-    """Rewrites the README's config-reference block; returns True if it changed."""
-    text = path.read_text()
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{config_reference()}\n{README_END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
-
-
-if __name__ == "__main__":  # pragma: no cover - doc helper
-    if sys.argv[1:2] == ["--readme"]:
-        changed = update_readme(Path(sys.argv[2]) if len(sys.argv) > 2 else REPO_ROOT / "README.md")
-        sys.stdout.write("README updated\n" if changed else "README already current\n")
-    else:
-        sys.stdout.write(config_reference() + "\n")

@@ -45,12 +45,6 @@ class ModelNotFound(NotFound):
     """The request names a model the server has not loaded."""
 
 
-class AlreadyExists(ServiceError):
-    """A create-only request collided with an existing thing."""
-
-    code = "ALREADY_EXISTS"
-
-
 class Aborted(ServiceError):
     """A concurrent change won a race; retry the call.
 
@@ -121,27 +115,6 @@ class ConfigError(Exception):
 
 class ModelLoadError(ConfigError):
     """A model could not be loaded (missing/corrupt file, shape disagreement)."""
-
-
-# The one mapping. Kept as data so tests and docs can enumerate it.
-STATUS_TABLE: dict[type[ServiceError], str] = {
-    cls: cls.code
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        ModelNotFound,
-        AlreadyExists,
-        Aborted,
-        FailedPrecondition,
-        Overloaded,
-        TooLarge,
-        DeadlineExceeded,
-        Cancelled,
-        Unavailable,
-        ShuttingDown,
-        InternalError,
-    )
-}
 
 
 def grpc_code_for(exc: BaseException) -> str:

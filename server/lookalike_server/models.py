@@ -13,9 +13,8 @@ tells the truth.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,30 +24,17 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from lookalike_server.batching import bucket_for, pad_to_bucket
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec
+from lookalike_server.registry import ENTRY_KEYS, NAME_RE, NAME_RULE, file_sha256
 from lookalike_server.validation import MAX_DIM
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
 _PREPROCESS_KEYS = {f.name for f in dataclasses.fields(PreprocessSpec)}
-_ENTRY_KEYS = {
-    "name",
-    "version",
-    "path",
-    "sha256",
-    "description",
-    "dim",
-    "input",
-    "output",
-    "optional",
-    "pooling",
-    "output_layout",
-    "batching",
-} | _PREPROCESS_KEYS
+# Every preprocessing setting must be a registry key, or an entry could not set it.
+assert _PREPROCESS_KEYS <= ENTRY_KEYS, "registry schema lacks a PreprocessSpec field"
 
 
 @dataclass(frozen=True)
@@ -112,11 +98,11 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
         ConfigError: Naming the model and the problem.
     """
     name = str(entry.get("name", ""))
-    unknown = set(entry) - _ENTRY_KEYS
+    unknown = set(entry) - ENTRY_KEYS
     if unknown:
         raise _entry_error(registry, index, name, f"unknown key(s) {sorted(unknown)}")
-    if not _NAME_RE.match(name):
-        raise _entry_error(registry, index, name, "name must match [a-z0-9][a-z0-9_]* (max 63 chars)")
+    if not NAME_RE.match(name):
+        raise _entry_error(registry, index, name, f"name {NAME_RULE}")
     for required in ("path", "dim"):
         if required not in entry:
             raise _entry_error(registry, index, name, f"missing required key {required!r}")
@@ -207,15 +193,6 @@ def load_registry(path: str | Path, defaults: BatchingConfig, only: Sequence[str
     return specs
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _provider_options(provider: str, spec: ModelSpec, buckets: Sequence[int], cache_dir: Path | None) -> dict:
     """Options per execution provider. TensorRT needs the shape range up front."""
     if provider == "TensorrtExecutionProvider":
@@ -233,6 +210,68 @@ def _provider_options(provider: str, spec: ModelSpec, buckets: Sequence[int], ca
         # Our shapes are fixed per bucket, so an exhaustive search pays once.
         return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
     return {}
+
+
+# Shared libraries ONNX Runtime loads for a GPU provider. Their own
+# dependencies (CUDA, cuDNN, TensorRT) are what a CPU machine lacks.
+_PROVIDER_LIBS = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+
+@functools.cache
+def _provider_problem(provider: str) -> str:
+    """Why ``provider`` cannot be created in this process, or "" when it can be tried.
+
+    An onnxruntime-gpu build lists CUDA and TensorRT as *available* on every
+    machine; asking for them where their libraries are missing makes ORT print
+    red errors and an "EP Error" banner before it falls back to the CPU. The
+    provider library is loaded here the way ORT loads it (``dlopen`` from
+    ``onnxruntime/capi``), so a missing ``libcublas``/``libnvinfer`` is found
+    quietly, before any session is made. The reason is logged once, at INFO
+    (the answer is cached for the process).
+    """
+    import ctypes
+
+    import onnxruntime as ort
+
+    problem = ""
+    lib = _PROVIDER_LIBS.get(provider)
+    path = Path(ort.__file__).parent / "capi" / (lib or "")
+    if provider not in ort.get_available_providers():
+        problem = "not in this onnxruntime build"
+    elif lib is not None and path.is_file():  # other platforms name the file differently: ORT decides
+        try:
+            ctypes.CDLL(str(path))
+        except OSError as exc:
+            text = str(exc)
+            problem = text.split(":")[0] + " not found" if "cannot open shared object" in text else text
+    if problem:
+        log.info("%s not used on this machine: %s", provider, problem)
+    return problem
+
+
+def usable_providers(requested: Sequence[str]) -> list[str]:
+    """The requested providers that can exist on this machine, in order.
+
+    Providers whose libraries cannot load are dropped (one INFO line each per
+    process), so a CPU machine starts without red errors; the CPU
+    provider is the last resort.
+
+    Args:
+        requested: Execution providers in priority order.
+
+    Returns:
+        A non-empty list of providers to hand to ONNX Runtime.
+    """
+    import onnxruntime as ort
+
+    # ORT's C++ logger reports each failed provider as an ERROR with a banner;
+    # the providers obtained are reported by the caller instead.
+    ort.set_default_logger_severity(3)
+    chosen = [p for p in requested if not _provider_problem(p)]
+    return chosen or ["CPUExecutionProvider"]
 
 
 class OnnxModel:
@@ -269,9 +308,8 @@ class OnnxModel:
         if spec.sha256 and self.sha256 != spec.sha256:
             raise ModelLoadError(f"{where}: sha256 is {self.sha256}, the registry expects {spec.sha256}")
 
-        available = set(ort.get_available_providers())
         self.providers_requested = list(providers)
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        chosen = usable_providers(providers)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
@@ -289,8 +327,9 @@ class OnnxModel:
 
         self.session = new_session()
         self.providers = self.session.get_providers()
-        if self.providers[0] != providers[0]:
-            log.warning("model %s: asked for %s, ONNX Runtime gave %s", spec.name, list(providers), self.providers)
+        if self.providers[0] != chosen[0]:
+            # The provider's libraries loaded, yet ORT could not create it: a real fallback.
+            log.warning("model %s: asked for %s, ONNX Runtime gave %s", spec.name, chosen, self.providers)
         self._check_io(where)
         # On CUDA, one session fed alternating batch shapes was measured at
         # 80-105 ms a run against 3-11 ms when it sees a single shape (H200,
@@ -345,7 +384,7 @@ class OnnxModel:
         started = time.perf_counter()
         for b in self.buckets:
             x = np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32)
-            out = self.run(x, pad=False)
+            out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
                 raise ModelLoadError(
                     f"model {self.spec.name!r} ({self.spec.path}): output {self.output_name!r} gives "
@@ -353,19 +392,6 @@ class OnnxModel:
                     f"but the registry says dim = {self.spec.dim}"
                 )
         return time.perf_counter() - started
-
-    def run(self, batch: np.ndarray, *, pad: bool = True) -> np.ndarray:
-        """Runs a stacked batch and returns raw (un-normalised) embeddings.
-
-        Args:
-            batch: (n, ...) float32 input tensors.
-            pad: Pad to the next bucket first (the padded rows are dropped).
-
-        Returns:
-            (n, dim) float32 features.
-        """
-        x = pad_to_bucket(batch, self.buckets) if pad else batch
-        return self._infer(x, batch.shape[0])
 
     def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
         """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""
@@ -384,6 +410,19 @@ class OnnxModel:
             x[i] = t
         x[n:] = 0.0
         return list(l2_normalise(self._infer(x, n)))
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding ``n`` items (``n`` itself past the largest).
+
+    Args:
+        n: Items in a batch.
+        buckets: Ascending batch sizes the model was warmed with.
+    """
+    for b in buckets:
+        if b >= n:
+            return b
+    return n
 
 
 def pool_features(out: np.ndarray, pooling: str, layout: str) -> np.ndarray:

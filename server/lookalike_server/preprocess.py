@@ -228,7 +228,7 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"{fmt} image is too large to decode safely: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
+        reason = str(exc).split(" <_io.", 1)[0] or type(exc).__name__  # Pillow names our BytesIO: noise
         raise InvalidArgument(f"cannot decode {fmt} image ({len(data)} bytes): {reason}") from None
 
 

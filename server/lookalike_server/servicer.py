@@ -41,7 +41,7 @@ from lookalike_server.domain import (
     SearchQuery,
     Timing,
 )
-from lookalike_server.errors import InternalError, ServiceError, Unavailable, grpc_code_for
+from lookalike_server.errors import InternalError, InvalidArgument, ServiceError, Unavailable, grpc_code_for
 
 if TYPE_CHECKING:
     from lookalike_server.service import LookalikeService
@@ -107,6 +107,8 @@ def search_query(req: pb.SearchRequest) -> SearchQuery:
         "exclude_self": req.exclude_self,
     }
     if which == "image":
+        if not req.image:  # set but empty: say so, as Insert does, not "needs one of"
+            raise InvalidArgument("query image is empty (0 bytes)")
         return SearchQuery(image=req.image, **common)
     if which == "id":
         return SearchQuery(item_id=req.id, **common)

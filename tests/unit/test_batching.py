@@ -6,10 +6,9 @@ import threading
 import time
 from concurrent.futures import CancelledError
 
-import numpy as np
 import pytest
 
-from lookalike_server.batching import MicroBatcher, bucket_for, pad_to_bucket
+from lookalike_server.batching import MicroBatcher
 from lookalike_server.errors import DeadlineExceeded, InternalError, Overloaded, ShuttingDown
 
 
@@ -219,20 +218,6 @@ def test_stats_reset_zeroes_counters():
         assert b.stats().items == 0
     finally:
         b.close()
-
-
-@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 9)])
-def test_bucket_for(n, bucket):
-    assert bucket_for(n, (1, 2, 4, 8)) == bucket
-
-
-def test_pad_to_bucket_pads_with_zeros_and_keeps_rows():
-    x = np.arange(3 * 2, dtype=np.float32).reshape(3, 2) + 1
-    padded = pad_to_bucket(x, (1, 2, 4, 8))
-    assert padded.shape == (4, 2)
-    np.testing.assert_array_equal(padded[:3], x)
-    np.testing.assert_array_equal(padded[3], 0)
-    assert pad_to_bucket(x[:2], (1, 2, 4)) is not None and pad_to_bucket(x[:2], (1, 2, 4)).shape == (2, 2)
 
 
 def test_adaptive_lone_item_does_not_wait_for_company():

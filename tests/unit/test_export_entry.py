@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
+from lookalike_export.entry import upsert_entry
+from lookalike_export.parity import compare, find_photos, load_rgb, preprocess_image
 from lookalike_server.errors import ConfigError
-from lookalike_server.export.entry import ModelEntry, read_entries, upsert_entry
-from lookalike_server.export.parity import compare, find_photos, load_rgb, preprocess_image
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lookalike_server.registry import ModelEntry, read_entries
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "export"
 

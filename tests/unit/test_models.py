@@ -10,7 +10,7 @@ import pytest
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.models import OnnxModel, l2_normalise, load_registry, pool_features
+from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, load_registry, pool_features
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "models" / "models.toml"
@@ -167,3 +167,30 @@ def test_session_per_bucket_gives_each_bucket_its_own_session(tmp_path):
     assert split.session_per_bucket and len({id(s) for s in split.sessions.values()}) == 3
     x = [np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32) for _ in range(3)]
     np.testing.assert_allclose(np.stack(split.embed_batch(x)), np.stack(shared.embed_batch(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 9)])
+def test_bucket_for(n: int, bucket: int) -> None:
+    assert bucket_for(n, (1, 2, 4, 8)) == bucket
+
+
+def test_every_key_the_exporter_writes_the_server_reads(tmp_path: Path) -> None:
+    """One schema (lookalike_server.registry): the writer's output is the reader's input."""
+    from lookalike_server.registry import ENTRY_KEYS, ModelEntry
+
+    entry = ModelEntry.from_preset(
+        "caffe",
+        name="m",
+        path=str(ROOT / "models" / "mobilenet_v2.onnx"),
+        dim=1280,
+        description="round trip",
+        output_layout="NCHW",
+        batching={"max_batch_size": 8},
+    )
+    text = entry.to_toml()
+    assert {line.split(" = ")[0] for line in text.splitlines() if " = " in line} >= ENTRY_KEYS - {"batching"}
+    (spec,) = load_registry(write_registry(tmp_path, text), BatchingConfig())
+    assert (spec.name, spec.dim, spec.description) == ("m", 1280, "round trip")
+    assert spec.preprocess.color_order == "BGR" and spec.preprocess.layout == "NHWC"
+    assert spec.preprocess.mean == entry.mean and spec.preprocess.resize_shorter == 0
+    assert spec.batching.max_batch_size == 8

@@ -92,6 +92,13 @@ def test_non_images_are_invalid_arguments(data, match):
         decode_image(data, **LIMITS)
 
 
+def test_undecodable_image_message_names_no_python_object():
+    """Pillow's "cannot identify image file <_io.BytesIO object at 0x…>" loses the object."""
+    with pytest.raises(InvalidArgument) as info:
+        decode_image(b"\xff\xd8\xff" + b"x" * 50, **LIMITS)
+    assert info.value.message == "cannot decode JPEG image (53 bytes): cannot identify image file"
+
+
 def test_truncated_jpeg_is_an_invalid_argument():
     data = encode(gradient(256, 256), "JPEG")
     with pytest.raises(InvalidArgument, match="cannot decode JPEG"):
@@ -181,3 +188,13 @@ def test_large_jpeg_uses_reduced_decode_but_keeps_enough_pixels():
 def test_invalid_specs_are_rejected(kwargs):
     with pytest.raises(ValueError):
         PreprocessSpec(**kwargs)
+
+
+def test_empty_query_image_says_empty_not_needs_one_of():
+    from lookalike.v1 import lookalike_pb2 as pb
+    from lookalike_server.servicer import search_query
+
+    req = pb.SearchRequest(image=b"")
+    assert req.WhichOneof("query") == "image"  # proto3 oneof members keep presence
+    with pytest.raises(InvalidArgument, match="query image is empty"):
+        search_query(req)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
-from lookalike_server.export.entry import read_entries
-from lookalike_server.export.parity import find_photos, load_rgb, preprocess_image
-from lookalike_server.export.quantize import entry_from_registry
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lookalike_export.parity import find_photos, load_rgb, preprocess_image
+from lookalike_export.quantize import entry_from_registry
+from lookalike_server.registry import read_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lookalike_server.errors import ModelLoadError
-from lookalike_server.export.entry import ModelEntry
+from lookalike_server.registry import ModelEntry
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,

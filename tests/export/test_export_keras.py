@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 
-from lookalike_server.export.cli import main
-from lookalike_server.export.keras_export import keras_python
-from lookalike_server.export.quantize import entry_from_registry
+from lookalike_export.cli import main
+from lookalike_export.keras_export import keras_python
+from lookalike_export.quantize import entry_from_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.export, pytest.mark.slow]

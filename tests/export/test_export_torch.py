@@ -11,12 +11,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="the export extra (torch) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 
+from lookalike_export import archs  # noqa: E402
+from lookalike_export.cli import main  # noqa: E402
+from lookalike_export.parity import find_photos, load_rgb, preprocess_image  # noqa: E402
+from lookalike_export.quantize import entry_from_registry  # noqa: E402
 from lookalike_server.errors import ModelLoadError  # noqa: E402
-from lookalike_server.export import archs  # noqa: E402
-from lookalike_server.export.cli import main  # noqa: E402
-from lookalike_server.export.entry import read_entries  # noqa: E402
-from lookalike_server.export.parity import find_photos, load_rgb, preprocess_image  # noqa: E402
-from lookalike_server.export.quantize import entry_from_registry  # noqa: E402
+from lookalike_server.registry import read_entries  # noqa: E402
 
 pytestmark = pytest.mark.export
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "export"
@@ -150,12 +150,13 @@ def test_registry_written_by_the_cli_loads_in_the_server(exported: Path) -> None
 
 def test_reexport_with_other_weights_bumps_the_version(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Same name, different file → version 2 (collection and cache keys change)."""
-    from lookalike_server.export import cli
+    from lookalike_export import cli
+    from lookalike_export.result import ExportResult
 
     reg = exported / "models.toml"
     entry = entry_from_registry(reg, "vgg16")
     other = dict(entry.__dict__, sha256="0" * 64)
-    result = cli.ExportResult(exported / "vgg16.onnx", type(entry)(**other), None, 0.0)
+    result = ExportResult(exported / "vgg16.onnx", type(entry)(**other), None, 0.0)
     args = cli.build_parser().parse_args(["torch", "vgg16", "--random", "--registry", str(reg)])
     cli._register(args, result)
     assert next(e for e in read_entries(reg) if e["name"] == "vgg16")["version"] == "2"
@@ -176,6 +177,6 @@ def test_cli_errors_are_one_line_with_the_model_name(tmp_path: Path, capsys: pyt
 def test_cli_help_needs_no_torch_import() -> None:
     import subprocess
 
-    code = "import sys; sys.modules['torch'] = None; from lookalike_server.export.cli import main; main(['--help'])"
+    code = "import sys; sys.modules['torch'] = None; from lookalike_export.cli import main; main(['--help'])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "keras" in proc.stdout

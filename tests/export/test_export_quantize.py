@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike_export.quantize import quantize_model
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ModelLoadError
-from lookalike_server.export.quantize import quantize_model
 from lookalike_server.models import OnnxModel, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]

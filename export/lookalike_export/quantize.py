@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from lookalike_export.parity import l2_normalise, load_rgb, preprocess_image
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.export.entry import PRESETS, ModelEntry, file_sha256, read_entries
-from lookalike_server.export.parity import l2_normalise, load_rgb, preprocess_image
+from lookalike_server.preprocess import PRESETS
+from lookalike_server.registry import ModelEntry, file_sha256, read_entries
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def entry_from_registry(registry: Path, name: str) -> ModelEntry:
 
 def labelled_photos(folder: Path, min_per_class: int = 2) -> tuple[list[Path], list[str]]:
     """Photos and labels from ``folder/<label>/...`` (labels = first-level sub-folder)."""
-    from lookalike_server.export.parity import find_photos
+    from lookalike_export.parity import find_photos
 
     paths, labels = [], []
     for p in find_photos(folder):

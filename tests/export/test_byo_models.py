@@ -13,8 +13,8 @@ import pytest
 
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+from lookalike_export.cli import main as export_main
 from lookalike_server.config import BatchingConfig, ModelsConfig
-from lookalike_server.export.cli import main as export_main
 from tests.conftest import start_server
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
