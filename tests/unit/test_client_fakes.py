@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent import futures
@@ -31,14 +32,21 @@ class Recorded:
 
     requests: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     time_remaining: dict[str, list[float | None]] = field(default_factory=lambda: defaultdict(list))
+    arrived_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    metadata: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
     max_in_flight: int = 0
 
 
 class FakeServicer(pb_grpc.LookalikeServicer):
-    """Canned answers; ``fail[method]`` is a list of status codes to abort with first."""
+    """Canned answers; ``fail[method]`` is a list of status codes to abort with first.
+
+    ``pushback_ms[method]``, when set, goes out as the ``grpc-retry-pushback-ms`` trailer
+    with each of those failures (the server's "retry after this long" hint).
+    """
 
     def __init__(self) -> None:
         self.fail: dict[str, list[grpc.StatusCode]] = defaultdict(list)
+        self.pushback_ms: dict[str, int] = {}
         self.seen = Recorded()
         self.items: dict[int, pb.Item] = {}
         self.by_hash: dict[str, int] = {}
@@ -48,8 +56,12 @@ class FakeServicer(pb_grpc.LookalikeServicer):
     def _enter(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
         self.seen.requests[name].append(request)
         self.seen.time_remaining[name].append(context.time_remaining())
+        self.seen.arrived_at[name].append(time.monotonic())
+        self.seen.metadata[name].append({k: str(v) for k, v in context.invocation_metadata()})
         if self.fail[name]:
             code = self.fail[name].pop(0)
+            if name in self.pushback_ms:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(self.pushback_ms[name])),))
             context.abort(code, f"fake {code.name.lower()}")
 
     def ListModels(self, request: Any, context: grpc.ServicerContext) -> pb.ListModelsResponse:
@@ -180,7 +192,9 @@ class FakeServer:
         target: ``127.0.0.1:PORT``.
     """
 
-    def __init__(self, with_health: bool = True) -> None:
+    def __init__(
+        self, with_health: bool = True, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.servicer = FakeServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_LookalikeServicer_to_server(self.servicer, self.server)
@@ -190,7 +204,10 @@ class FakeServer:
             self.health = health.HealthServicer()
             self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.target = f"127.0.0.1:{port}"
 
     def __enter__(self) -> FakeServer:
