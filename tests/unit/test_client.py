@@ -22,7 +22,6 @@ from lookalike import (
     ModelHits,
     NewItem,
     NotFoundError,
-    ResourceExhaustedError,
     SearchQuery,
     UnavailableError,
 )
@@ -130,7 +129,7 @@ def test_retries_zero_turns_retrying_off(server: FakeServer) -> None:
 
 
 def test_too_many_retries_refused() -> None:
-    with pytest.raises(ValueError, match="0..4"):
+    with pytest.raises(ValueError, match=r"0\.\.4"):
         LookalikeClient("127.0.0.1:1", retries=5)
 
 

@@ -192,9 +192,7 @@ class FakeServer:
         target: ``127.0.0.1:PORT``.
     """
 
-    def __init__(
-        self, with_health: bool = True, credentials: grpc.ServerCredentials | None = None
-    ) -> None:
+    def __init__(self, with_health: bool = True, credentials: grpc.ServerCredentials | None = None) -> None:
         self.servicer = FakeServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_LookalikeServicer_to_server(self.servicer, self.server)
