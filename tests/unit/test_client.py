@@ -150,9 +150,9 @@ def test_overload_and_aborted_retried_like_the_server_means(
     assert len(server.servicer.seen.requests["Embed"]) == 2
     # ... unless the caller narrows the codes.
     server.servicer.fail["Embed"] = [code]
-    with LookalikeClient(server.target, retry_codes=[grpc.StatusCode.UNAVAILABLE]) as c:
-        with pytest.raises(LookalikeError) as info:
-            c.embed(_png(), model="alpha")
+    narrow = LookalikeClient(server.target, retry_codes=[grpc.StatusCode.UNAVAILABLE])
+    with narrow as c, pytest.raises(LookalikeError) as info:
+        c.embed(_png(), model="alpha")
     assert info.value.code == code and info.value.retriable
     assert len(server.servicer.seen.requests["Embed"]) == 3
 

@@ -76,9 +76,9 @@ def test_mtls_async_client(mtls_server: FakeServer, pki: Path) -> None:
 
 
 def test_mtls_without_client_cert_is_refused(mtls_server: FakeServer, pki: Path) -> None:
-    with LookalikeClient(mtls_server.target, ca=str(pki / "ca.pem"), timeout=5, retries=0) as c:
-        with pytest.raises(UnavailableError):
-            c.list_models()
+    no_cert = LookalikeClient(mtls_server.target, ca=str(pki / "ca.pem"), timeout=5, retries=0)
+    with no_cert as c, pytest.raises(UnavailableError):
+        c.list_models()
     assert not mtls_server.servicer.seen.requests["ListModels"]
 
 
