@@ -1,11 +1,15 @@
 """The ``lookalike`` command line: talk to a lookalike server from a shell.
 
 Every subcommand takes the global ``--target`` (env ``LOOKALIKE_TARGET``, default
-``127.0.0.1:50051``) and ``--timeout`` (env ``LOOKALIKE_TIMEOUT``, seconds per call).
+``127.0.0.1:50051``), ``--timeout`` (env ``LOOKALIKE_TIMEOUT``, seconds per call) and the
+connection security flags ``--tls``, ``--ca``, ``--cert``/``--key``, ``--token`` and
+``--insecure-token`` (env ``LOOKALIKE_TLS``, ``LOOKALIKE_CA``, ``LOOKALIKE_CERT``,
+``LOOKALIKE_KEY``, ``LOOKALIKE_TOKEN``; see :mod:`lookalike.security`). Prefer the
+environment variable (or a file the shell reads) for the token: a flag shows in ``ps``.
 
 Exit codes: 0 success; 1 an RPC or input error (one line on stderr: status code and message,
 no traceback); 2 bad usage (argparse); 3 ``index`` finished with some files failed;
-130 interrupted.
+130 interrupted; 141 the reader of stdout went away (``lookalike stats | head``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, TextIO
 
 from lookalike.client import (
     DEFAULT_TARGET,
+    ChannelSecurity,
     InsertStreamResult,
     LookalikeClient,
     LookalikeError,
@@ -35,7 +40,8 @@ from lookalike.client import (
 )
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
+MAX_THUMBNAIL_FILE_BYTES = 64 * 1024 * 1024
 
 
 class CliError(Exception):
@@ -56,7 +62,18 @@ def _parse_attrs(pairs: Sequence[str] | None) -> dict[str, str]:
 
 
 def _client(args: argparse.Namespace) -> LookalikeClient:
-    return LookalikeClient(args.target, timeout=args.timeout)
+    security = ChannelSecurity.from_env(
+        tls=args.tls or None,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key_file,
+        token=args.token,
+        insecure_token=args.insecure_token or None,
+    )
+    try:
+        return LookalikeClient(args.target, timeout=args.timeout, security=security)
+    except ValueError as exc:  # bad or unsafe security settings: one line, not a traceback
+        raise CliError(str(exc)) from exc
 
 
 def _print_json(obj: Any, out: TextIO) -> None:
@@ -218,7 +235,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in models:
         prov = ",".join(m.providers) or "-"
         buckets = ",".join(str(b) for b in m.batch_buckets) or "-"
-        print(f"{m.name:<20} v{m.version:<8} dim={m.dim:<5} providers={prov}  buckets={buckets}")
+        collection = m.collection or "-"
+        print(
+            f"{m.name:<20} v{m.version:<8} dim={m.dim:<5} collection={collection}  providers={prov}  buckets={buckets}"
+        )
         if m.description:
             print(f"{'':<20} {m.description}")
     return EXIT_OK
@@ -344,34 +364,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.html:
         from lookalike.html import render_search_html
 
-        thumbs: dict[str, bytes | None] = {}
-        for mh in result.results:
-            for hit in mh.hits:
-                if hit.key not in thumbs:
-                    p = Path(hit.key)
-                    thumbs[hit.key] = p.read_bytes() if p.is_file() else None
+        keys = [hit.key for mh in result.results for hit in mh.hits]
+        thumbs = load_thumbnails(keys, Path(args.thumbs_root) if args.thumbs_root else None)
         label = args.image if args.image is not None else f"item {args.id}"
         page = render_search_html(query_bytes, result.results, thumbs, title=f"lookalike: {label}", query_label=label)
         Path(args.html).write_text(page, encoding="utf-8")
         missing = sum(1 for v in thumbs.values() if v is None)
-        note = f" ({missing} hit keys are not local files: shown without preview)" if missing else ""
+        if not args.thumbs_root:
+            note = " (no --thumbs-root: hits shown without preview)" if missing else ""
+        else:
+            note = f" ({missing} hit keys are not files under {args.thumbs_root}: no preview)" if missing else ""
         print(f"wrote {args.html}{note}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    if (args.id is None) == (args.key is None):
-        raise CliError("give an ID or --key KEY (one of them)")
+    # `get 42` is an id, `get photos/cat.jpg` a key; `--key` forces a key that looks like a number.
+    if (args.ref is None) == (args.key is None):
+        raise CliError("give an ID or a KEY (or --key KEY), one of them")
     with _client(args) as client:
-        item = client.get(args.id, key=args.key) if args.id is not None else client.get(key=args.key)
+        if args.key is not None:
+            item = client.get(key=args.key)
+        elif args.ref.strip().lstrip("-").isdigit():
+            item = client.get(int(args.ref))
+        else:
+            item = client.get(key=args.ref)
+    created = item.created.isoformat(timespec="seconds") if item.created_at else "-"
     if args.json:
-        _print_json(asdict(item), sys.stdout)
+        _print_json({**asdict(item), "created": created}, sys.stdout)
     else:
         print(f"id:       {item.id}")
         print(f"key:      {item.key}")
         print(f"sha256:   {item.content_sha256}")
         print(f"models:   {', '.join(item.models)}")
-        print(f"created:  {item.created_at:.3f}")
+        print(f"created:  {created}")
         for k, v in sorted(item.attributes.items()):
             print(f"attr:     {k}={v}")
     return EXIT_OK
@@ -430,6 +456,59 @@ def _add_bench(sub: Any) -> None:
     p.set_defaults(func=bench.run)
 
 
+def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection security (defaults from the environment)")
+    g.add_argument("--tls", action="store_true", help="use TLS (env LOOKALIKE_TLS=1; implied by --ca/--cert)")
+    g.add_argument("--ca", metavar="PEM", help="CA certificate(s) to check the server with (env LOOKALIKE_CA)")
+    g.add_argument("--cert", metavar="PEM", help="client certificate for mTLS (env LOOKALIKE_CERT)")
+    g.add_argument("--key", dest="key_file", metavar="PEM", help="client certificate's key (env LOOKALIKE_KEY)")
+    g.add_argument(
+        "--token", help="bearer token (env LOOKALIKE_TOKEN, preferred: a flag is visible to other local users)"
+    )
+    g.add_argument(
+        "--insecure-token",
+        action="store_true",
+        help="allow sending the token without TLS to a server that is not on this machine",
+    )
+
+
+def load_thumbnails(keys: Sequence[str], root: Path | None) -> dict[str, bytes | None]:
+    """Reads the thumbnail of each hit key, only from regular files under ``root``.
+
+    A key is a string any client of the server may have stored, so it is never trusted as
+    a path: it is joined to ``root``, resolved (``..`` and every symlink followed), and read
+    only when the result still lies under the resolved root and is a regular file of sane
+    size. ``root=None`` reads nothing.
+
+    Args:
+        keys: Hit keys (duplicates are read once).
+        root: The directory thumbnails may come from, or ``None``.
+
+    Returns:
+        Key -> file bytes, or ``None`` where there is no safe local file.
+    """
+    thumbs: dict[str, bytes | None] = dict.fromkeys(keys)
+    if root is None:
+        return thumbs
+    try:
+        base = root.resolve(strict=True)
+    except OSError as exc:
+        raise CliError(f"--thumbs-root {root}: {exc.strerror or exc}") from exc
+    if not base.is_dir():
+        raise CliError(f"--thumbs-root {root}: not a directory")
+    for key in thumbs:
+        try:
+            path = (base / key).resolve(strict=True)  # an absolute key replaces base: checked below
+            if not path.is_relative_to(base) or not path.is_file():
+                continue
+            if path.stat().st_size > MAX_THUMBNAIL_FILE_BYTES:
+                continue
+            thumbs[key] = path.read_bytes()
+        except (OSError, ValueError, RuntimeError):  # missing, unreadable, NUL in key, symlink loop
+            continue
+    return thumbs
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the ``lookalike`` argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -446,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LOOKALIKE_TIMEOUT", "60")),
         help="deadline per call in seconds (env LOOKALIKE_TIMEOUT; default %(default)s)",
     )
+    _add_security_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="list the models the server has loaded")
@@ -481,11 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-self", action="store_true", help="with --id, leave the item out")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained page with thumbnails")
+    p.add_argument(
+        "--thumbs-root",
+        metavar="DIR",
+        help="with --html, read thumbnails only from files under DIR, hit keys taken as paths "
+        "relative to it (never outside it, symlinks included); without it no local file is read",
+    )
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("get", help="show a stored item")
-    p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--key", help="look the item up by key")
+    p = sub.add_parser("get", help="show a stored item, by id or by key")
+    p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")
+    p.add_argument("--key", help="look the item up by this key (even one that looks like a number)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_get)
 
@@ -532,19 +618,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
+        return code
     except LookalikeError as err:
         print(f"error: {err.code.name}: {err.message} (target {args.target})", file=sys.stderr)
         return EXIT_ERROR
     except (CliError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`lookalike stats | head`): stop quietly, like any Unix tool.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        _silence_stdout()
+        return EXIT_PIPE
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
 
 
 if __name__ == "__main__":

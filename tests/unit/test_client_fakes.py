@@ -24,6 +24,7 @@ from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 DIM = 4
 MODELS = ("alpha", "beta")
+CREATED_AT = 1_764_000_000.0  # 2025-11-24T16:00:00+00:00
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeServicer(pb_grpc.LookalikeServicer):
     def __init__(self) -> None:
         self.fail: dict[str, list[grpc.StatusCode]] = defaultdict(list)
         self.pushback_ms: dict[str, int] = {}
+        self.hit_keys: list[str] | None = None  # keys Search answers with, instead of model/hitN.png
         self.seen = Recorded()
         self.items: dict[int, pb.Item] = {}
         self.by_hash: dict[str, int] = {}
@@ -75,6 +77,7 @@ class FakeServicer(pb_grpc.LookalikeServicer):
                     providers=["CPUExecutionProvider"],
                     batch_buckets=[1, 2, 4],
                     max_batch_size=4,
+                    collection=f"lookalike_{m}",
                     preprocessing=pb.Preprocessing(height=224, width=224, mean=[0.5] * 3, std=[0.5] * 3),
                 )
                 for m in MODELS
@@ -102,7 +105,12 @@ class FakeServicer(pb_grpc.LookalikeServicer):
             iid = len(self.items) + 1
             self.by_hash[digest] = iid
             self.items[iid] = pb.Item(
-                id=iid, key=item.key, attributes=item.attributes, content_sha256=digest, models=models
+                id=iid,
+                key=item.key,
+                attributes=item.attributes,
+                content_sha256=digest,
+                models=models,
+                created_at=CREATED_AT,
             )
         return pb.InsertResult(id=iid, created=True, models=models, content_sha256=digest)
 
@@ -135,8 +143,8 @@ class FakeServicer(pb_grpc.LookalikeServicer):
         results = []
         for mi, m in enumerate(models):
             hits = [
-                pb.Hit(id=i + 1, distance=0.1 * (i + mi), key=f"{m}/hit{i}.png", attributes={"rank": str(i)})
-                for i in range(min(k, 3))
+                pb.Hit(id=i + 1, distance=0.1 * (i + mi), key=key, attributes={"rank": str(i)})
+                for i, key in enumerate(self.hit_keys or [f"{m}/hit{j}.png" for j in range(min(k, 3))])
             ]
             results.append(pb.ModelHits(model=m, hits=hits))
         return pb.SearchResponse(results=results, timing=pb.ServerTiming(total_ms=1.5))
