@@ -384,3 +384,29 @@ def test_security_flags_reach_the_client(
     # A CA file that does not exist is one line too.
     assert run(server, "--ca", "/nonexistent/ca.pem", "models") == 1
     assert "cannot read the CA file" in capsys.readouterr().err
+
+
+def test_bench_outside_a_checkout_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no tests/data/photos, no .cache/photos here
+    assert cli.main(["bench", "--target", "127.0.0.1:1", "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "no photos to send: pass --images DIR" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bench_writes_results_under_out_bench_by_default(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(_png("red"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "--target", server.target, "--images", "photos", "--name", "t"]
+    assert cli.main([*argv, "--concurrency", "1", "--warmup", "0", "--duration", "0.3"]) == 0
+    results = tmp_path / "out" / "bench" / "t" / "results.json"
+    data = json.loads(results.read_text())
+    assert data["series"][0]["points"][0]["ok"] > 0 and data["machine"]["cores"] >= 1
+    assert not (tmp_path / "benchmarks").exists()
+    assert "bench_report.py" in capsys.readouterr().out
