@@ -16,32 +16,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import math
 import os
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from lookalike.client import (
     DEFAULT_TARGET,
-    ChannelSecurity,
     InsertStreamResult,
     LookalikeClient,
     LookalikeError,
-    ModelHits,
     NewItem,
-    SearchResult,
     vector_norm,
 )
+from lookalike.console import _is_tty as _is_tty
+from lookalike.console import format_side_by_side, print_json, search_json, silence_stdout
+from lookalike.console import progress_bar as _progress
+from lookalike.security import add_security_arguments, security_from_args
+from lookalike.thumbnails import load_thumbnails
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
-MAX_THUMBNAIL_FILE_BYTES = 64 * 1024 * 1024
 
 
 class CliError(Exception):
@@ -62,156 +60,11 @@ def _parse_attrs(pairs: Sequence[str] | None) -> dict[str, str]:
 
 
 def _client(args: argparse.Namespace) -> LookalikeClient:
-    security = ChannelSecurity.from_env(
-        tls=args.tls or None,
-        ca=args.ca,
-        cert=args.cert,
-        key=args.key_file,
-        token=args.token,
-        insecure_token=args.insecure_token or None,
-    )
+    security = security_from_args(args)
     try:
         return LookalikeClient(args.target, timeout=args.timeout, security=security)
     except ValueError as exc:  # bad or unsafe security settings: one line, not a traceback
         raise CliError(str(exc)) from exc
-
-
-def _print_json(obj: Any, out: TextIO) -> None:
-    json.dump(obj, out, indent=2, sort_keys=False, default=str)
-    out.write("\n")
-
-
-def _truncate(text: str, width: int) -> str:
-    # Keep the end of long keys: for paths the file name is the informative part.
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def format_side_by_side(results: Sequence[ModelHits], key_width: int = 36) -> str:
-    """Formats per-model hit lists as one text table, one column group per model.
-
-    Args:
-        results: One :class:`ModelHits` per model.
-        key_width: Widest key shown per column; longer keys keep their tail.
-
-    Returns:
-        The table, rank down the side, ``distance key`` per model across.
-    """
-    if not results:
-        return "(no models searched)"
-    depth = max((len(mh.hits) for mh in results), default=0)
-    cell_width = 8 + 1 + key_width
-    header = "rank  " + "  ".join(f"{mh.model:<{cell_width}.{cell_width}}" for mh in results)
-    rule = "----  " + "  ".join("-" * cell_width for _ in results)
-    lines = [header.rstrip(), rule]
-    for i in range(depth):
-        cells = []
-        for mh in results:
-            if i < len(mh.hits):
-                hit = mh.hits[i]
-                cells.append(f"{hit.distance:8.4f} {_truncate(hit.key, key_width):<{key_width}}")
-            else:
-                cells.append(" " * cell_width)
-        lines.append((f"{i + 1:>4}  " + "  ".join(cells)).rstrip())
-    if depth == 0:
-        lines.append("(no hits)")
-    return "\n".join(lines)
-
-
-def _search_json(result: SearchResult) -> dict[str, Any]:
-    return {
-        "results": [asdict(mh) for mh in result.results],
-        "timing": asdict(result.timing) if result.timing else None,
-    }
-
-
-class LineProgress:
-    """Progress for a stderr that is not a terminal (CI logs, pipes, files): plain lines, no redraws.
-
-    tqdm redraws its bar with carriage returns; where stderr is not a terminal every redraw
-    becomes a new line in the log, hundreds per run. This prints one line when another
-    ``step`` of the total is done (every 10% by default) or ``interval_s`` has passed since the
-    last line, whichever comes first, and one at the end. It has the small part of tqdm's
-    interface that ``index`` uses (``update``, ``set_postfix``, ``close``).
-
-    Args:
-        total: Items expected.
-        desc: Label at the start of each line.
-        file: Where lines go.
-        step: Fraction of ``total`` between lines.
-        interval_s: Longest silence between lines while items complete, in seconds.
-        clock: Monotonic clock (injectable for tests).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        desc: str,
-        file: TextIO,
-        *,
-        step: float = 0.1,
-        interval_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.total = total
-        self.desc = desc
-        self.file = file
-        self.step = step
-        self.interval_s = interval_s
-        self.clock = clock
-        self.n = 0
-        self.postfix: dict[str, Any] = {}
-        self._start = clock()
-        self._last_line_at = self._start
-        self._last_step = 0  # how many whole steps the last printed line had reached
-        self._printed_n = 0
-
-    def update(self, n: int = 1) -> None:
-        """Counts ``n`` more items done; prints a line when a step or the interval is reached."""
-        self.n += n
-        steps = math.floor(self.n / (self.total * self.step)) if self.total else 0
-        now = self.clock()
-        if self.n >= self.total or steps > self._last_step or now - self._last_line_at >= self.interval_s:
-            self._print(now)
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        """Counters appended to each line (as ``name=value``)."""
-        self.postfix = kwargs
-
-    def close(self) -> None:
-        """Prints the final count unless the last line already showed it (e.g. when stopped early)."""
-        if self.n != self._printed_n:
-            self._print(self.clock())
-
-    def _print(self, now: float) -> None:
-        elapsed = now - self._start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if rate > 0 and self.n < self.total else ""
-        extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        line = f"{self.desc}: {self.n}/{self.total}{pct} {rate:.1f} img/s, {elapsed:.0f}s elapsed{eta}"
-        print(f"{line}  {extra}" if extra else line, file=self.file, flush=True)
-        self._last_line_at = now
-        self._printed_n = self.n
-        if self.total:
-            self._last_step = math.floor(self.n / (self.total * self.step))
-
-
-def _progress(total: int, desc: str, quiet: bool) -> Any:
-    """A tqdm bar when stderr is a terminal, :class:`LineProgress` lines otherwise; silent if quiet."""
-    from tqdm import tqdm
-
-    if quiet:
-        return tqdm(total=total, disable=True)
-    if _is_tty(sys.stderr):
-        return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
-    return LineProgress(total, desc, sys.stderr)
-
-
-def _is_tty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
 
 
 def _iter_images(root: Path, recursive: bool) -> Iterator[Path]:
@@ -228,7 +81,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     with _client(args) as client:
         models = client.list_models()
     if args.json:
-        _print_json([asdict(m) for m in models], sys.stdout)
+        print_json([asdict(m) for m in models], sys.stdout)
         return EXIT_OK
     if not models:
         print("no models loaded")
@@ -263,7 +116,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     print(f"{path}  {model:<16} dim={len(values)}  norm={row['norm']:.4f}  [{head}, …]")
                 out.append(row)
     if args.json:
-        _print_json(out, sys.stdout)
+        print_json(out, sys.stdout)
     return EXIT_OK
 
 
@@ -358,14 +211,17 @@ def cmd_search(args: argparse.Namespace) -> int:
             exclude_self=args.exclude_self,
         )
     if args.json:
-        _print_json(_search_json(result), sys.stdout)
+        print_json(search_json(result), sys.stdout)
     else:
         print(format_side_by_side(result.results))
     if args.html:
         from lookalike.html import render_search_html
 
         keys = [hit.key for mh in result.results for hit in mh.hits]
-        thumbs = load_thumbnails(keys, Path(args.thumbs_root) if args.thumbs_root else None)
+        try:
+            thumbs = load_thumbnails(keys, Path(args.thumbs_root) if args.thumbs_root else None)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
         label = args.image if args.image is not None else f"item {args.id}"
         page = render_search_html(query_bytes, result.results, thumbs, title=f"lookalike: {label}", query_label=label)
         Path(args.html).write_text(page, encoding="utf-8")
@@ -391,7 +247,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             item = client.get(key=args.ref)
     created = item.created.isoformat(timespec="seconds") if item.created_at else "-"
     if args.json:
-        _print_json({**asdict(item), "created": created}, sys.stdout)
+        print_json({**asdict(item), "created": created}, sys.stdout)
     else:
         print(f"id:       {item.id}")
         print(f"key:      {item.key}")
@@ -420,7 +276,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.stats(reset=args.reset)
-    _print_json(asdict(stats), sys.stdout)
+    print_json(asdict(stats), sys.stdout)
     return EXIT_OK
 
 
@@ -456,59 +312,6 @@ def _add_bench(sub: Any) -> None:
     p.set_defaults(func=bench.run)
 
 
-def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("connection security (defaults from the environment)")
-    g.add_argument("--tls", action="store_true", help="use TLS (env LOOKALIKE_TLS=1; implied by --ca/--cert)")
-    g.add_argument("--ca", metavar="PEM", help="CA certificate(s) to check the server with (env LOOKALIKE_CA)")
-    g.add_argument("--cert", metavar="PEM", help="client certificate for mTLS (env LOOKALIKE_CERT)")
-    g.add_argument("--key", dest="key_file", metavar="PEM", help="client certificate's key (env LOOKALIKE_KEY)")
-    g.add_argument(
-        "--token", help="bearer token (env LOOKALIKE_TOKEN, preferred: a flag is visible to other local users)"
-    )
-    g.add_argument(
-        "--insecure-token",
-        action="store_true",
-        help="allow sending the token without TLS to a server that is not on this machine",
-    )
-
-
-def load_thumbnails(keys: Sequence[str], root: Path | None) -> dict[str, bytes | None]:
-    """Reads the thumbnail of each hit key, only from regular files under ``root``.
-
-    A key is a string any client of the server may have stored, so it is never trusted as
-    a path: it is joined to ``root``, resolved (``..`` and every symlink followed), and read
-    only when the result still lies under the resolved root and is a regular file of sane
-    size. ``root=None`` reads nothing.
-
-    Args:
-        keys: Hit keys (duplicates are read once).
-        root: The directory thumbnails may come from, or ``None``.
-
-    Returns:
-        Key -> file bytes, or ``None`` where there is no safe local file.
-    """
-    thumbs: dict[str, bytes | None] = dict.fromkeys(keys)
-    if root is None:
-        return thumbs
-    try:
-        base = root.resolve(strict=True)
-    except OSError as exc:
-        raise CliError(f"--thumbs-root {root}: {exc.strerror or exc}") from exc
-    if not base.is_dir():
-        raise CliError(f"--thumbs-root {root}: not a directory")
-    for key in thumbs:
-        try:
-            path = (base / key).resolve(strict=True)  # an absolute key replaces base: checked below
-            if not path.is_relative_to(base) or not path.is_file():
-                continue
-            if path.stat().st_size > MAX_THUMBNAIL_FILE_BYTES:
-                continue
-            thumbs[key] = path.read_bytes()
-        except (OSError, ValueError, RuntimeError):  # missing, unreadable, NUL in key, symlink loop
-            continue
-    return thumbs
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Builds the ``lookalike`` argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -525,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LOOKALIKE_TIMEOUT", "60")),
         help="deadline per call in seconds (env LOOKALIKE_TIMEOUT; default %(default)s)",
     )
-    _add_security_arguments(parser)
+    add_security_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="list the models the server has loaded")
@@ -630,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`lookalike stats | head`): stop quietly, like any Unix tool.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        _silence_stdout()
+        silence_stdout()
         return EXIT_PIPE
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -638,14 +441,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
-        pass
 
 
 if __name__ == "__main__":

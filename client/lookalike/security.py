@@ -25,6 +25,7 @@ certificate implies TLS.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["ChannelSecurity", "is_loopback_target"]
+__all__ = ["ChannelSecurity", "add_security_arguments", "is_loopback_target", "security_from_args"]
 
 PemInput = bytes | str | os.PathLike[str]
 """PEM data as ``bytes``, or the path of a PEM file as ``str``/``Path``."""
@@ -159,3 +160,32 @@ class ChannelSecurity:
         if not self.token:
             return ssl
         return grpc.composite_channel_credentials(ssl, grpc.access_token_call_credentials(self.token))
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--tls``, ``--ca``, ``--cert``, ``--key``, ``--token``, ``--insecure-token`` to a CLI parser."""
+    g = parser.add_argument_group("connection security (defaults from the environment)")
+    g.add_argument("--tls", action="store_true", help="use TLS (env LOOKALIKE_TLS=1; implied by --ca/--cert)")
+    g.add_argument("--ca", metavar="PEM", help="CA certificate(s) to check the server with (env LOOKALIKE_CA)")
+    g.add_argument("--cert", metavar="PEM", help="client certificate for mTLS (env LOOKALIKE_CERT)")
+    g.add_argument("--key", dest="key_file", metavar="PEM", help="client certificate's key (env LOOKALIKE_KEY)")
+    g.add_argument(
+        "--token", help="bearer token (env LOOKALIKE_TOKEN, preferred: a flag is visible to other local users)"
+    )
+    g.add_argument(
+        "--insecure-token",
+        action="store_true",
+        help="allow sending the token without TLS to a server that is not on this machine",
+    )
+
+
+def security_from_args(args: argparse.Namespace) -> ChannelSecurity:
+    """The flags added by :func:`add_security_arguments`, over the ``LOOKALIKE_*`` environment."""
+    return ChannelSecurity.from_env(
+        tls=args.tls or None,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key_file,
+        token=args.token,
+        insecure_token=args.insecure_token or None,
+    )

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from PIL import Image
 
-from lookalike import cli
+from lookalike import cli, console, thumbnails
 from tests.unit.test_client_fakes import DIM, FakeServer
 
 
@@ -173,11 +173,11 @@ def test_load_thumbnails_checks_every_key(tmp_path: Path) -> None:
         "sub",  # a directory
         "nul\0byte",
     ]
-    got = cli.load_thumbnails(keys, root)
+    got = thumbnails.load_thumbnails(keys, root)
     assert {k for k, v in got.items() if v is not None} == {"sub/../sub/a.png", str(root / "sub" / "a.png")}
-    assert cli.load_thumbnails(keys, None) == dict.fromkeys(keys)
-    with pytest.raises(cli.CliError, match="thumbs-root"):
-        cli.load_thumbnails(keys, tmp_path / "missing")
+    assert thumbnails.load_thumbnails(keys, None) == dict.fromkeys(keys)
+    with pytest.raises(ValueError, match="thumbs-root"):
+        thumbnails.load_thumbnails(keys, tmp_path / "missing")
 
 
 def test_index_summary_and_resume(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -232,7 +232,7 @@ def test_index_progress_without_a_tty_is_a_few_plain_lines(
 def test_line_progress_prints_every_step_or_interval() -> None:
     now = [0.0]
     out = io.StringIO()
-    progress = cli.LineProgress(1000, "indexing", out, step=0.1, interval_s=10.0, clock=lambda: now[0])
+    progress = console.LineProgress(1000, "indexing", out, step=0.1, interval_s=10.0, clock=lambda: now[0])
     for _ in range(99):  # under 10%, within 10 s: silent
         now[0] += 0.01
         progress.update(1)
