@@ -39,6 +39,7 @@ from lookalike.types import (
     _stats,
 )
 from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -308,8 +309,6 @@ class BaseClient:
             self._channel = self._grpc.insecure_channel(target, options=opts)
         else:
             self._channel = self._grpc.secure_channel(target, creds, options=opts)
-        from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
-
         self._stub = pb_grpc.LookalikeStub(self._channel)
         self._health_stub: Any = None
 

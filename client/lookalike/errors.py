@@ -40,6 +40,8 @@ RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 )
 """Codes for which sending the same request again, after a pause, may succeed."""
 
+_GRPC_SIZE_LIMIT = "message larger than max"
+
 
 class LookalikeError(Exception):
     """An RPC failed. Subclasses exist per common status code; catch this one for all.
@@ -56,7 +58,16 @@ class LookalikeError(Exception):
 
     @property
     def retriable(self) -> bool:
-        """Whether sending the same request again, after a pause, may succeed."""
+        """Whether sending the same request again, after a pause, may succeed.
+
+        gRPC's own message-size limit (client or server side) also reports
+        ``RESOURCE_EXHAUSTED`` ("... message larger than max ..."); that one never succeeds
+        on retry, so it is not retriable here. The channel's retry policy cannot tell the
+        two apart by code alone, so such a call costs up to ``retries`` quick extra attempts
+        before it fails.
+        """
+        if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_SIZE_LIMIT in self.message:
+            return False
         return self.code in RETRIABLE_CODES
 
 

@@ -22,6 +22,7 @@ from lookalike import (
     ModelHits,
     NewItem,
     NotFoundError,
+    ResourceExhaustedError,
     SearchQuery,
     UnavailableError,
 )
@@ -318,3 +319,12 @@ def test_async_client(server: FakeServer) -> None:
 
     asyncio.run(main())
     assert len(server.servicer.seen.requests["ListModels"]) == 2
+
+
+def test_grpc_size_limit_is_not_retriable(client: LookalikeClient, server: FakeServer) -> None:
+    # gRPC reports its own message-size limit as RESOURCE_EXHAUSTED; no retry can fix that.
+    small = LookalikeClient(server.target, options=[("grpc.max_send_message_length", 1000)])
+    with small as c, pytest.raises(ResourceExhaustedError) as info:
+        c.embed(os.urandom(2000), model="alpha")
+    assert "larger than max" in info.value.message and not info.value.retriable
+    assert not server.servicer.seen.requests["Embed"]
