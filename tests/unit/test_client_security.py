@@ -168,3 +168,28 @@ def test_security_from_env(pki: Path) -> None:
     assert sec.token == "e" and sec.uses_tls and sec.ca == str(pki / "ca.pem")
     assert ChannelSecurity.from_env(env, token="flag").token == "flag"
     assert ChannelSecurity.from_env({"LOOKALIKE_TLS": "yes"}).uses_tls
+
+
+def test_async_client_sends_token_on_plaintext_loopback() -> None:
+    async def main(target: str) -> None:
+        async with AsyncLookalikeClient(target, token="aio-tok") as c:
+            await c.list_models()
+            assert await c.health() == "SERVING"
+
+    with FakeServer() as server:
+        asyncio.run(main(server.target))
+    assert server.servicer.seen.metadata["ListModels"][-1]["authorization"] == "Bearer aio-tok"
+
+
+def test_client_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as server:
+        monkeypatch.setenv("LOOKALIKE_TARGET", server.target)
+        monkeypatch.setenv("LOOKALIKE_TOKEN", "env-tok")
+        monkeypatch.setenv("LOOKALIKE_TIMEOUT", "7")
+        with LookalikeClient.from_env() as c:
+            assert c.timeout == 7.0 and c.target == server.target
+            c.list_models()
+        with LookalikeClient.from_env(token="explicit") as c:
+            c.list_models()
+    tokens = [m["authorization"] for m in server.servicer.seen.metadata["ListModels"]]
+    assert tokens == ["Bearer env-tok", "Bearer explicit"]
