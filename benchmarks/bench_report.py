@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -26,9 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from lookalike.bench import new_report
+from lookalike.bench import machine_summary, new_report
 
 __all__ = [
     "describe_machine",
@@ -83,38 +80,15 @@ def _gpus() -> list[str]:
 def describe_machine(models: Sequence[Any] = ()) -> dict[str, Any]:
     """CPU, cores, memory, GPUs, and the providers each served model got.
 
+    :func:`lookalike.bench.machine_summary` (what the client records cheaply at run time)
+    plus the CPU model, memory and GPUs.
+
     Args:
         models: ``ModelInfo`` messages from ``ListModels`` (may be empty).
     """
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = os.cpu_count() or 0
-    return {
-        "hostname": platform.node(),
-        "os": platform.platform(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": affinity,
-        "memory_gib": _memory_gib(),
-        # Others may share the machine: the load before the run says how quiet it was.
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "gpus": _gpus(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "models": {
-            m.name: {
-                "version": m.version,
-                "dim": m.dim,
-                "providers": list(m.providers),
-                "providers_requested": list(m.providers_requested),
-                "max_batch_size": m.max_batch_size,
-                "max_delay_ms": m.max_delay_ms,
-                "batch_buckets": list(m.batch_buckets),
-            }
-            for m in models
-        },
-    }
+    machine = machine_summary(models)
+    machine.update(cpu=_cpu_model(), memory_gib=_memory_gib(), gpus=_gpus())
+    return machine
 
 
 # ------------------------------------------------------------------ reports --

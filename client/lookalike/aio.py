@@ -81,16 +81,7 @@ class AsyncLookalikeClient(BaseClient):
         timeout: float | None = _USE_DEFAULT,
     ) -> SearchResult:
         """See :meth:`LookalikeClient.search`."""
-        call = self._search(
-            image=image,
-            id=id,
-            vector=vector,
-            models=models,
-            top_k=top_k,
-            key_prefix=key_prefix,
-            attributes=attributes,
-            exclude_self=exclude_self,
-        )
+        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self)
         return await self._send(call, timeout)  # type: ignore[no-any-return]
 
     async def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:

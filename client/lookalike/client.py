@@ -258,16 +258,7 @@ class LookalikeClient(BaseClient):
         Returns:
             A :class:`SearchResult`: one :class:`ModelHits` per model, in request order.
         """
-        call = self._search(
-            image=image,
-            id=id,
-            vector=vector,
-            models=models,
-            top_k=top_k,
-            key_prefix=key_prefix,
-            attributes=attributes,
-            exclude_self=exclude_self,
-        )
+        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self)
         return self._send(call, timeout)  # type: ignore[no-any-return]
 
     def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:
