@@ -365,19 +365,9 @@ class BaseClient:
 
         return PreparedCall(self._stub.Insert, req, convert)
 
-    def _search(
-        self,
-        image: ImageInput | None,
-        id: int | None,
-        vector: Sequence[float] | None,
-        models: Sequence[str] | None,
-        top_k: int,
-        key_prefix: str | None,
-        attributes: Mapping[str, str] | None,
-        exclude_self: bool,
-    ) -> PreparedCall:
-        req = _search_request(image, id, vector, models, top_k, key_prefix, attributes, exclude_self)
-        return PreparedCall(self._stub.Search, req, _search_result)
+    def _search(self, *query: Any) -> PreparedCall:
+        # The shells pass their (typed) arguments in _search_request's order.
+        return PreparedCall(self._stub.Search, _search_request(*query), _search_result)
 
     def _get(self, id: int | None, key: str | None) -> PreparedCall:
         if (id is None) == (key is None):
