@@ -49,6 +49,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import bench_report  # noqa: E402
+
 from lookalike import bench  # noqa: E402
 
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
@@ -480,16 +482,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
         all_series += [found["embed_stores"], found["search"], found["search_cached"]]
 
-    machine = bench.describe_machine(models)
+    machine = bench_report.describe_machine(models)
     machine["loadavg_1_5_15"] = loadavg_before
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["images_loaded"] = len(images)
     config["image_bytes_mean"] = round(sum(map(len, images)) / len(images))
     config["wall_s"] = round(time.monotonic() - started, 1)
-    report = bench.new_report(name, machine, config)
+    report = bench_report.new_report(name, machine, config)
     report["series"] = all_series
     report["headline"] = headline(found, args.at)
-    bench.write_report(report, out_dir)
+    bench_report.write_report(report, out_dir)
     # report.md: the targets first, then the generic report.
     body = (out_dir / "report.md").read_text()
     title, _, rest = body.partition("\n")

@@ -50,10 +50,12 @@ from typing import Any
 
 from PIL import Image
 
-from lookalike.bench import describe_machine, machine_markdown
 from lookalike.client import LookalikeClient, NewItem, SearchQuery
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_report import describe_machine, machine_markdown  # noqa: E402
+
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 TRANSFORM_NAMES = ("crop70", "scale50", "jpeg40", "rotate5", "hflip")
 COPY_KS = (1, 5)

@@ -48,6 +48,7 @@ echo "demo: indexing $PHOTOS (resumable: files already indexed are skipped)"
 "$cli" index "$PHOTOS" --recursive --dir-attr category
 echo
 echo "demo: side-by-side search for $QUERY"
-"$cli" search "$QUERY" --model mobilenet_v2 --model efficientnet_lite0 --top-k 5 --html "$OUT/search.html"
+"$cli" search "$QUERY" --model mobilenet_v2 --model efficientnet_lite0 --top-k 5 --html "$OUT/search.html" \
+  --thumbs-root .  # hit keys are the paths indexed above, relative to this directory
 echo
 echo "demo: the side-by-side page is $(cd "$OUT" && pwd)/search.html"

@@ -7,8 +7,10 @@ in ``lookalike_server`` and comes with the ``server`` extra. The generated stubs
 
 from lookalike.client import (
     DEFAULT_TARGET,
+    AbortedError,
     AsyncLookalikeClient,
     BatcherStats,
+    ChannelSecurity,
     DeadlineExceededError,
     DeleteResult,
     FailedPreconditionError,
@@ -23,6 +25,7 @@ from lookalike.client import (
     ModelInfo,
     NewItem,
     NotFoundError,
+    PermissionDeniedError,
     Preprocessing,
     ResourceExhaustedError,
     RetryPolicy,
@@ -31,14 +34,17 @@ from lookalike.client import (
     SearchStreamResult,
     ServerTiming,
     Stats,
+    UnauthenticatedError,
     UnavailableError,
 )
 from lookalike.images import ImageInput
 
 __all__ = [
     "DEFAULT_TARGET",
+    "AbortedError",
     "AsyncLookalikeClient",
     "BatcherStats",
+    "ChannelSecurity",
     "DeadlineExceededError",
     "DeleteResult",
     "FailedPreconditionError",
@@ -54,6 +60,7 @@ __all__ = [
     "ModelInfo",
     "NewItem",
     "NotFoundError",
+    "PermissionDeniedError",
     "Preprocessing",
     "ResourceExhaustedError",
     "RetryPolicy",
@@ -62,6 +69,7 @@ __all__ = [
     "SearchStreamResult",
     "ServerTiming",
     "Stats",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 

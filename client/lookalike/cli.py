@@ -1,42 +1,47 @@
 """The ``lookalike`` command line: talk to a lookalike server from a shell.
 
 Every subcommand takes the global ``--target`` (env ``LOOKALIKE_TARGET``, default
-``127.0.0.1:50051``) and ``--timeout`` (env ``LOOKALIKE_TIMEOUT``, seconds per call).
+``127.0.0.1:50051``), ``--timeout`` (env ``LOOKALIKE_TIMEOUT``, seconds per call) and the
+connection security flags ``--tls``, ``--ca``, ``--cert``/``--key``, ``--token`` and
+``--insecure-token`` (env ``LOOKALIKE_TLS``, ``LOOKALIKE_CA``, ``LOOKALIKE_CERT``,
+``LOOKALIKE_KEY``, ``LOOKALIKE_TOKEN``; see :mod:`lookalike.security`). Prefer the
+environment variable (or a file the shell reads) for the token: a flag shows in ``ps``.
 
 Exit codes: 0 success; 1 an RPC or input error (one line on stderr: status code and message,
 no traceback); 2 bad usage (argparse); 3 ``index`` finished with some files failed;
-130 interrupted.
+130 interrupted; 141 the reader of stdout went away (``lookalike stats | head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import math
 import os
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, cast
 
 from lookalike.client import (
     DEFAULT_TARGET,
     InsertResult,
     LookalikeClient,
     LookalikeError,
-    ModelHits,
     NewItem,
-    SearchResult,
     vector_norm,
 )
+from lookalike.console import _is_tty as _is_tty
+from lookalike.console import format_side_by_side, print_json, search_json, silence_stdout
+from lookalike.console import progress_bar as _progress
+from lookalike.security import add_security_arguments, security_from_args
+from lookalike.thumbnails import load_thumbnails
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
 
 
 class CliError(Exception):
@@ -57,145 +62,11 @@ def _parse_attrs(pairs: Sequence[str] | None) -> dict[str, str]:
 
 
 def _client(args: argparse.Namespace) -> LookalikeClient:
-    return LookalikeClient(args.target, timeout=args.timeout)
-
-
-def _print_json(obj: Any, out: TextIO) -> None:
-    json.dump(obj, out, indent=2, sort_keys=False, default=str)
-    out.write("\n")
-
-
-def _truncate(text: str, width: int) -> str:
-    # Keep the end of long keys: for paths the file name is the informative part.
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def format_side_by_side(results: Sequence[ModelHits], key_width: int = 36) -> str:
-    """Formats per-model hit lists as one text table, one column group per model.
-
-    Args:
-        results: One :class:`ModelHits` per model.
-        key_width: Widest key shown per column; longer keys keep their tail.
-
-    Returns:
-        The table, rank down the side, ``distance key`` per model across.
-    """
-    if not results:
-        return "(no models searched)"
-    depth = max((len(mh.hits) for mh in results), default=0)
-    cell_width = 8 + 1 + key_width
-    header = "rank  " + "  ".join(f"{mh.model:<{cell_width}.{cell_width}}" for mh in results)
-    rule = "----  " + "  ".join("-" * cell_width for _ in results)
-    lines = [header.rstrip(), rule]
-    for i in range(depth):
-        cells = []
-        for mh in results:
-            if i < len(mh.hits):
-                hit = mh.hits[i]
-                cells.append(f"{hit.distance:8.4f} {_truncate(hit.key, key_width):<{key_width}}")
-            else:
-                cells.append(" " * cell_width)
-        lines.append((f"{i + 1:>4}  " + "  ".join(cells)).rstrip())
-    if depth == 0:
-        lines.append("(no hits)")
-    return "\n".join(lines)
-
-
-def _search_json(result: SearchResult) -> dict[str, Any]:
-    return {
-        "results": [asdict(mh) for mh in result.results],
-        "timing": asdict(result.timing) if result.timing else None,
-    }
-
-
-class LineProgress:
-    """Progress for a stderr that is not a terminal (CI logs, pipes, files): plain lines, no redraws.
-
-    tqdm redraws its bar with carriage returns; where stderr is not a terminal every redraw
-    becomes a new line in the log, hundreds per run. This prints one line when another
-    ``step`` of the total is done (every 10% by default) or ``interval_s`` has passed since the
-    last line, whichever comes first, and one at the end. It has the small part of tqdm's
-    interface that ``index`` uses (``update``, ``set_postfix``, ``close``).
-
-    Args:
-        total: Items expected.
-        desc: Label at the start of each line.
-        file: Where lines go.
-        step: Fraction of ``total`` between lines.
-        interval_s: Longest silence between lines while items complete, in seconds.
-        clock: Monotonic clock (injectable for tests).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        desc: str,
-        file: TextIO,
-        *,
-        step: float = 0.1,
-        interval_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.total = total
-        self.desc = desc
-        self.file = file
-        self.step = step
-        self.interval_s = interval_s
-        self.clock = clock
-        self.n = 0
-        self.postfix: dict[str, Any] = {}
-        self._start = clock()
-        self._last_line_at = self._start
-        self._last_step = 0  # how many whole steps the last printed line had reached
-        self._printed_n = 0
-
-    def update(self, n: int = 1) -> None:
-        """Counts ``n`` more items done; prints a line when a step or the interval is reached."""
-        self.n += n
-        steps = math.floor(self.n / (self.total * self.step)) if self.total else 0
-        now = self.clock()
-        if self.n >= self.total or steps > self._last_step or now - self._last_line_at >= self.interval_s:
-            self._print(now)
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        """Counters appended to each line (as ``name=value``)."""
-        self.postfix = kwargs
-
-    def close(self) -> None:
-        """Prints the final count unless the last line already showed it (e.g. when stopped early)."""
-        if self.n != self._printed_n:
-            self._print(self.clock())
-
-    def _print(self, now: float) -> None:
-        elapsed = now - self._start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if rate > 0 and self.n < self.total else ""
-        extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        line = f"{self.desc}: {self.n}/{self.total}{pct} {rate:.1f} img/s, {elapsed:.0f}s elapsed{eta}"
-        print(f"{line}  {extra}" if extra else line, file=self.file, flush=True)
-        self._last_line_at = now
-        self._printed_n = self.n
-        if self.total:
-            self._last_step = math.floor(self.n / (self.total * self.step))
-
-
-def _progress(total: int, desc: str, quiet: bool) -> Any:
-    """A tqdm bar when stderr is a terminal, :class:`LineProgress` lines otherwise; silent if quiet."""
-    from tqdm import tqdm
-
-    if quiet:
-        return tqdm(total=total, disable=True)
-    if _is_tty(sys.stderr):
-        return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
-    return LineProgress(total, desc, sys.stderr)
-
-
-def _is_tty(stream: TextIO) -> bool:
+    security = security_from_args(args)
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
+        return LookalikeClient(args.target, timeout=args.timeout, security=security)
+    except ValueError as exc:  # bad or unsafe security settings: one line, not a traceback
+        raise CliError(str(exc)) from exc
 
 
 def _iter_images(root: Path, recursive: bool) -> Iterator[Path]:
@@ -212,14 +83,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     with _client(args) as client:
         models = client.list_models()
     if args.json:
-        _print_json([asdict(m) for m in models], sys.stdout)
+        print_json([asdict(m) for m in models], sys.stdout)
         return EXIT_OK
     if not models:
         print("no models loaded")
     for m in models:
         prov = ",".join(m.providers) or "-"
         buckets = ",".join(str(b) for b in m.batch_buckets) or "-"
-        print(f"{m.name:<20} v{m.version:<8} dim={m.dim:<5} providers={prov}  buckets={buckets}")
+        collection = m.collection or "-"
+        print(
+            f"{m.name:<20} v{m.version:<8} dim={m.dim:<5} collection={collection}  providers={prov}  buckets={buckets}"
+        )
         if m.description:
             print(f"{'':<20} {m.description}")
     return EXIT_OK
@@ -244,7 +118,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     print(f"{path}  {model:<16} dim={len(values)}  norm={row['norm']:.4f}  [{head}, …]")
                 out.append(row)
     if args.json:
-        _print_json(out, sys.stdout)
+        print_json(out, sys.stdout)
     return EXIT_OK
 
 
@@ -435,40 +309,49 @@ def cmd_search(args: argparse.Namespace) -> int:
             exclude_self=args.exclude_self,
         )
     if args.json:
-        _print_json(_search_json(result), sys.stdout)
+        print_json(search_json(result), sys.stdout)
     else:
         print(format_side_by_side(result.results))
     if args.html:
         from lookalike.html import render_search_html
 
-        thumbs: dict[str, bytes | None] = {}
-        for mh in result.results:
-            for hit in mh.hits:
-                if hit.key not in thumbs:
-                    p = Path(hit.key)
-                    thumbs[hit.key] = p.read_bytes() if p.is_file() else None
+        keys = [hit.key for mh in result.results for hit in mh.hits]
+        try:
+            thumbs = load_thumbnails(keys, Path(args.thumbs_root) if args.thumbs_root else None)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
         label = args.image if args.image is not None else f"item {args.id}"
         page = render_search_html(query_bytes, result.results, thumbs, title=f"lookalike: {label}", query_label=label)
         Path(args.html).write_text(page, encoding="utf-8")
         missing = sum(1 for v in thumbs.values() if v is None)
-        note = f" ({missing} hit keys are not local files: shown without preview)" if missing else ""
+        if not args.thumbs_root:
+            note = " (no --thumbs-root: hits shown without preview)" if missing else ""
+        else:
+            note = f" ({missing} hit keys are not files under {args.thumbs_root}: no preview)" if missing else ""
         print(f"wrote {args.html}{note}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    if (args.id is None) == (args.key is None):
-        raise CliError("give an ID or --key KEY (one of them)")
+    # `get 42` is an id, `get photos/cat.jpg` a key; `--key` forces a key that looks like a number.
+    if (args.ref is None) == (args.key is None):
+        raise CliError("give an ID or a KEY (or --key KEY), one of them")
     with _client(args) as client:
-        item = client.get(args.id, key=args.key) if args.id is not None else client.get(key=args.key)
+        if args.key is not None:
+            item = client.get(key=args.key)
+        elif args.ref.strip().lstrip("-").isdigit():
+            item = client.get(int(args.ref))
+        else:
+            item = client.get(key=args.ref)
+    created = item.created.isoformat(timespec="seconds") if item.created_at else "-"
     if args.json:
-        _print_json(asdict(item), sys.stdout)
+        print_json({**asdict(item), "created": created}, sys.stdout)
     else:
         print(f"id:       {item.id}")
         print(f"key:      {item.key}")
         print(f"sha256:   {item.content_sha256}")
         print(f"models:   {', '.join(item.models)}")
-        print(f"created:  {item.created_at:.3f}")
+        print(f"created:  {created}")
         for k, v in sorted(item.attributes.items()):
             print(f"attr:     {k}={v}")
     return EXIT_OK
@@ -491,7 +374,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.stats(reset=args.reset)
-    _print_json(asdict(stats), sys.stdout)
+    print_json(asdict(stats), sys.stdout)
     return EXIT_OK
 
 
@@ -543,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LOOKALIKE_TIMEOUT", "60")),
         help="deadline per call in seconds (env LOOKALIKE_TIMEOUT; default %(default)s)",
     )
+    add_security_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="list the models the server has loaded")
@@ -587,11 +471,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-self", action="store_true", help="with --id, leave the item out")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained page with thumbnails")
+    p.add_argument(
+        "--thumbs-root",
+        metavar="DIR",
+        help="with --html, read thumbnails only from files under DIR, hit keys taken as paths "
+        "relative to it (never outside it, symlinks included); without it no local file is read",
+    )
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("get", help="show a stored item")
-    p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--key", help="look the item up by key")
+    p = sub.add_parser("get", help="show a stored item, by id or by key")
+    p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")
+    p.add_argument("--key", help="look the item up by this key (even one that looks like a number)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_get)
 
@@ -638,13 +528,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
+        return code
     except LookalikeError as err:
         print(f"error: {err.code.name}: {err.message} (target {args.target})", file=sys.stderr)
         return EXIT_ERROR
     except (CliError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`lookalike stats | head`): stop quietly, like any Unix tool.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        silence_stdout()
+        return EXIT_PIPE
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

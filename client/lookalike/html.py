@@ -13,8 +13,8 @@ import html
 import time
 from collections.abc import Mapping, Sequence
 
-from lookalike.client import ModelHits
 from lookalike.images import data_uri, thumbnail
+from lookalike.types import ModelHits
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 1.5rem; color: #222; }
@@ -59,7 +59,7 @@ def render_search_html(
 
     Args:
         query_image_bytes: The encoded query image, or ``None`` (e.g. an id query).
-        results: One :class:`~lookalike.client.ModelHits` per model; one column each, in order.
+        results: One :class:`~lookalike.types.ModelHits` per model; one column each, in order.
         thumbnails: Hit key -> encoded image bytes (``None`` or absent: a placeholder is shown).
         title: Page title and heading.
         query_label: Shown next to the query (e.g. its path).

@@ -9,7 +9,9 @@ models or stores.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import pytest
@@ -205,4 +207,9 @@ def test_cli_run_writes_report(tmp_path) -> None:
 
     assert asyncio.run(_with_server(go)) == 0
     assert (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out" / "report.md").exists()  # reports are benchmarks/bench_report.py's job
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_report
+
+    bench_report.render(tmp_path / "out", plots=False)
     assert "| embed | c=2 |" in (tmp_path / "out" / "report.md").read_text()

@@ -1,15 +1,20 @@
-"""Statistics and report writing of ``lookalike bench`` (no server needed)."""
+"""Statistics of ``lookalike bench`` and the reports of ``benchmarks/bench_report.py`` (no server needed)."""
 
 from __future__ import annotations
 
 import io
 import json
 import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from lookalike import bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_report
 
 
 def test_percentile_matches_numpy_linear() -> None:
@@ -127,9 +132,9 @@ def _point(label: str, rps: float) -> dict:
 
 
 def test_report_structure_and_files(tmp_path) -> None:
-    report = bench.new_report("unit", bench.describe_machine(), {"method": "embed"})
+    report = bench.new_report("unit", bench_report.describe_machine(), {"method": "embed"})
     report["series"].append({"name": "embed", "kind": "server", "points": [_point("c=1", 10.0), _point("c=4", 30.0)]})
-    out = bench.write_report(report, tmp_path / "r")
+    out = bench_report.write_report(report, tmp_path / "r")
     data = json.loads((out / "results.json").read_text())
     assert {"name", "created", "machine", "config", "series", "plots"} <= set(data)
     machine = data["machine"]
@@ -148,7 +153,7 @@ def test_report_structure_and_files(tmp_path) -> None:
 def test_report_without_plots(tmp_path) -> None:
     report = bench.new_report("unit", {}, {})
     report["series"].append({"name": "x", "points": [_point("c=1", 1.0)]})
-    out = bench.write_report(report, tmp_path, plots=False)
+    out = bench_report.write_report(report, tmp_path, plots=False)
     assert json.loads((out / "results.json").read_text())["plots"] == []
     assert not list(out.glob("*.png"))
 

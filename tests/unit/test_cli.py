@@ -12,7 +12,7 @@ import grpc
 import pytest
 from PIL import Image
 
-from lookalike import cli
+from lookalike import cli, console, thumbnails
 from tests.unit.test_client_fakes import DIM, FakeServer
 
 
@@ -36,6 +36,7 @@ def test_models_table_and_json(server: FakeServer, capsys: pytest.CaptureFixture
     assert run(server, "models") == 0
     out = capsys.readouterr().out
     assert "alpha" in out and "beta" in out and f"dim={DIM}" in out
+    assert "collection=lookalike_alpha" in out
     assert run(server, "models", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in data] == ["alpha", "beta"] and data[0]["dim"] == DIM
@@ -101,20 +102,82 @@ class _Collector(HTMLParser):
             self.imgs.append(a.get("src") or "")
 
 
-def test_search_html_reads_local_keys(
+def test_search_html_reads_keys_under_thumbs_root(
     server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "alpha").mkdir()
     (tmp_path / "alpha" / "hit0.png").write_bytes(_png("green", (400, 300)))
     (tmp_path / "q.png").write_bytes(_png("blue"))
-    assert run(server, "search", "q.png", "--top-k", "2", "--html", "out.html") == 0
+    assert run(server, "search", "q.png", "--top-k", "2", "--html", "out.html", "--thumbs-root", ".") == 0
     err = capsys.readouterr().err
-    assert "wrote out.html" in err and "not local files" in err
+    assert "wrote out.html" in err and "3 hit keys are not files under ." in err
     parser = _Collector()
     parser.feed((tmp_path / "out.html").read_text())
     assert parser.sections == ["model", "model"]
     assert len(parser.imgs) == 2 and all(src.startswith("data:image/") for src in parser.imgs)
+
+
+def test_search_html_without_thumbs_root_reads_no_local_file(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alpha").mkdir()
+    (tmp_path / "alpha" / "hit0.png").write_bytes(_png("green"))
+    (tmp_path / "q.png").write_bytes(_png("blue"))
+    assert run(server, "search", "q.png", "--html", "out.html") == 0
+    assert "no --thumbs-root" in capsys.readouterr().err
+    parser = _Collector()
+    parser.feed((tmp_path / "out.html").read_text())
+    assert len(parser.imgs) == 1  # the query image the user named, no hit read from disk
+
+
+def test_search_html_never_reads_outside_the_root(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Keys any client could have stored: a traversal, an absolute path, a symlink out of the root.
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(_png("red"))
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "ok.png").write_bytes(_png("green"))
+    (root / "link.png").symlink_to(secret)
+    (root / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    depth = len(root.resolve().parts) - 1
+    traversal = "../" * (depth + 3) + str(secret.resolve()).lstrip("/")
+    server.servicer.hit_keys = [traversal, "../secret.png", str(secret), "link.png", "dirlink/secret.png", "ok.png"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.png").write_bytes(_png("blue"))
+    assert run(server, "search", "q.png", "--model", "alpha", "--html", "out.html", "--thumbs-root", str(root)) == 0
+    assert "5 hit keys are not files under" in capsys.readouterr().err
+    parser = _Collector()
+    parser.feed((tmp_path / "out.html").read_text())
+    assert len(parser.imgs) == 2  # the query and ok.png, nothing else
+
+
+def test_load_thumbnails_checks_every_key(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"private")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(b"A")
+    (root / "evil").symlink_to(outside)
+    keys = [
+        "../../../../etc/hostname",
+        "/etc/hostname",
+        str(outside),
+        "../outside.txt",
+        "evil",
+        "sub/../sub/a.png",
+        str(root / "sub" / "a.png"),  # an absolute key inside the root is fine
+        "sub",  # a directory
+        "nul\0byte",
+    ]
+    got = thumbnails.load_thumbnails(keys, root)
+    assert {k for k, v in got.items() if v is not None} == {"sub/../sub/a.png", str(root / "sub" / "a.png")}
+    assert thumbnails.load_thumbnails(keys, None) == dict.fromkeys(keys)
+    with pytest.raises(ValueError, match="thumbs-root"):
+        thumbnails.load_thumbnails(keys, tmp_path / "missing")
 
 
 def test_index_summary_and_resume(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -169,7 +232,7 @@ def test_index_progress_without_a_tty_is_a_few_plain_lines(
 def test_line_progress_prints_every_step_or_interval() -> None:
     now = [0.0]
     out = io.StringIO()
-    progress = cli.LineProgress(1000, "indexing", out, step=0.1, interval_s=10.0, clock=lambda: now[0])
+    progress = console.LineProgress(1000, "indexing", out, step=0.1, interval_s=10.0, clock=lambda: now[0])
     for _ in range(99):  # under 10%, within 10 s: silent
         now[0] += 0.01
         progress.update(1)
@@ -207,9 +270,14 @@ def test_get_delete_and_not_found(server: FakeServer, tmp_path: Path, capsys: py
     assert run(server, "index", str(tmp_path), "-q") == 0
     capsys.readouterr()
     assert run(server, "get", "1") == 0
-    assert f"key:      {tmp_path / 'a.png'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"key:      {tmp_path / 'a.png'}" in out
+    assert "created:  2025-11-24T16:00:00+00:00" in out  # ISO 8601, not a raw epoch
     assert run(server, "get", "--key", str(tmp_path / "a.png"), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["id"] == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["id"] == 1 and data["created"] == "2025-11-24T16:00:00+00:00"
+    assert run(server, "get", str(tmp_path / "a.png")) == 0  # a non-integer argument is a key
+    assert "id:       1" in capsys.readouterr().out
     assert run(server, "delete", "1") == 0
     assert "deleted 1 from alpha, beta" in capsys.readouterr().out
     assert run(server, "get", "1") == 1
@@ -275,3 +343,70 @@ def test_serve_forwards_all_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert cli.main(["serve", "--port", "0", "--help"]) == 0
     assert seen == [["--port", "0", "--help"]]
+
+
+def test_stdout_closed_by_reader_exits_quietly(server: FakeServer, tmp_path: Path) -> None:
+    # `lookalike stats | head`: the reader is gone before we write. A real pipe, a real process.
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lookalike.cli", "--target", server.target, "stats"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr.decode() == "" and proc.returncode == cli.EXIT_PIPE
+
+
+def test_security_flags_reach_the_client(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert run(server, "--token", "flag-token", "models") == 0
+    assert server.servicer.seen.metadata["ListModels"][-1]["authorization"] == "Bearer flag-token"
+    monkeypatch.setenv("LOOKALIKE_TOKEN", "env-token")
+    assert run(server, "models") == 0
+    assert server.servicer.seen.metadata["ListModels"][-1]["authorization"] == "Bearer env-token"
+    capsys.readouterr()
+    # A token in clear text to another machine is refused before connecting, in one line.
+    assert cli.main(["--target", "search.example.com:50051", "models"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing to send a token in clear text" in err[0]
+    # A CA file that does not exist is one line too.
+    assert run(server, "--ca", "/nonexistent/ca.pem", "models") == 1
+    assert "cannot read the CA file" in capsys.readouterr().err
+
+
+def test_bench_outside_a_checkout_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no tests/data/photos, no .cache/photos here
+    assert cli.main(["bench", "--target", "127.0.0.1:1", "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "no photos to send: pass --images DIR" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bench_writes_results_under_out_bench_by_default(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(_png("red"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "--target", server.target, "--images", "photos", "--name", "t"]
+    assert cli.main([*argv, "--concurrency", "1", "--warmup", "0", "--duration", "0.3"]) == 0
+    results = tmp_path / "out" / "bench" / "t" / "results.json"
+    data = json.loads(results.read_text())
+    assert data["series"][0]["points"][0]["ok"] > 0 and data["machine"]["cores"] >= 1
+    assert not (tmp_path / "benchmarks").exists()
+    assert "bench_report.py" in capsys.readouterr().out

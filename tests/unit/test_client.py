@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,6 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def client(server: FakeServer) -> Iterator[LookalikeClient]:
     with LookalikeClient(server.target, timeout=10.0) as c:
-        c._sleep = lambda s: None  # backoff sleeps are the policy's business, not the tests'
         yield c
 
 
@@ -106,24 +106,32 @@ def test_embed_without_numpy_returns_lists(client: LookalikeClient, monkeypatch:
 
 
 def test_retry_on_unavailable_then_success(client: LookalikeClient, server: FakeServer) -> None:
+    # gRPC retries from the service config; the server counts every attempt.
     server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
-    pauses: list[float] = []
-    client._sleep = pauses.append
     assert len(client.list_models()) == 2
     assert len(server.servicer.seen.requests["ListModels"]) == 3
-    assert len(pauses) == 2 and all(0 <= p <= 2.0 for p in pauses)
 
 
 def test_retries_exhausted_raise_unavailable(server: FakeServer) -> None:
     server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE] * 5
-    with LookalikeClient(server.target, retries=2) as c:
-        c._sleep = lambda s: None
-        with pytest.raises(UnavailableError) as info:
-            c.list_models()
+    with LookalikeClient(server.target, retries=2) as c, pytest.raises(UnavailableError) as info:
+        c.list_models()
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.retriable
     assert "fake unavailable" in info.value.message
     assert isinstance(info.value.__cause__, grpc.RpcError)
     assert len(server.servicer.seen.requests["ListModels"]) == 3
+
+
+def test_retries_zero_turns_retrying_off(server: FakeServer) -> None:
+    server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE]
+    with LookalikeClient(server.target, retries=0) as c, pytest.raises(UnavailableError):
+        c.list_models()
+    assert len(server.servicer.seen.requests["ListModels"]) == 1
+
+
+def test_too_many_retries_refused() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        LookalikeClient("127.0.0.1:1", retries=5)
 
 
 def test_no_retry_on_invalid_argument(client: LookalikeClient, server: FakeServer) -> None:
@@ -134,15 +142,52 @@ def test_no_retry_on_invalid_argument(client: LookalikeClient, server: FakeServe
     assert len(server.servicer.seen.requests["Search"]) == 1
 
 
-def test_resource_exhausted_not_retried_unless_asked(server: FakeServer) -> None:
-    server.servicer.fail["Embed"] = [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    with LookalikeClient(server.target) as c, pytest.raises(ResourceExhaustedError):
+@pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED])
+def test_overload_and_aborted_retried_like_the_server_means(
+    client: LookalikeClient, server: FakeServer, code: grpc.StatusCode
+) -> None:
+    server.servicer.fail["Embed"] = [code]
+    assert client.embed(_png(), model="alpha").shape == (1, DIM)
+    assert len(server.servicer.seen.requests["Embed"]) == 2
+    # ... unless the caller narrows the codes.
+    server.servicer.fail["Embed"] = [code]
+    narrow = LookalikeClient(server.target, retry_codes=[grpc.StatusCode.UNAVAILABLE])
+    with narrow as c, pytest.raises(LookalikeError) as info:
         c.embed(_png(), model="alpha")
-    server.servicer.fail["Embed"] = [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    with LookalikeClient(server.target, retry_codes=codes) as c:
-        c._sleep = lambda s: None
-        assert c.embed(_png(), model="alpha").shape == (1, DIM)
+    assert info.value.code == code and info.value.retriable
+    assert len(server.servicer.seen.requests["Embed"]) == 3
+
+
+def test_delete_is_not_retried(client: LookalikeClient, server: FakeServer) -> None:
+    server.servicer.fail["Delete"] = [grpc.StatusCode.UNAVAILABLE]
+    with pytest.raises(UnavailableError):
+        client.delete(1)
+    assert len(server.servicer.seen.requests["Delete"]) == 1
+
+
+def test_large_insert_is_still_retried(client: LookalikeClient, server: FakeServer) -> None:
+    # gRPC gives up retrying once a request outgrows its retry buffer (256 KiB by default).
+    big = _png() + os.urandom(3 * 1024 * 1024)
+    server.servicer.fail["Insert"] = [grpc.StatusCode.UNAVAILABLE]
+    assert client.insert(("big.png", big)).created
+    assert len(server.servicer.seen.requests["Insert"]) == 2
+
+
+def test_server_pushback_is_honoured(client: LookalikeClient, server: FakeServer) -> None:
+    # The default backoff before the first retry is at most 0.1 s; a 600 ms pushback must win.
+    server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE]
+    server.servicer.pushback_ms["ListModels"] = 600
+    client.list_models()
+    first, second = server.servicer.seen.arrived_at["ListModels"]
+    assert second - first >= 0.55
+
+
+def test_negative_pushback_stops_retrying(client: LookalikeClient, server: FakeServer) -> None:
+    server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE]
+    server.servicer.pushback_ms["ListModels"] = -1
+    with pytest.raises(UnavailableError):
+        client.list_models()
+    assert len(server.servicer.seen.requests["ListModels"]) == 1
 
 
 def test_deadline_passed_through(client: LookalikeClient, server: FakeServer) -> None:
@@ -156,7 +201,7 @@ def test_deadline_passed_through(client: LookalikeClient, server: FakeServer) ->
 
 def test_retries_share_one_deadline(client: LookalikeClient, server: FakeServer) -> None:
     server.servicer.fail["ListModels"] = [grpc.StatusCode.UNAVAILABLE]
-    client._sleep = lambda s: __import__("time").sleep(0.3)
+    server.servicer.pushback_ms["ListModels"] = 300
     client.list_models(timeout=3.0)
     first, second = server.servicer.seen.time_remaining["ListModels"][-2:]
     assert first is not None and second is not None and second < first - 0.25
@@ -252,10 +297,8 @@ def test_get_delete_stats_health(client: LookalikeClient) -> None:
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    with LookalikeClient("127.0.0.1:1", timeout=2.0, retries=1) as c:
-        c._sleep = lambda s: None
-        with pytest.raises(UnavailableError):
-            c.list_models()
+    with LookalikeClient("127.0.0.1:1", timeout=2.0, retries=1) as c, pytest.raises(UnavailableError):
+        c.list_models()
 
 
 def test_async_client(server: FakeServer) -> None:
@@ -276,3 +319,12 @@ def test_async_client(server: FakeServer) -> None:
 
     asyncio.run(main())
     assert len(server.servicer.seen.requests["ListModels"]) == 2
+
+
+def test_grpc_size_limit_is_not_retriable(client: LookalikeClient, server: FakeServer) -> None:
+    # gRPC reports its own message-size limit as RESOURCE_EXHAUSTED; no retry can fix that.
+    small = LookalikeClient(server.target, options=[("grpc.max_send_message_length", 1000)])
+    with small as c, pytest.raises(ResourceExhaustedError) as info:
+        c.embed(os.urandom(2000), model="alpha")
+    assert "larger than max" in info.value.message and not info.value.retriable
+    assert not server.servicer.seen.requests["Embed"]

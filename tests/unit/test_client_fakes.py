@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent import futures
@@ -23,6 +24,7 @@ from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 DIM = 4
 MODELS = ("alpha", "beta")
+CREATED_AT = 1_764_000_000.0  # 2025-11-24T16:00:00+00:00
 
 
 @dataclass
@@ -31,14 +33,22 @@ class Recorded:
 
     requests: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     time_remaining: dict[str, list[float | None]] = field(default_factory=lambda: defaultdict(list))
+    arrived_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    metadata: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
     max_in_flight: int = 0
 
 
 class FakeServicer(pb_grpc.LookalikeServicer):
-    """Canned answers; ``fail[method]`` is a list of status codes to abort with first."""
+    """Canned answers; ``fail[method]`` is a list of status codes to abort with first.
+
+    ``pushback_ms[method]``, when set, goes out as the ``grpc-retry-pushback-ms`` trailer
+    with each of those failures (the server's "retry after this long" hint).
+    """
 
     def __init__(self) -> None:
         self.fail: dict[str, list[grpc.StatusCode]] = defaultdict(list)
+        self.pushback_ms: dict[str, int] = {}
+        self.hit_keys: list[str] | None = None  # keys Search answers with, instead of model/hitN.png
         self.seen = Recorded()
         self.items: dict[int, pb.Item] = {}
         self.by_hash: dict[str, int] = {}
@@ -50,8 +60,12 @@ class FakeServicer(pb_grpc.LookalikeServicer):
     def _enter(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
         self.seen.requests[name].append(request)
         self.seen.time_remaining[name].append(context.time_remaining())
+        self.seen.arrived_at[name].append(time.monotonic())
+        self.seen.metadata[name].append({k: str(v) for k, v in context.invocation_metadata()})
         if self.fail[name]:
             code = self.fail[name].pop(0)
+            if name in self.pushback_ms:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(self.pushback_ms[name])),))
             context.abort(code, f"fake {code.name.lower()}")
 
     def ListModels(self, request: Any, context: grpc.ServicerContext) -> pb.ListModelsResponse:
@@ -65,6 +79,7 @@ class FakeServicer(pb_grpc.LookalikeServicer):
                     providers=["CPUExecutionProvider"],
                     batch_buckets=[1, 2, 4],
                     max_batch_size=4,
+                    collection=f"lookalike_{m}",
                     preprocessing=pb.Preprocessing(height=224, width=224, mean=[0.5] * 3, std=[0.5] * 3),
                 )
                 for m in MODELS
@@ -92,7 +107,12 @@ class FakeServicer(pb_grpc.LookalikeServicer):
             iid = len(self.items) + 1
             self.by_hash[digest] = iid
             self.items[iid] = pb.Item(
-                id=iid, key=item.key, attributes=item.attributes, content_sha256=digest, models=models
+                id=iid,
+                key=item.key,
+                attributes=item.attributes,
+                content_sha256=digest,
+                models=models,
+                created_at=CREATED_AT,
             )
         return pb.InsertResult(id=iid, created=True, models=models, content_sha256=digest)
 
@@ -132,8 +152,8 @@ class FakeServicer(pb_grpc.LookalikeServicer):
         results = []
         for mi, m in enumerate(models):
             hits = [
-                pb.Hit(id=i + 1, distance=0.1 * (i + mi), key=f"{m}/hit{i}.png", attributes={"rank": str(i)})
-                for i in range(min(k, 3))
+                pb.Hit(id=i + 1, distance=0.1 * (i + mi), key=key, attributes={"rank": str(i)})
+                for i, key in enumerate(self.hit_keys or [f"{m}/hit{j}.png" for j in range(min(k, 3))])
             ]
             results.append(pb.ModelHits(model=m, hits=hits))
         return pb.SearchResponse(results=results, timing=pb.ServerTiming(total_ms=1.5))
@@ -189,7 +209,7 @@ class FakeServer:
         target: ``127.0.0.1:PORT``.
     """
 
-    def __init__(self, with_health: bool = True) -> None:
+    def __init__(self, with_health: bool = True, credentials: grpc.ServerCredentials | None = None) -> None:
         self.servicer = FakeServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_LookalikeServicer_to_server(self.servicer, self.server)
@@ -199,7 +219,10 @@ class FakeServer:
             self.health = health.HealthServicer()
             self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.target = f"127.0.0.1:{port}"
 
     def __enter__(self) -> FakeServer:

@@ -1,0 +1,7 @@
+"""``python -m lookalike.bench``."""
+
+import sys
+
+from lookalike.bench.runner import main
+
+sys.exit(main())

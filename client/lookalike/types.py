@@ -1,0 +1,372 @@
+"""Typed results (frozen dataclasses) and their converters from the protobuf messages.
+
+Everything here is plain data: no channel, no I/O. The converters (``_model_info``,
+``_search_result``...) are shared by the sync and async clients through
+:mod:`lookalike._core`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lookalike.images import ImageInput
+from lookalike.v1 import lookalike_pb2 as pb
+
+__all__ = [
+    "BatcherStats",
+    "DeleteResult",
+    "Hit",
+    "InsertResult",
+    "InsertStreamResult",
+    "Item",
+    "ItemInput",
+    "ModelHits",
+    "ModelInfo",
+    "NewItem",
+    "Preprocessing",
+    "SearchQuery",
+    "SearchResult",
+    "SearchStreamResult",
+    "ServerTiming",
+    "Stats",
+    "vector_norm",
+]
+
+# ---------------------------------------------------------------------- results --
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model turns decoded pixels into its input tensor (see the proto for each field)."""
+
+    preset: str
+    height: int
+    width: int
+    resize_shorter: int
+    interpolation: str
+    color_order: str
+    layout: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pooling: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server has loaded."""
+
+    name: str
+    version: str
+    dim: int
+    preprocessing: Preprocessing | None
+    providers_requested: tuple[str, ...]
+    providers: tuple[str, ...]
+    batch_buckets: tuple[int, ...]
+    max_batch_size: int
+    max_delay_ms: float
+    collection: str
+    description: str
+    onnx_sha256: str
+
+
+@dataclass(frozen=True)
+class ServerTiming:
+    """Where the server spent a request's time, in milliseconds."""
+
+    total_ms: float
+    preprocess_ms: float
+    queue_ms: float
+    inference_ms: float
+    milvus_ms: float
+    redis_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search hit: a stored item and its squared L2 distance (0..4) to the query."""
+
+    id: int
+    distance: float
+    key: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelHits:
+    """One model's hits for a query, nearest first."""
+
+    model: str
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The answer to one search: a hit list per model, in request order.
+
+    Iterating yields the :class:`ModelHits`; ``result["mobilenet_v2"]`` picks one model's.
+    """
+
+    results: list[ModelHits]
+    timing: ServerTiming | None = None
+
+    def __iter__(self) -> Iterator[ModelHits]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, model: str) -> ModelHits:
+        for r in self.results:
+            if r.model == model:
+                return r
+        raise KeyError(model)
+
+    @property
+    def models(self) -> list[str]:
+        """Names of the models searched, in order."""
+        return [r.model for r in self.results]
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """The outcome of indexing one item."""
+
+    id: int
+    created: bool
+    models: list[str]
+    content_sha256: str
+
+
+@dataclass(frozen=True)
+class InsertStreamResult:
+    """One item's outcome on :meth:`LookalikeClient.insert_stream`.
+
+    Exactly one of ``result`` and ``error`` is set. ``error`` may also come from the client
+    (e.g. a file that could not be read), in which case the item never reached the server.
+    """
+
+    index: int
+    key: str
+    result: InsertResult | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item is indexed (newly or already)."""
+        return self.result is not None
+
+
+@dataclass(frozen=True)
+class SearchStreamResult:
+    """One query's outcome on :meth:`LookalikeClient.search_stream`; one of result/error is set."""
+
+    index: int
+    result: SearchResult | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the query succeeded."""
+        return self.result is not None
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored item's record."""
+
+    id: int
+    key: str
+    attributes: dict[str, str]
+    content_sha256: str
+    models: list[str]
+    created_at: float
+    """Seconds since the Unix epoch (UTC) when the item was first indexed."""
+
+    @property
+    def created(self) -> datetime.datetime:
+        """``created_at`` as an aware UTC datetime (``item.created.isoformat()`` for ISO 8601)."""
+        return datetime.datetime.fromtimestamp(self.created_at, tz=datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What a delete removed."""
+
+    id: int
+    models: list[str]
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """One model's micro-batcher counters (see the proto's ``BatcherStats``)."""
+
+    model: str
+    batch_size_histogram: dict[int, int]
+    batches: int
+    items: int
+    rejected: int
+    expired: int
+    cancelled: int
+    queue_ms_sum: float
+    run_ms_sum: float
+    queue_depth: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Server-side counters."""
+
+    batchers: list[BatcherStats]
+    requests_by_status: dict[str, int]
+    uptime_s: float
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to index: a client key, an image and string attributes."""
+
+    key: str
+    image: ImageInput
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query for :meth:`LookalikeClient.search_stream`; give exactly one of image/id/vector.
+
+    Fields left as ``None`` take the values passed to ``search_stream`` itself.
+    """
+
+    image: ImageInput | None = None
+    id: int | None = None
+    vector: Sequence[float] | None = None
+    models: Sequence[str] | None = None
+    top_k: int | None = None
+    key_prefix: str | None = None
+    attributes: Mapping[str, str] | None = None
+    exclude_self: bool | None = None
+
+
+ItemInput = NewItem | tuple[str, ImageInput] | tuple[str, ImageInput, Mapping[str, str]]
+"""An item to insert: a :class:`NewItem` or a ``(key, image[, attributes])`` tuple."""
+
+# ------------------------------------------------------------------- converters --
+
+
+def _preprocessing(p: pb.Preprocessing) -> Preprocessing:
+    return Preprocessing(
+        preset=p.preset,
+        height=p.height,
+        width=p.width,
+        resize_shorter=p.resize_shorter,
+        interpolation=p.interpolation,
+        color_order=p.color_order,
+        layout=p.layout,
+        scale=p.scale,
+        mean=tuple(p.mean),
+        std=tuple(p.std),
+        pooling=p.pooling,
+    )
+
+
+def _model_info(m: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=m.name,
+        version=m.version,
+        dim=m.dim,
+        preprocessing=_preprocessing(m.preprocessing) if m.HasField("preprocessing") else None,
+        providers_requested=tuple(m.providers_requested),
+        providers=tuple(m.providers),
+        batch_buckets=tuple(m.batch_buckets),
+        max_batch_size=m.max_batch_size,
+        max_delay_ms=m.max_delay_ms,
+        collection=m.collection,
+        description=m.description,
+        onnx_sha256=m.onnx_sha256,
+    )
+
+
+def _timing(msg: Any) -> ServerTiming | None:
+    if not msg.HasField("timing"):
+        return None
+    t = msg.timing
+    return ServerTiming(
+        total_ms=t.total_ms,
+        preprocess_ms=t.preprocess_ms,
+        queue_ms=t.queue_ms,
+        inference_ms=t.inference_ms,
+        milvus_ms=t.milvus_ms,
+        redis_ms=t.redis_ms,
+        batch_size=t.batch_size,
+    )
+
+
+def _search_result(r: pb.SearchResponse) -> SearchResult:
+    return SearchResult(
+        results=[
+            ModelHits(
+                model=mh.model,
+                hits=[Hit(h.id, h.distance, h.key, dict(h.attributes)) for h in mh.hits],
+            )
+            for mh in r.results
+        ],
+        timing=_timing(r),
+    )
+
+
+def _insert_result(r: pb.InsertResult) -> InsertResult:
+    return InsertResult(id=r.id, created=r.created, models=list(r.models), content_sha256=r.content_sha256)
+
+
+def _item(r: pb.Item) -> Item:
+    return Item(
+        id=r.id,
+        key=r.key,
+        attributes=dict(r.attributes),
+        content_sha256=r.content_sha256,
+        models=list(r.models),
+        created_at=r.created_at,
+    )
+
+
+def _stats(r: pb.GetStatsResponse) -> Stats:
+    return Stats(
+        batchers=[
+            BatcherStats(
+                model=b.model,
+                batch_size_histogram=dict(b.batch_size_histogram),
+                batches=b.batches,
+                items=b.items,
+                rejected=b.rejected,
+                expired=b.expired,
+                cancelled=b.cancelled,
+                queue_ms_sum=b.queue_ms_sum,
+                run_ms_sum=b.run_ms_sum,
+                queue_depth=b.queue_depth,
+            )
+            for b in r.batchers
+        ],
+        requests_by_status=dict(r.requests_by_status),
+        uptime_s=r.uptime_s,
+    )
+
+
+def _embeddings(r: pb.EmbedResponse) -> Any:
+    rows = [list(e.values) for e in r.embeddings]
+    try:
+        import numpy as np
+    except ImportError:
+        return rows
+    # Build from the packed fields directly; reshape keeps (0, dim) for an empty answer.
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), r.dim)
+
+
+def vector_norm(values: Sequence[float]) -> float:
+    """Euclidean norm of a vector (list or numpy row), without requiring numpy."""
+    return math.sqrt(sum(float(v) * float(v) for v in values))
