@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hash-token"]:
+        from lookalike_server.auth import hash_token_main
+
+        return hash_token_main(args[1:])
     try:
         config = load_config(args, parser=parser)
     except ConfigError as exc:

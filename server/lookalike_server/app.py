@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+from lookalike_server import auth, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
@@ -116,6 +117,7 @@ class LookalikeServer:
                 ("grpc.max_send_message_length", mb),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=auth.interceptors(config.security, aio=False),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(_NOT_SERVING)
@@ -127,10 +129,8 @@ class LookalikeServer:
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
             )
         address = f"{config.host}:{config.port}"
-        if config.security.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(config.security.tls_key).read_bytes(), Path(config.security.tls_cert).read_bytes())]
-            )
+        creds = tls.server_credentials(config.security)
+        if creds is not None:
             self.port = self.grpc_server.add_secure_port(address, creds)
         else:
             self.port = self.grpc_server.add_insecure_port(address)
