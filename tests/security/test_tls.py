@@ -99,9 +99,11 @@ def served_certificate(port: int, pki: Pki) -> bytes:
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     ctx.load_cert_chain(pki.client.cert, pki.client.key)
     ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-            der = conn.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
     assert der is not None
     return der
 
