@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from types import FrameType
 
 from lookalike_server.config import add_arguments, describe, load_config
 from lookalike_server.errors import ConfigError, ServiceError
+from lookalike_server.logging_setup import install_redaction
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,14 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lookalike-server: {exc}", file=sys.stderr)
         return 2
+    # Everything the server creates (data dir, redis.db, Milvus Lite files, logs
+    # it may write) is private to its user: 0700 dirs, 0600 files.
+    os.umask(0o077)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_redaction(config)  # no credential in any log line, ours or a library's
     log = logging.getLogger("lookalike_server")
     log.info("config: %s", json.dumps(describe(config)))
 
     from lookalike_server.app import build_server  # heavy imports after arg parsing
+    from lookalike_server.tls import install_sighup
 
     server, port = build_server(config, load=False)
     stopping = threading.Event()
@@ -63,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    install_sighup()  # SIGHUP: re-read TLS certificates and keys now
     server.start()
     log.info("listening on %s:%d (NOT_SERVING until models are warm)", config.host, port)
     try:

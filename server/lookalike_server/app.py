@@ -33,6 +33,7 @@ from lookalike_server import auth, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
+from lookalike_server.fileperms import private_dir
 from lookalike_server.models import OnnxModel, load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
@@ -163,7 +164,7 @@ class LookalikeServer:
             from lookalike_server.store.milvus import MilvusStore
             from lookalike_server.store.redis import RedisStore
 
-            Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+            private_dir(self.config.data_dir)  # 0700; the umask keeps files 0600
             self._redis = RedisStore(self.config.redis, self.config.data_dir)
             self._milvus = MilvusStore(self.config.milvus, self.config.milvus_uri)
         self.service = LookalikeService(self.config, self._embedder, self._milvus, self._redis)
