@@ -182,7 +182,9 @@ class LookalikeServer:
                 self.servicer.counter.totals,
                 lambda: self._stores_ok if self.config.stores else None,
             )
-            self.metrics_port = self.metrics.start(self.config.host, self.config.metrics_port)
+            self.metrics_port = self.metrics.start(
+                self.config.metrics_host, self.config.metrics_port, self.config.security
+            )
             self.servicer.observe = self.metrics.observe
         if self.config.stores:
             self._monitor = threading.Thread(target=self._watch_stores, name="store-monitor", daemon=True)

@@ -16,6 +16,7 @@ dump masks ``secret`` fields already.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable
@@ -94,10 +95,8 @@ def config_secrets(config: Config) -> list[str]:
     if config.security.tokens:
         texts += config.security.tokens.split(";")
     if config.security.token_file:
-        try:
+        with contextlib.suppress(OSError):  # reported when the tokens are loaded
             texts += Path(config.security.token_file).read_text().splitlines()
-        except OSError:
-            pass  # reported when the tokens are loaded
     for line in texts:  # auth.parse_tokens's format: the first field is the token or its hash
         spec = line.split("#", 1)[0].split()
         if spec and not spec[0].startswith("sha256:"):
