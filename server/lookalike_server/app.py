@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
-from lookalike_server import auth, tls
+from lookalike_server import auth, lite_socket, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
@@ -165,6 +165,7 @@ class LookalikeServer:
             from lookalike_server.store.redis import RedisStore
 
             private_dir(self.config.data_dir)  # 0700; the umask keeps files 0600
+            lite_socket.install()  # Milvus Lite on a 0600 unix socket, not a 127.0.0.1 TCP port
             self._redis = RedisStore(self.config.redis, self.config.data_dir)
             self._milvus = MilvusStore(self.config.milvus, self.config.milvus_uri)
         self.service = LookalikeService(self.config, self._embedder, self._milvus, self._redis)

