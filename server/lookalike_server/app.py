@@ -118,7 +118,7 @@ class LookalikeServer:
                 ("grpc.max_send_message_length", mb),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=auth.interceptors(config.security, aio=False),
+            interceptors=auth.interceptors(config.security),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(_NOT_SERVING)

@@ -26,15 +26,15 @@ The presented token is hashed and compared with every known digest by
 digest matched nor how many bytes did. Tokens never reach a log line, an error
 message or ``/metrics``: only the token's NAME is ever printed.
 
-:func:`check` holds the whole decision; :class:`AioAuthInterceptor` (for
-``grpc.aio`` servers) and :class:`AuthInterceptor` (sync ``grpc.server``) only
-adapt it.
+:func:`check` holds the whole decision; :class:`AuthInterceptor` adapts it
+to ``grpc.aio`` and sync servers alike (and ``metrics.py`` to HTTP).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 import re
 import sys
@@ -259,45 +259,27 @@ def _refusal_handler(
     return grpc.unary_unary_rpc_method_handler(abort, **kw)
 
 
-class AioAuthInterceptor(grpc.aio.ServerInterceptor):
-    """:func:`check` for a ``grpc.aio`` server."""
+class AuthInterceptor(grpc.ServerInterceptor, grpc.aio.ServerInterceptor):
+    """:func:`check` as a server interceptor, for ``grpc.aio.server`` and ``grpc.server`` alike.
 
-    def __init__(self, store: TokenStore, security: SecurityConfig) -> None:
-        self._store = store
-        self._security = security
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        denial = check(self._store, self._security, method, _authorization(handler_call_details.invocation_metadata))
-        handler = await continuation(handler_call_details)
-        if denial is None:
-            return handler
-
-        async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(denial.code, denial.message)
-
-        return _refusal_handler(handler, abort)  # type: ignore[return-value]
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
-    """:func:`check` for a synchronous ``grpc.server``."""
+    One class serves both so the app's wiring does not change with the server
+    kind: an aio server's ``continuation`` returns an awaitable, and this
+    method then returns a coroutine, which the aio server awaits; a sync
+    server gets the handler directly.
+    """
 
     def __init__(self, store: TokenStore, security: SecurityConfig) -> None:
         self._store = store
         self._security = security
 
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: Any
+    ) -> Any:
         method = handler_call_details.method
         denial = check(self._store, self._security, method, _authorization(handler_call_details.invocation_metadata))
         handler = continuation(handler_call_details)
+        if inspect.isawaitable(handler):
+            return self._aio(handler, denial)
         if denial is None:
             return handler
 
@@ -306,13 +288,22 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         return _refusal_handler(handler, abort)
 
+    @staticmethod
+    async def _aio(pending: Awaitable[grpc.RpcMethodHandler | None], denial: Denial | None) -> Any:
+        handler = await pending
+        if denial is None:
+            return handler
 
-def interceptors(security: SecurityConfig, *, aio: bool = True) -> list[grpc.ServerInterceptor] | list[Any]:
+        async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(denial.code, denial.message)
+
+        return _refusal_handler(handler, abort)
+
+
+def interceptors(security: SecurityConfig) -> list[AuthInterceptor]:
     """The interceptors a server built from ``security`` needs (empty: no tokens).
 
-    Args:
-        security: The security section.
-        aio: ``True`` for ``grpc.aio.server``, ``False`` for ``grpc.server``.
+    Works for ``grpc.aio.server(interceptors=...)`` and ``grpc.server(..., interceptors=...)``.
 
     Raises:
         ConfigError: The token file cannot be read or is malformed.
@@ -325,7 +316,7 @@ def interceptors(security: SecurityConfig, *, aio: bool = True) -> list[grpc.Ser
         len(store.entries),
         ", ".join(f"{e.name}={'+'.join(sorted(e.scopes))}" for e in store.entries),
     )
-    return [AioAuthInterceptor(store, security) if aio else AuthInterceptor(store, security)]
+    return [AuthInterceptor(store, security)]
 
 
 def hash_token_main(argv: Sequence[str]) -> int:

@@ -92,11 +92,11 @@ def metadata_for(who: str) -> list[tuple[str, str]]:
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     security = security_config(tmp_path_factory.mktemp("tokens"))
     if request.param == "aio":
-        server = AioServer(auth.interceptors(security, aio=True))
+        server = AioServer(auth.interceptors(security))
         yield f"127.0.0.1:{server.port}"
         server.stop()
     else:
-        sync, port = sync_server(auth.interceptors(security, aio=False))
+        sync, port = sync_server(auth.interceptors(security))
         yield f"127.0.0.1:{port}"
         sync.stop(0)
 
