@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lookalike-server",
         description="gRPC image-similarity search server (ONNX Runtime + Milvus + Redis).",
+        epilog="`lookalike-server hash-token` prints a new bearer token and its token-file line (docs/security.md).",
     )
     add_arguments(parser)
     args = list(sys.argv[1:] if argv is None else argv)
