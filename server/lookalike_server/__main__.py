@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -20,6 +21,7 @@ from types import FrameType
 
 from lookalike_server.config import add_arguments, describe, load_config
 from lookalike_server.errors import ConfigError, ServiceError
+from lookalike_server.logging_setup import install_redaction
 from lookalike_server.logs import configure_logging
 
 
@@ -57,9 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lookalike-server",
         description="gRPC image-similarity search server (ONNX Runtime + Milvus + Redis).",
+        epilog="`lookalike-server hash-token` prints a new bearer token and its token-file line (docs/security.md).",
     )
     add_arguments(parser)
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hash-token"]:
+        from lookalike_server.auth import hash_token_main
+
+        return hash_token_main(args[1:])
     try:
         config = load_config(args, parser=parser)
     except ConfigError as exc:
@@ -69,11 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"lookalike-server: {problem}", file=sys.stderr)
         return 2
+    # Everything the server creates (data dir, redis files, Milvus Lite files)
+    # is private to its user: 0700 dirs, 0600 files.
+    os.umask(0o077)
     configure_logging(config.log_level)
+    install_redaction(config)  # no credential in any log line, ours or a library's
     log = logging.getLogger("lookalike_server")
     log.info("config: %s", json.dumps(describe(config)))
 
     from lookalike_server.app import build_server  # heavy imports after arg parsing
+    from lookalike_server.tls import install_sighup
 
     try:
         server, port = build_server(config, load=False)
@@ -93,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    install_sighup()  # SIGHUP: re-read TLS certificates and keys now
     server.start()
     log.info("listening on %s:%d (NOT_SERVING until models are warm)", config.host, port)
     try:

@@ -29,9 +29,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+from lookalike_server import auth, lite_socket, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
+from lookalike_server.fileperms import private_dir
 from lookalike_server.models import OnnxModel, load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
@@ -116,6 +118,7 @@ class LookalikeServer:
                 ("grpc.max_send_message_length", mb),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=auth.interceptors(config.security),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(_NOT_SERVING)
@@ -127,10 +130,8 @@ class LookalikeServer:
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
             )
         address = f"{config.host}:{config.port}"
-        if config.security.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(config.security.tls_key).read_bytes(), Path(config.security.tls_cert).read_bytes())]
-            )
+        creds = tls.server_credentials(config.security)
+        if creds is not None:
             self.port = self.grpc_server.add_secure_port(address, creds)
         else:
             self.port = self.grpc_server.add_insecure_port(address)
@@ -163,7 +164,8 @@ class LookalikeServer:
             from lookalike_server.store.milvus import MilvusStore
             from lookalike_server.store.redis import RedisStore
 
-            Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+            private_dir(self.config.data_dir)  # 0700; the umask keeps files 0600
+            lite_socket.install()  # Milvus Lite on a 0600 unix socket, not a 127.0.0.1 TCP port
             self._redis = RedisStore(self.config.redis, self.config.data_dir)
             self._milvus = MilvusStore(self.config.milvus, self.config.milvus_uri)
         self.service = LookalikeService(self.config, self._embedder, self._milvus, self._redis)
@@ -181,7 +183,9 @@ class LookalikeServer:
                 self.servicer.counter.totals,
                 lambda: self._stores_ok if self.config.stores else None,
             )
-            self.metrics_port = self.metrics.start(self.config.host, self.config.metrics_port)
+            self.metrics_port = self.metrics.start(
+                self.config.metrics_host, self.config.metrics_port, self.config.security
+            )
             self.servicer.observe = self.metrics.observe
         if self.config.stores:
             self._monitor = threading.Thread(target=self._watch_stores, name="store-monitor", daemon=True)

@@ -236,13 +236,37 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """Transport security. Empty paths = plaintext (fine on loopback or behind a mesh)."""
+    """Transport security and access control; docs/security.md explains each option.
 
-    tls_cert: str = _opt("", "PEM certificate chain; set with tls_key to serve TLS")
-    tls_key: str = _opt("", "PEM private key")
+    Empty TLS paths = plaintext (fine on loopback or behind a mesh); no token
+    configured = no authentication (the default).
+    """
+
+    tls_cert: str = _opt("", "PEM certificate chain; set with tls_key to serve TLS (reloaded when the file changes)")
+    tls_key: str = _opt("", "PEM private key (reloaded when the file changes, or on SIGHUP)")
+    tls_client_ca: str = _opt(
+        "", "PEM CA bundle; when set, every client must present a certificate signed by it (mTLS)"
+    )
+    token_file: str = _opt(
+        "", "file of bearer tokens, one 'sha256:<hex>|TOKEN SCOPES [NAME]' per line; scopes: read, write, admin"
+    )
+    tokens: str = _opt("", "bearer tokens in the token_file format, entries separated by ';'", secret=True)
+    auth_health: bool = _opt(False, "require a valid token for grpc.health.v1 (open by default, for probes)")
+    auth_reflection: bool = _opt(False, "require a valid token for server reflection (open by default)")
+    metrics_auth: bool = _opt(True, "when tokens are configured, /metrics needs one with the admin scope")
+    metrics_tls: bool = _opt(False, "serve /metrics over HTTPS with tls_cert/tls_key (and tls_client_ca if set)")
 
     def __post_init__(self) -> None:
         _require(bool(self.tls_cert) == bool(self.tls_key), "security.tls_*", "set both cert and key, or neither")
+        _require(
+            not self.tls_client_ca or bool(self.tls_cert),
+            "security.tls_client_ca",
+            "needs tls_cert and tls_key (client certificates are only asked over TLS)",
+        )
+        _require(not self.metrics_tls or bool(self.tls_cert), "security.metrics_tls", "needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "token_file"):
+            path = getattr(self, name)
+            _require(not path or Path(path).is_file(), f"security.{name}", f"{path} is not a readable file")
 
 
 @dataclass(frozen=True)
@@ -262,7 +286,8 @@ class Config:
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
     stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
     health_interval_s: float = _opt(5.0, "seconds between store pings; health is NOT_SERVING while one fails")
-    metrics_port: int = _opt(-1, "Prometheus /metrics HTTP port on the same host; -1 = off, 0 = any free port")
+    metrics_port: int = _opt(-1, "Prometheus /metrics HTTP port; -1 = off, 0 = any free port")
+    metrics_host: str = _opt("127.0.0.1", "address /metrics binds; 0.0.0.0 to let other hosts scrape")
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

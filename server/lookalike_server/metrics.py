@@ -1,5 +1,13 @@
 """Prometheus metrics on an HTTP port of their own (``--metrics-port``).
 
+The HTTP server binds ``--metrics-host`` (127.0.0.1 by default, whatever the
+gRPC host is). When bearer tokens are configured, a scrape needs one with the
+``admin`` scope (``Authorization: Bearer …``; 401 without a valid token, 403
+without the scope), decided by :func:`lookalike_server.auth.check` like every
+RPC. ``security.metrics_tls`` serves HTTPS with the gRPC certificate (client
+certificates required when ``tls_client_ca`` is set), re-read when the files
+change, as for gRPC.
+
 Read at scrape time from the counters the server keeps anyway (batchers,
 request counter), so serving requests costs nothing extra but one histogram
 observation per call. Every counter is monotonic: ``GetStats(reset=True)``
@@ -12,14 +20,22 @@ from colliding in prometheus_client's global one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+import grpc
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lookalike_server.batching import BatcherStats
+
+if TYPE_CHECKING:
+    from lookalike_server.config import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +126,35 @@ class PrometheusExporter:
         """Records one unary call's duration."""
         self._latency.labels(method).observe(seconds)
 
-    def start(self, host: str, port: int) -> int:
-        """Serves /metrics on ``host:port`` (0 = any free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def start(self, host: str, port: int, security: SecurityConfig | None = None) -> int:
+        """Serves /metrics on ``host:port`` (0 = any free port); returns the port.
+
+        Args:
+            host: Address to bind.
+            port: Port to bind; 0 = any free one.
+            security: Token and TLS settings; None = plain HTTP, no token.
+
+        Raises:
+            ConfigError: The token file or TLS files are invalid.
+        """
+        app: Callable[..., Iterable[bytes]] = make_wsgi_app(self.registry)
+        scheme = "http"
+        if security is not None and security.metrics_auth:
+            from lookalike_server.auth import TokenStore
+
+            store = TokenStore.from_config(security)
+            if store.enabled:
+                app = _token_required(app, store, security)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class: type[_MetricsServer] = _MetricsServer
+        if security is not None and security.metrics_tls:
+            server_class, scheme = _tls_server_class(security), "https"
+        server_class = type("_BoundMetricsServer", (server_class,), {"address_family": family})
+        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._http = server
         self.port = server.server_port
-        log.info("Prometheus metrics on http://%s:%d/metrics", host, self.port)
+        log.info("Prometheus metrics on %s://%s:%d/metrics", scheme, host, self.port)
         return self.port
 
     def stop(self) -> None:
@@ -124,3 +163,87 @@ class PrometheusExporter:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _MetricsServer(WSGIServer):
+    """A thread per connection, so one slow client (or TLS handshake) blocks no scrape."""
+
+    daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True).start()
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("metrics connection from %s failed: %s", client_address[0], exc)
+        finally:
+            self.shutdown_request(request)
+
+
+def _tls_server_class(security: SecurityConfig) -> type[_MetricsServer]:
+    """A server class whose connections speak TLS with the current certificate files."""
+    from lookalike_server.tls import CertificateFiles, CertificateReloader
+
+    reloader = CertificateReloader(security)
+
+    def context(files: CertificateFiles) -> ssl.SSLContext:
+        import tempfile
+        from pathlib import Path
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory(prefix="lookalike-tls-") as tmp:
+            cert, key = Path(tmp) / "c", Path(tmp) / "k"
+            cert.write_bytes(files.cert)
+            key.touch(0o600)
+            key.write_bytes(files.key)
+            ctx.load_cert_chain(cert, key)
+        if files.client_ca is not None:
+            ctx.load_verify_locations(cadata=files.client_ca.decode("ascii"))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    state = {"ctx": context(reloader.current)}
+
+    class _TLSMetricsServer(_MetricsServer):
+        def get_request(self) -> tuple[Any, Any]:
+            sock, addr = super().get_request()
+            files = reloader.poll()  # new certificate files → a new context for new connections
+            if files is not None:
+                state["ctx"] = context(files)
+            # The handshake happens on first read, in the connection's own thread.
+            return state["ctx"].wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    return _TLSMetricsServer
+
+
+def _token_required(app: Callable[..., Iterable[bytes]], store: Any, security: SecurityConfig) -> Callable[..., Any]:
+    """Wraps the WSGI app: a scrape needs a bearer token with the admin scope."""
+    from lookalike_server.auth import check
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        denial = check(store, security, "metrics", environ.get("HTTP_AUTHORIZATION"))
+        if denial is None:
+            return app(environ, start_response)
+        unauthenticated = denial.code == grpc.StatusCode.UNAUTHENTICATED
+        status = "401 Unauthorized" if unauthenticated else "403 Forbidden"
+        message = (
+            "/metrics needs a token with the admin scope: send 'Authorization: Bearer <token>'"
+            if unauthenticated
+            else denial.message
+        )
+        headers = [("Content-Type", "text/plain; charset=utf-8")]
+        if unauthenticated:
+            headers.append(("WWW-Authenticate", 'Bearer realm="lookalike-metrics"'))
+        start_response(status, headers)
+        return [message.encode() + b"\n"]
+
+    return guarded

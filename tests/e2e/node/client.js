@@ -9,6 +9,10 @@
 //   SearchStream (request ids "node-0", "node-1", ...; hits filtered to KEY_PREFIX), and prints
 //   one JSON object on stdout: {"models": [...], "answers": [...]}.
 // Exits non-zero, with the error on stderr, when a call fails as a whole.
+//
+// TLS and tokens come from the environment, as for the Python client: LOOKALIKE_CA (PEM file of the
+// CA to trust; set = TLS), LOOKALIKE_CERT/LOOKALIKE_KEY (client certificate for mTLS) and
+// LOOKALIKE_TOKEN (sent as "authorization: Bearer <token>" metadata on every call).
 "use strict";
 
 const fs = require("fs");
@@ -60,13 +64,30 @@ function searchStream(client, images, keyPrefix) {
   });
 }
 
+function credentials(env) {
+  const read = (name) => (env[name] ? fs.readFileSync(env[name]) : null);
+  if (!env.LOOKALIKE_CA) {
+    return grpc.credentials.createInsecure();
+  }
+  const channel = grpc.credentials.createSsl(read("LOOKALIKE_CA"), read("LOOKALIKE_KEY"), read("LOOKALIKE_CERT"));
+  if (!env.LOOKALIKE_TOKEN) {
+    return channel;
+  }
+  const token = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add("authorization", `Bearer ${env.LOOKALIKE_TOKEN}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(channel, token);
+}
+
 async function main(argv) {
   const [target, keyPrefix, ...images] = argv;
   if (!target || keyPrefix === undefined || images.length === 0) {
     throw new Error("usage: node client.js TARGET KEY_PREFIX IMAGE...");
   }
   const Lookalike = loadService();
-  const client = new Lookalike(target, grpc.credentials.createInsecure(), {
+  const client = new Lookalike(target, credentials(process.env), {
     "grpc.max_send_message_length": 64 * 1024 * 1024,
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
   });
