@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ from lookalike_server.domain import (
     SearchQuery,
     Timing,
 )
-from lookalike_server.embedder import Embedder
+from lookalike_server.embedder import Embedder, unit_vector
 from lookalike_server.errors import (
     Aborted,
     FailedPrecondition,
@@ -58,7 +57,7 @@ from lookalike_server.errors import (
     TooLarge,
     Unavailable,
 )
-from lookalike_server.models import OnnxModel, l2_normalise
+from lookalike_server.models import OnnxModel
 
 if TYPE_CHECKING:
     from lookalike_server.store.milvus import MilvusStore
@@ -469,15 +468,11 @@ class LookalikeService:
         (name,) = self.embedder.require([model])
         if query.models and set(query.models) != {name}:
             raise InvalidArgument(f"a vector query searches only its own model {name!r}; got models {query.models}")
-        vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
         dim = self.models[name].spec.dim
-        if vec.shape[0] != dim:
-            raise InvalidArgument(f"vector has {vec.shape[0]} values; model {name!r} needs {dim}")
-        if not np.all(np.isfinite(vec)):
-            raise InvalidArgument("vector contains NaN or infinite values")
-        if not math.isfinite(float(np.linalg.norm(vec))) or float(np.linalg.norm(vec)) == 0.0:
-            raise InvalidArgument("vector has zero length; it cannot be normalised")
-        return {name: l2_normalise(vec[None, :])}
+        if len(query.vector) != dim:
+            raise InvalidArgument(f"vector has {len(query.vector)} values; model {name!r} needs {dim}")
+        # Scaled before the norm: huge finite values must not overflow it.
+        return {name: unit_vector(query.vector)[None, :]}
 
     # ------------------------------------------------------ get/delete --
     def get(self, item_id: int | None = None, key: str | None = None) -> ItemView:
