@@ -229,6 +229,8 @@ class LookalikeServer:
                 embedder.totals,
                 self.servicer.counter.totals,
                 lambda: self._stores_ok if self.config.stores else None,
+                admission=embedder.admission.stats,
+                open_streams=lambda: self.servicer.open_streams,
             )
             self.metrics_port = self.metrics.start(self.config.host, self.config.metrics_port)
             self.servicer.observe = self.metrics.observe
