@@ -240,6 +240,11 @@ def main() -> int:
                 w.join(35)
             proc.terminate()
             proc.wait(60)
+            time.sleep(2)
+            # The embedded redis-server should exit with the server; if not, say so and clean up.
+            outlived = [pid for pid in embedded if proc_sample(pid) is not None]
+            for pid in outlived:
+                os.kill(pid, 15)
     total: dict[str, int] = {}
     for c in counts:
         for k, v in c.items():
@@ -250,6 +255,7 @@ def main() -> int:
         "concurrency": args.concurrency,
         "server_args": args.server_args,
         "calls": total,
+        "embedded_redis_outlived_server": bool(outlived),
         "verdict": verdict(samples),
         "samples": samples,
     }
