@@ -145,6 +145,12 @@ class LimitsConfig:
         0,
         "images admitted per model at once; 0 = auto: 2 x the model's max_batch_size, at least max_images_per_request",
     )
+    max_queue_wait_ms: float = _opt(
+        0.0,
+        "refuse a call (RESOURCE_EXHAUSTED) when its images would wait longer than this for a model, "
+        "estimated from the images in flight and the model's measured throughput; never admitted past "
+        "the call's own deadline either (that check is always on); 0 = only the deadline check",
+    )
     retry_pushback_ms: int = _opt(
         100, "retry hint sent with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms trailing metadata)"
     )
@@ -169,6 +175,7 @@ class LimitsConfig:
             self.inflight_pixels >= self.request_pixels, "limits.inflight_pixels", "must be >= limits.request_pixels"
         )
         _require(self.model_inflight_images >= 0, "limits.model_inflight_images", "must be >= 0 (0 = auto)")
+        _require(self.max_queue_wait_ms >= 0, "limits.max_queue_wait_ms", "must be >= 0 (0 = off)")
         _require(0 <= self.retry_pushback_ms <= 60_000, "limits.retry_pushback_ms", "must be in 0..60000")
         _require(self.max_streams >= 1, "limits.max_streams", "must be >= 1")
         _require(self.stream_idle_s > 0, "limits.stream_idle_s", "must be > 0")

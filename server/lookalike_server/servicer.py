@@ -336,12 +336,12 @@ class LookalikeServicer:
             fut.add_done_callback(lambda _f: permit.release())
         return await asyncio.wrap_future(fut)
 
-    def _admit(self, svc: LookalikeService, images: list[bytes], models: Any, prefix: str = "") -> Any:
+    def _admit(self, svc: LookalikeService, images: list[bytes], models: Any, ctx: RequestContext) -> Any:
         """Front-door admission: headers read, budgets taken, or refused before any decoding."""
         if not images:
             return None
         names = svc.embedder.require(list(models))
-        return svc.embedder.admission.admit(images, names, prefix=prefix)
+        return svc.embedder.admission.admit(images, names, remaining_s=ctx.remaining())
 
     # ---------------------------------------------------------- unary --
     @_rpc("ListModels")
@@ -384,7 +384,7 @@ class LookalikeServicer:
     async def Embed(self, request: pb.EmbedRequest, ctx: RequestContext) -> pb.EmbedResponse:
         svc = self.service
         images = list(request.images)
-        permit = self._admit(svc, images, [request.model]) if request.model else None
+        permit = self._admit(svc, images, [request.model], ctx) if request.model else None
 
         def run() -> pb.EmbedResponse:
             vectors, timing = svc.embed(images, request.model, ctx)
@@ -401,7 +401,7 @@ class LookalikeServicer:
     async def Insert(self, request: pb.InsertRequest, ctx: RequestContext) -> pb.InsertResponse:
         svc = self.service
         items = [InsertItem(it.key, it.image, dict(it.attributes)) for it in request.items]
-        permit = self._admit(svc, [it.image for it in items if it.image], request.models)
+        permit = self._admit(svc, [it.image for it in items if it.image], request.models, ctx)
 
         def run() -> pb.InsertResponse:
             results, timing = svc.insert(items, list(request.models), ctx)
@@ -413,7 +413,7 @@ class LookalikeServicer:
     async def Search(self, request: pb.SearchRequest, ctx: RequestContext) -> pb.SearchResponse:
         svc = self.service
         query = search_query(request)
-        permit = self._admit(svc, [query.image], query.models) if query.image else None
+        permit = self._admit(svc, [query.image], query.models, ctx) if query.image else None
 
         def run() -> pb.SearchResponse:
             results, timing = svc.search(query, ctx)
@@ -477,8 +477,8 @@ class LookalikeServicer:
     async def InsertStream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.InsertStreamResponse]:
-        def admit(svc: LookalikeService, req: pb.InsertStreamRequest) -> Any:
-            return self._admit(svc, [req.item.image] if req.item.image else [], req.models)
+        def admit(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> Any:
+            return self._admit(svc, [req.item.image] if req.item.image else [], req.models, ctx)
 
         def one(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> pb.InsertStreamResponse:
             item = InsertItem(req.item.key, req.item.image, dict(req.item.attributes))
@@ -494,9 +494,9 @@ class LookalikeServicer:
     async def SearchStream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SearchStreamResponse]:
-        def admit(svc: LookalikeService, req: pb.SearchStreamRequest) -> Any:
+        def admit(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> Any:
             image = req.query.image if req.query.WhichOneof("query") == "image" else b""
-            return self._admit(svc, [image] if image else [], req.query.models)
+            return self._admit(svc, [image] if image else [], req.query.models, ctx)
 
         def one(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> pb.SearchStreamResponse:
             results, timing = svc.search(search_query(req.query), ctx)
@@ -513,7 +513,7 @@ class LookalikeServicer:
         method: str,
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,
-        admit: Callable[[LookalikeService, Any], Any],
+        admit: Callable[[LookalikeService, Any, RequestContext], Any],
         one: Callable[[LookalikeService, Any, RequestContext], Any],
         failed: Callable[[Any, BaseException], Any],
     ) -> AsyncIterator[Any]:
@@ -549,7 +549,7 @@ class LookalikeServicer:
         async def run_item(req: Any) -> None:
             ctx = stream_ctx.child()
             try:
-                permit = admit(svc, req)
+                permit = admit(svc, req, ctx)
                 answer = await self._blocking(self._stream_pool, ctx, one, svc, req, ctx, permit=permit)
                 self.counter.add(method + ".item", "OK")
             except Exception as exc:
