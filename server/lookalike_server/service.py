@@ -469,10 +469,11 @@ class LookalikeService:
         if query.models and set(query.models) != {name}:
             raise InvalidArgument(f"a vector query searches only its own model {name!r}; got models {query.models}")
         dim = self.models[name].spec.dim
-        if len(query.vector) != dim:
-            raise InvalidArgument(f"vector has {len(query.vector)} values; model {name!r} needs {dim}")
+        values = np.asarray(query.vector).reshape(-1)
+        if values.shape[0] != dim:
+            raise InvalidArgument(f"vector has {values.shape[0]} values; model {name!r} needs {dim}")
         # Scaled before the norm: huge finite values must not overflow it.
-        return {name: unit_vector(query.vector)[None, :]}
+        return {name: unit_vector(values)[None, :]}
 
     # ------------------------------------------------------ get/delete --
     def get(self, item_id: int | None = None, key: str | None = None) -> ItemView:
