@@ -13,22 +13,29 @@ Start-up order, and why:
 Shutdown (:meth:`LookalikeServer.stop`, also on SIGTERM/SIGINT): health goes
 NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to finish,
 then batchers drain and stores close.
+
+The gRPC server is ``grpc.aio`` on an event loop of its own (a thread), so
+the synchronous API here (``start``/``stop``/``wait``) works from plain code
+and tests. Handlers are coroutines; blocking work runs on thread pools (see
+``servicer.py``), so an idle stream costs no thread and health checks are
+answered on the loop whatever the pools are doing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+from lookalike.v1 import lookalike_pb2
 from lookalike_server import auth, lite_socket, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
     from lookalike_server.store.redis import RedisStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICE_NAME = lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -98,50 +106,91 @@ class LookalikeServer:
         config: Validated configuration.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self.config = config
         self.service: LookalikeService | None = None
         self._draining = False
         self._stores_ok = True
         self._stop = threading.Event()
+        self._stopped = threading.Event()
         self._monitor: threading.Thread | None = None
         self._milvus: MilvusStore | None = None
         self._redis: RedisStore | None = None
         self._embedder: Embedder | None = None
         self.metrics: Any = None
         self.metrics_port = 0
-        mb = config.max_message_mb * 1024 * 1024
-        self.grpc_server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
+        # The aio server lives on this loop, in a thread of its own.
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="grpc-aio", daemon=True)
+        self._loop_thread.start()
+        self.health = health.aio.HealthServicer()
+        self.servicer = LookalikeServicer(self._get_service, config.limits, unary_workers=config.max_workers)
+        # Token auth first, then whatever the caller adds (tests, plugins).
+        self.interceptors = [*auth.interceptors(config.security), *interceptors]
+        try:
+            self.port = self._call(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Runs a coroutine on the server's loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _close_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        """Server credentials, or None for plaintext: the one place TLS is decided."""
+        # Reloading credentials: rotated certificate files are picked up
+        # without a restart, and tls_client_ca makes client certificates mandatory.
+        return tls.server_credentials(self.config.security)
+
+    async def _build(self) -> int:
+        """Creates and binds the aio server (on its loop); returns the port."""
+        mb = self.config.max_message_mb * 1024 * 1024
+        self.grpc_server = grpc.aio.server(
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", mb),
                 ("grpc.max_send_message_length", mb),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=auth.interceptors(config.security),
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self._set_health(_NOT_SERVING)
+        await self._set_health_async(_NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        self.servicer = LookalikeServicer(self._get_service, config.limits.stream_in_flight)
-        lookalike_pb2_grpc.add_LookalikeServicer_to_server(self.servicer, self.grpc_server)
-        if config.reflection:
+        self.grpc_server.add_generic_rpc_handlers((self.servicer.method_handlers(),))
+        if self.config.reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
             )
-        address = f"{config.host}:{config.port}"
-        creds = tls.server_credentials(config.security)
-        if creds is not None:
-            self.port = self.grpc_server.add_secure_port(address, creds)
-        else:
-            self.port = self.grpc_server.add_insecure_port(address)
-        if not self.port:
+        address = f"{self.config.host}:{self.config.port}"
+        creds = self.credentials()
+        port = (
+            self.grpc_server.add_secure_port(address, creds)
+            if creds is not None
+            else self.grpc_server.add_insecure_port(address)
+        )
+        if not port:
             raise OSError(f"cannot bind {address}")
+        return port
 
     # ---------------------------------------------------------- state --
-    def _set_health(self, status: int) -> None:
+    async def _set_health_async(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+            await self.health.set(name, status)
+
+    def _set_health(self, status: int) -> None:
+        if self._loop.is_running():
+            self._call(self._set_health_async(status), timeout=10)
 
     def _get_service(self) -> LookalikeService:
         if self._draining:
@@ -182,6 +231,8 @@ class LookalikeServer:
                 embedder.totals,
                 self.servicer.counter.totals,
                 lambda: self._stores_ok if self.config.stores else None,
+                admission=embedder.admission.stats,
+                open_streams=lambda: self.servicer.open_streams,
             )
             self.metrics_port = self.metrics.start(
                 self.config.metrics_host, self.config.metrics_port, self.config.security
@@ -219,7 +270,7 @@ class LookalikeServer:
 
     def start(self) -> None:
         """Starts accepting calls (health stays NOT_SERVING until :meth:`load`)."""
-        self.grpc_server.start()
+        self._call(self.grpc_server.start())
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, drain in-flight calls, release resources.
@@ -227,32 +278,41 @@ class LookalikeServer:
         Args:
             grace: Seconds in-flight calls get; default ``config.grace_s``.
         """
+        if self._stopped.is_set() or self._stop.is_set():
+            self._stopped.wait(max(30.0, (grace or 0) + 30))
+            return
         grace = self.config.grace_s if grace is None else grace
-        self.health.enter_graceful_shutdown()
         self._stop.set()
-        if self.config.shutdown_delay_s and grace:
-            # Keep serving while load balancers notice NOT_SERVING.
-            time.sleep(self.config.shutdown_delay_s)
-        self._draining = True
-        self.grpc_server.stop(grace).wait()
-        self.servicer.close()
-        if self.metrics is not None:
-            self.metrics.stop()
-        if self._embedder is not None:
-            self._embedder.close(timeout=grace)
-        if self.service is not None:
-            self.service.close()
-        for store in (self._milvus, self._redis):
-            if store is not None:
-                try:
-                    store.close()
-                except Exception:
-                    log.exception("closing %s failed", type(store).__name__)
-        log.info("stopped")
+        try:
+            if self._loop.is_running():
+                self._call(self.health.enter_graceful_shutdown(), timeout=10)
+            if self.config.shutdown_delay_s and grace:
+                # Keep serving while load balancers notice NOT_SERVING.
+                time.sleep(self.config.shutdown_delay_s)
+            self._draining = True
+            if self._loop.is_running():
+                self._call(self.grpc_server.stop(grace))
+            self.servicer.close()
+            if self.metrics is not None:
+                self.metrics.stop()
+            if self._embedder is not None:
+                self._embedder.close(timeout=grace)
+            if self.service is not None:
+                self.service.close()
+            for store in (self._milvus, self._redis):
+                if store is not None:
+                    try:
+                        store.close()
+                    except Exception:
+                        log.exception("closing %s failed", type(store).__name__)
+            self._close_loop()
+            log.info("stopped")
+        finally:
+            self._stopped.set()
 
     def wait(self) -> None:
-        """Blocks until the gRPC server terminates."""
-        self.grpc_server.wait_for_termination()
+        """Blocks until the server has stopped."""
+        self._stopped.wait()
 
 
 def build_server(config: Config, *, load: bool = True) -> tuple[LookalikeServer, int]:

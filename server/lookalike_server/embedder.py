@@ -8,24 +8,106 @@ tracked by the request context so a cancelled call drops its items.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from lookalike_server.admission import Admission
 from lookalike_server.batching import Batched, BatcherStats, MicroBatcher
 from lookalike_server.config import LimitsConfig
 from lookalike_server.domain import RequestContext, Timing
-from lookalike_server.errors import Cancelled, DeadlineExceeded, ModelNotFound, ServiceError
+from lookalike_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelNotFound, ServiceError
 from lookalike_server.models import OnnxModel
 from lookalike_server.preprocess import decode_image, to_tensor
 
 log = logging.getLogger(__name__)
+
+
+class FairExecutor:
+    """A thread pool that serves its callers round robin, not first come first served.
+
+    Each task is submitted under a key (one per request). Workers take the
+    head task of the key that has waited longest, then move that key to the
+    back of the line: a request with 64 huge images gets one worker turn per
+    round, and another client's single small image is decoded after at most
+    one task of each other request, not after all 64.
+
+    Args:
+        workers: Number of threads.
+        name: Thread name prefix.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._cond = threading.Condition()
+        self._queues: collections.OrderedDict[object, collections.deque[tuple[Future[Any], Callable[[], Any]]]] = (
+            collections.OrderedDict()
+        )
+        self._closed = False
+        self.tasks_run = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, key: object, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queues ``fn(*args)`` in ``key``'s line; returns its future."""
+        fut: Future[Any] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("executor is shut down")
+            self._queues.setdefault(key, collections.deque()).append((fut, lambda: fn(*args)))
+            self._cond.notify()
+        return fut
+
+    def _next(self) -> tuple[Future[Any], Callable[[], Any]] | None:
+        with self._cond:
+            while not self._queues:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            key, line = next(iter(self._queues.items()))
+            task = line.popleft()
+            if line:
+                self._queues.move_to_end(key)  # its next task waits for everyone else's turn
+            else:
+                del self._queues[key]
+            return task
+
+    def _work(self) -> None:
+        while (task := self._next()) is not None:
+            fut, call = task
+            if not fut.set_running_or_notify_cancel():
+                continue  # the request was cancelled before its turn: no work done
+            try:
+                result = call()
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+            finally:
+                with self._cond:
+                    self.tasks_run += 1
+            del fut, call, task  # hold nothing between tasks (large images)
+
+    def shutdown(self) -> None:
+        """Cancels what is queued and lets the workers exit."""
+        with self._cond:
+            self._closed = True
+            lines, self._queues = list(self._queues.values()), collections.OrderedDict()
+            self._cond.notify_all()
+        for line in lines:
+            for fut, _ in line:
+                fut.cancel()
 
 
 @dataclass
@@ -46,9 +128,7 @@ class Embedder:
     def __init__(self, models: Mapping[str, OnnxModel], limits: LimitsConfig, preprocess_threads: int = 0) -> None:
         self.models = dict(models)
         self.limits = limits
-        self._pool = ThreadPoolExecutor(
-            max_workers=preprocess_threads or (os.cpu_count() or 2), thread_name_prefix="preprocess"
-        )
+        self._pool = FairExecutor(preprocess_threads or (os.cpu_count() or 2), "preprocess")
         self.batchers: dict[str, MicroBatcher[np.ndarray, np.ndarray]] = {
             name: MicroBatcher(
                 name,
@@ -60,6 +140,15 @@ class Embedder:
             )
             for name, model in self.models.items()
         }
+        self.draft_size = max((m.spec.preprocess.decode_size for m in self.models.values()), default=None)
+        self.admission = Admission(
+            limits,
+            {
+                name: limits.model_inflight_images or max(2 * model.max_batch_size, limits.max_images_per_request, 1)
+                for name, model in self.models.items()
+            },
+            self.draft_size,
+        )
 
     def require(self, names: Sequence[str]) -> list[str]:
         """Validates model names (empty = all loaded), returning them deduplicated in order."""
@@ -100,7 +189,8 @@ class Embedder:
             self.batchers[m].announce(len(images))
         prepared: list[Future[_Prepared]] = []
         for i, data in enumerate(images):
-            fut = self._pool.submit(self._prepare, i, data, specs, draft, ctx)
+            # Keyed by the request: the pool serves requests round robin.
+            fut = self._pool.submit(ctx, self._prepare, i, data, specs, draft, ctx)
             # A task cancelled before it ran never submits: withdraw for it.
             fut.add_done_callback(lambda f: self._withdraw(specs, 1) if f.cancelled() else None)
             prepared.append(ctx.track(fut))
@@ -148,6 +238,7 @@ class Embedder:
                     max_bytes=self.limits.max_image_bytes,
                     max_pixels=self.limits.max_pixels,
                     draft_size=draft,
+                    max_aspect_ratio=self.limits.max_aspect_ratio,
                 )
                 tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
             except ServiceError as exc:
@@ -198,4 +289,29 @@ class Embedder:
         """Drains the batchers and stops the pool."""
         for b in self.batchers.values():
             b.close(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
+
+    @property
+    def preprocessed(self) -> int:
+        """Preprocessing tasks run since start (tests: a refused call runs none)."""
+        return self._pool.tasks_run
+
+
+def unit_vector(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A query vector scaled to unit L2 norm, safely for any finite values.
+
+    The vector is divided by its largest magnitude before the norm is taken,
+    so 1280 values of 3e38 (whose squares overflow float32) normalise to
+    1/sqrt(1280) each instead of being called "zero length".
+
+    Raises:
+        InvalidArgument: NaN/infinite values, or every value zero.
+    """
+    vec = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(vec)):
+        raise InvalidArgument("vector contains NaN or infinite values")
+    peak = float(np.max(np.abs(vec))) if vec.size else 0.0
+    if peak == 0.0:
+        raise InvalidArgument("vector has zero length (every value is 0); it has no direction to search by")
+    scaled = vec / peak
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)

@@ -50,10 +50,14 @@ class _ServerCollector(Collector):
         batchers: Callable[[], dict[str, BatcherStats]],
         requests: Callable[[], dict[str, int]],
         stores_up: Callable[[], bool | None],
+        admission: Callable[[], Any] | None = None,
+        open_streams: Callable[[], int] | None = None,
     ) -> None:
         self._batchers = batchers
         self._requests = requests
         self._stores_up = stores_up
+        self._admission = admission
+        self._open_streams = open_streams
 
     def collect(self) -> Iterator[Any]:
         req = CounterMetricFamily(
@@ -90,6 +94,29 @@ class _ServerCollector(Collector):
             depth.add_metric([model], st.queue_depth)
         yield from (batches, items, dropped, queue_s, run_s, depth)
 
+        if self._admission is not None and (adm := self._admission()) is not None:
+            refused = CounterMetricFamily(
+                "lookalike_admission_rejected",
+                "Calls refused at the front door (RESOURCE_EXHAUSTED, before decoding), by budget",
+                labels=["budget"],
+            )
+            for budget, n in sorted(adm.rejected.items()):
+                refused.add_metric([budget], n)
+            yield refused
+            yield CounterMetricFamily(
+                "lookalike_admission_admitted", "Calls admitted at the front door", value=adm.admitted
+            )
+            yield GaugeMetricFamily(
+                "lookalike_inflight_images", "Images admitted and not yet finished", value=adm.inflight_images
+            )
+            yield GaugeMetricFamily(
+                "lookalike_inflight_pixels", "Decoded pixels admitted and not yet finished", value=adm.inflight_pixels
+            )
+        if self._open_streams is not None:
+            yield GaugeMetricFamily(
+                "lookalike_open_streams", "InsertStream/SearchStream calls open now", value=self._open_streams()
+            )
+
         up = self._stores_up()
         if up is not None:
             yield GaugeMetricFamily("lookalike_stores_up", "1 while Milvus and Redis answer pings", value=int(up))
@@ -102,6 +129,8 @@ class PrometheusExporter:
         batchers: Returns each batcher's monotonic totals.
         requests: Returns ``"Method:CODE" -> count`` totals.
         stores_up: Returns whether the stores answer (None: no stores).
+        admission: Returns the front door's ``AdmissionStats`` (optional).
+        open_streams: Returns the number of open streams (optional).
     """
 
     def __init__(
@@ -109,9 +138,11 @@ class PrometheusExporter:
         batchers: Callable[[], dict[str, BatcherStats]],
         requests: Callable[[], dict[str, int]],
         stores_up: Callable[[], bool | None],
+        admission: Callable[[], Any] | None = None,
+        open_streams: Callable[[], int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_ServerCollector(batchers, requests, stores_up))
+        self.registry.register(_ServerCollector(batchers, requests, stores_up, admission, open_streams))
         self._latency = Histogram(
             "lookalike_request_duration_seconds",
             "Server-side duration of unary RPCs",

@@ -25,9 +25,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from lookalike_server.errors import InvalidArgument, TooLarge
+from lookalike_server.errors import InvalidArgument, ServiceError, TooLarge
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -182,12 +182,107 @@ def sniff_format(data: bytes) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel.
+
+    Attributes:
+        format: One of :data:`SUPPORTED_FORMATS`.
+        width: Width in pixels.
+        height: Height in pixels.
+        decoded_pixels: Pixels the decoder will actually allocate (a JPEG
+            decoded at draft scale costs a fraction of width*height).
+    """
+
+    format: str
+    width: int
+    height: int
+    decoded_pixels: int
+
+
+def _draft_scale(width: int, height: int, draft_size: tuple[int, int] | None) -> int:
+    """The 1/2/4/8 reduction libjpeg will use, as ``Image.draft`` computes it."""
+    if draft_size is None:
+        return 1
+    want_w, want_h = draft_size[0] * 2, draft_size[1] * 2
+    ratio = min(width // max(want_w, 1), height // max(want_h, 1))
+    for scale in (8, 4, 2):
+        if ratio >= scale:
+            return scale
+    return 1
+
+
+def _check_header(fmt: str, width: int, height: int, max_pixels: int, max_aspect_ratio: float) -> None:
+    """The limits that a header alone decides, with messages a person can act on."""
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"{fmt} image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise TooLarge(f"{fmt} image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect_ratio:
+        raise InvalidArgument(
+            f"{fmt} image is {width}x{height}: aspect ratio {aspect:.0f}:1 is over the limit of "
+            f"{max_aspect_ratio:g}:1; crop it to the region of interest (models see a square centre crop)"
+        )
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=[fmt])
+
+
+def probe_image(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_aspect_ratio: float = float("inf"),
+    draft_size: tuple[int, int] | None = None,
+) -> ImageHeader:
+    """Reads an image's header and applies every limit a header decides.
+
+    Cheap (Pillow's ``Image.open`` reads the size lazily, no pixel is
+    decoded): the front door calls it for admission before any work.
+
+    Raises:
+        InvalidArgument: Empty, unsupported or unreadable header, zero size,
+            extreme aspect ratio.
+        TooLarge: Over ``max_bytes`` or ``max_pixels``.
+    """
+    if len(data) > max_bytes:
+        raise TooLarge(f"image is {len(data)} bytes; the limit is {max_bytes} bytes")
+    fmt = sniff_format(data)
+    try:
+        img = _open(data, fmt)
+        width, height = img.size
+    except ServiceError:
+        raise
+    except Exception as exc:  # a header parser must not turn bad bytes into INTERNAL
+        raise _undecodable(fmt, data, exc) from None
+    _check_header(fmt, width, height, max_pixels, max_aspect_ratio)
+    scale = _draft_scale(width, height, draft_size) if fmt == "JPEG" else 1
+    decoded = -(-width // scale) * -(-height // scale)
+    return ImageHeader(fmt, width, height, decoded)
+
+
+def _undecodable(fmt: str, data: bytes, exc: BaseException) -> ServiceError:
+    """Maps whatever a decoder raised to the error a client sees."""
+    if isinstance(exc, MemoryError):
+        return TooLarge(f"{fmt} image ({len(data)} bytes) needs more memory to decode than the server allows")
+    if isinstance(exc, Image.DecompressionBombError):
+        return TooLarge(f"{fmt} image is too large to decode safely: {exc}")
+    reason = str(exc).split(" <_io.", 1)[0] or type(exc).__name__  # Pillow names our BytesIO: noise
+    return InvalidArgument(f"cannot decode {fmt} image ({len(data)} bytes): {reason}")
+
+
 def decode_image(
     data: bytes,
     *,
     max_bytes: int,
     max_pixels: int,
     draft_size: tuple[int, int] | None = None,
+    max_aspect_ratio: float = float("inf"),
 ) -> Image.Image:
     """Decodes and validates an image, returning it in RGB.
 
@@ -199,37 +294,37 @@ def decode_image(
         draft_size: For JPEG, the smallest (width, height) the caller needs;
             libjpeg may then decode at 1/2, 1/4 or 1/8 scale, keeping at least
             twice this size so the later resample still has detail.
+        max_aspect_ratio: Longest side / shortest side accepted.
 
     Returns:
         A loaded RGB image, EXIF orientation applied.
 
     Raises:
-        InvalidArgument: Empty, unsupported, truncated or corrupt input, or
-            zero-sized image.
+        InvalidArgument: Empty, unsupported, truncated or corrupt input,
+            zero-sized image, extreme aspect ratio. Whatever the decoder
+            raises is mapped to one of these two errors, never leaked.
         TooLarge: Over ``max_bytes`` or ``max_pixels``.
     """
     if len(data) > max_bytes:
         raise TooLarge(f"image is {len(data)} bytes; the limit is {max_bytes} bytes")
     fmt = sniff_format(data)
     try:
+        img = _open(data, fmt)
+        width, height = img.size
+        _check_header(fmt, width, height, max_pixels, max_aspect_ratio)
+        if fmt == "JPEG" and draft_size is not None:
+            img.draft("RGB", (draft_size[0] * 2, draft_size[1] * 2))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise InvalidArgument(f"{fmt} image has zero size ({width}x{height})")
-            if width * height > max_pixels:
-                raise TooLarge(f"{fmt} image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-            if fmt == "JPEG" and draft_size is not None:
-                img.draft("RGB", (draft_size[0] * 2, draft_size[1] * 2))
             img.load()  # decode now, inside the try: truncation surfaces here
             upright: Image.Image = ImageOps.exif_transpose(img) or img
+            if upright.size[0] * upright.size[1] > max_pixels:  # EXIF cannot grow it, but be sure
+                raise TooLarge(f"{fmt} image decodes to {upright.size}; the limit is {max_pixels} pixels")
             return _to_rgb(upright)
-    except Image.DecompressionBombError as exc:
-        raise TooLarge(f"{fmt} image is too large to decode safely: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc).split(" <_io.", 1)[0] or type(exc).__name__  # Pillow names our BytesIO: noise
-        raise InvalidArgument(f"cannot decode {fmt} image ({len(data)} bytes): {reason}") from None
+    except ServiceError:
+        raise
+    except Exception as exc:  # every decoder failure is the input's fault or a limit, never INTERNAL
+        raise _undecodable(fmt, data, exc) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -249,6 +344,13 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
 
     Follows torchvision's ``Resize(int)`` + ``CenterCrop`` arithmetic exactly
     when ``resize_shorter`` is set, so features match a PyTorch pipeline.
+
+    The resize never allocates more than the crop needs: the source region
+    that the centre crop keeps is resized straight to the crop size (Pillow's
+    ``box``), instead of resizing the whole image first. Same geometry, same
+    filter, but a 4000x1 strip no longer becomes a 1,024,000x256 intermediate.
+    Images of ordinary shape keep the two-step path, which is bit-exact with
+    torchvision.
     """
     resample = _FILTERS[spec.interpolation]
     if not spec.resize_shorter:
@@ -259,11 +361,21 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     short, long_ = (w, h) if w <= h else (h, w)
     new_short, new_long = spec.resize_shorter, int(spec.resize_shorter * long_ / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), resample)
     top = round((new_h - spec.height) / 2.0)
     left = round((new_w - spec.width) / 2.0)
+    if new_w * new_h > _MAX_INTERMEDIATE_FACTOR * spec.resize_shorter * spec.resize_shorter:
+        # The crop's rectangle in source coordinates: resize only that.
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + spec.width) * sx, (top + spec.height) * sy)
+        return img.resize((spec.width, spec.height), resample, box=box)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample)
     return img.crop((left, top, left + spec.width, top + spec.height))
+
+
+# Up to this many times resize_shorter² pixels, the resize target is made
+# whole (exact torchvision arithmetic); beyond it only the cropped region is.
+_MAX_INTERMEDIATE_FACTOR = 4
 
 
 def normalise(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

@@ -16,23 +16,23 @@ context, which drops its queued work.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import numpy as np
 
 from lookalike.v1 import lookalike_pb2 as pb
-from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+from lookalike_server.config import LimitsConfig
 from lookalike_server.domain import (
     InsertItem,
     ModelHits,
@@ -41,7 +41,7 @@ from lookalike_server.domain import (
     SearchQuery,
     Timing,
 )
-from lookalike_server.errors import InternalError, InvalidArgument, ServiceError, Unavailable, grpc_code_for
+from lookalike_server.errors import InternalError, InvalidArgument, ServiceError, grpc_code_for
 
 if TYPE_CHECKING:
     from lookalike_server.service import LookalikeService
@@ -124,14 +124,6 @@ def insert_result_pb(r: Any) -> pb.InsertResult:
     return pb.InsertResult(id=r.id, created=r.created, models=list(r.models), content_sha256=r.content_sha256)
 
 
-@dataclass
-class _StreamState:
-    """What a stream's reader thread tells the responding loop."""
-
-    sent: int = 0
-    read_error: Exception | None = None
-
-
 class RequestCounter:
     """Requests by method and status code name, for GetStats."""
 
@@ -159,20 +151,71 @@ class RequestCounter:
             return dict(self._counts)
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """Stands in for a request whose bytes did not parse as its message.
+
+    Produced by the deserializer wrapper (:func:`safe_deserializer`), so the
+    handler answers INVALID_ARGUMENT instead of gRPC's INTERNAL "Exception
+    deserializing request!" with a traceback.
+    """
+
+    method: str
+    reason: str
+
+
+@dataclass
+class _StreamState:
+    """What a stream's reader task tells the responding loop."""
+
+    sent: int = 0
+    read_error: Exception | None = None
+    idle: bool = False
+    malformed: Malformed | None = None
+
+
+def safe_deserializer(method: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Wraps a message's ``FromString``: a parse failure becomes :class:`Malformed`."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, or anything else the parser raises on hostile bytes
+            return Malformed(method, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _pushback(exc: BaseException, pushback_ms: int) -> tuple[tuple[str, str], ...]:
+    """Retry hint for RESOURCE_EXHAUSTED (honoured by gRPC retry policies); none otherwise."""
+    if grpc_code_for(exc) == "RESOURCE_EXHAUSTED":
+        return (("grpc-retry-pushback-ms", str(pushback_ms)),)
+    return ()
+
+
 def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wraps a unary handler: context, error mapping, counting."""
+    """Wraps a unary coroutine handler: malformed input, context, error mapping, counting."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        async def wrapper(self: LookalikeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Malformed):
+                await self.reject_malformed(request, context)
             ctx = self.request_context(context)
             try:
-                response = fn(self, request, ctx)
+                response = await fn(self, request, ctx)
+            except asyncio.CancelledError:
+                # The client cancelled or its deadline passed: drop queued work.
+                ctx.cancel()
+                self.counter.add(method, "CANCELLED")
+                raise
             except Exception as exc:  # the one mapping point: every failure gets a status
                 code = grpc_code_for(exc)
                 self.counter.add(method, code)
                 self.observe(method, time.monotonic() - ctx.started)
-                context.abort(status_code(code), error_message(exc))
+                await context.abort(
+                    status_code(code), error_message(exc), trailing_metadata=_pushback(exc, self.pushback_ms)
+                )
             self.counter.add(method, "OK")
             self.observe(method, time.monotonic() - ctx.started)
             return response
@@ -182,42 +225,93 @@ def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-class LookalikeServicer(pb_grpc.LookalikeServicer):
-    """Implements ``lookalike.v1.Lookalike`` over a :class:`LookalikeService`.
+class LookalikeServicer:
+    """Implements ``lookalike.v1.Lookalike`` over a :class:`LookalikeService`, on ``grpc.aio``.
+
+    Handlers are coroutines on the server's event loop. They never block it:
+    the synchronous service runs on thread pools (``unary_workers`` threads
+    for unary calls, ``stream_workers`` for stream items), so an idle stream
+    is a suspended coroutine that costs no thread, and a health check is
+    answered on the loop whatever the pools are doing.
 
     Args:
         get_service: Returns the service, or raises ``Unavailable`` while the
             server is still loading models or draining.
-        stream_in_flight: Per-stream window of items in flight.
+        limits: Request limits (stream window, stream bound and idle timeout,
+            retry hint).
+        unary_workers: Threads running unary calls' blocking work.
         stream_workers: Threads shared by all streams' items.
     """
 
     def __init__(
         self,
         get_service: Callable[[], LookalikeService],
-        stream_in_flight: int,
+        limits: LimitsConfig,
+        unary_workers: int = 32,
         stream_workers: int = 64,
     ) -> None:
         self._get_service = get_service
-        self.stream_in_flight = stream_in_flight
+        self.limits = limits
+        self.stream_in_flight = limits.stream_in_flight
+        self.pushback_ms = limits.retry_pushback_ms
         self.counter = RequestCounter()
         self.started = time.monotonic()
+        self.open_streams = 0
         # Latency observer (method, seconds); the app plugs in Prometheus.
         self.observe: Callable[[str, float], None] = lambda method, seconds: None
+        self._unary_pool = ThreadPoolExecutor(max_workers=unary_workers, thread_name_prefix="unary")
         self._stream_pool = ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream-item")
 
+    # ------------------------------------------------------- plumbing --
+    def method_handlers(self) -> grpc.GenericRpcHandler:
+        """The service's handlers, each request parsed by :func:`safe_deserializer`.
+
+        Built from the service descriptor rather than the generated
+        ``add_LookalikeServicer_to_server``, whose deserializers raise on
+        malformed bytes (gRPC then answers INTERNAL).
+        """
+        service = pb.DESCRIPTOR.services_by_name["Lookalike"]
+        handlers = {}
+        for m in service.methods:
+            request_cls = getattr(pb, m.input_type.name)
+            response_cls = getattr(pb, m.output_type.name)
+            kind = {
+                (False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler,
+            }[(m.client_streaming, m.server_streaming)]
+            handlers[m.name] = kind(
+                getattr(self, m.name),
+                request_deserializer=safe_deserializer(m.name, request_cls.FromString),
+                response_serializer=response_cls.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    async def reject_malformed(self, request: Malformed, context: grpc.aio.ServicerContext) -> NoReturn:
+        """INVALID_ARGUMENT for bytes that are not the method's message; one log line, counted."""
+        self.counter.add(request.method, "INVALID_ARGUMENT")
+        self.counter.add(request.method + ".malformed", "INVALID_ARGUMENT")
+        log.warning("malformed %s request from %s: %s", request.method, context.peer(), request.reason)
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid lookalike.v1 {request.method} message ({request.reason}); "
+            "check that client and server use the same lookalike.proto",
+        )
+        raise AssertionError("unreachable")  # abort raises
+
     @staticmethod
-    def request_context(context: grpc.ServicerContext) -> RequestContext:
+    def request_context(context: grpc.aio.ServicerContext) -> RequestContext:
         """A domain context with the call's deadline, cancelled with the call."""
         remaining = context.time_remaining()
         # grpc reports "no deadline" as None or as a huge number.
         ctx = RequestContext(remaining if remaining is not None and remaining < 1e8 else None)
 
-        def on_done() -> None:
-            if not context.is_active():
+        def on_done(_call: object) -> None:
+            if context.cancelled():
                 ctx.cancel()
 
-        context.add_callback(on_done)
+        context.add_done_callback(on_done)
         return ctx
 
     @property
@@ -225,9 +319,35 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         """The service, or Unavailable while loading."""
         return self._get_service()
 
+    async def _blocking(
+        self, pool: ThreadPoolExecutor, ctx: RequestContext, fn: Callable[..., Any], *args: Any, permit: Any = None
+    ) -> Any:
+        """Runs ``fn(*args)`` on ``pool``; the permit is returned when the work ends, not when the caller leaves."""
+
+        def run() -> Any:
+            ctx.check("starting")  # time queued for a thread counts against the deadline
+            return fn(*args)
+
+        try:
+            fut = pool.submit(run)
+        except BaseException:
+            if permit is not None:
+                permit.release()
+            raise
+        if permit is not None:
+            fut.add_done_callback(lambda _f: permit.release())
+        return await asyncio.wrap_future(fut)
+
+    def _admit(self, svc: LookalikeService, images: list[bytes], models: Any, ctx: RequestContext) -> Any:
+        """Front-door admission: headers read, budgets taken, or refused before any decoding."""
+        if not images:
+            return None
+        names = svc.embedder.require(list(models))
+        return svc.embedder.admission.admit(images, names, remaining_s=ctx.remaining())
+
     # ---------------------------------------------------------- unary --
     @_rpc("ListModels")
-    def ListModels(self, request: pb.ListModelsRequest, ctx: RequestContext) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, ctx: RequestContext) -> pb.ListModelsResponse:
         svc = self.service
         infos = []
         for name, model in svc.models.items():
@@ -263,46 +383,75 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         return pb.ListModelsResponse(models=infos)
 
     @_rpc("Embed")
-    def Embed(self, request: pb.EmbedRequest, ctx: RequestContext) -> pb.EmbedResponse:
-        vectors, timing = self.service.embed(list(request.images), request.model, ctx)
-        return pb.EmbedResponse(
-            model=request.model,
-            dim=vectors.shape[1],
-            embeddings=[pb.Embedding(values=row) for row in vectors.tolist()],
-            timing=timing_pb(timing),
-        )
+    async def Embed(self, request: pb.EmbedRequest, ctx: RequestContext) -> pb.EmbedResponse:
+        svc = self.service
+        images = list(request.images)
+        permit = self._admit(svc, images, [request.model], ctx) if request.model else None
+
+        def run() -> pb.EmbedResponse:
+            vectors, timing = svc.embed(images, request.model, ctx)
+            return pb.EmbedResponse(
+                model=request.model,
+                dim=vectors.shape[1],
+                embeddings=[pb.Embedding(values=row) for row in vectors.tolist()],
+                timing=timing_pb(timing),
+            )
+
+        return await self._blocking(self._unary_pool, ctx, run, permit=permit)
 
     @_rpc("Insert")
-    def Insert(self, request: pb.InsertRequest, ctx: RequestContext) -> pb.InsertResponse:
+    async def Insert(self, request: pb.InsertRequest, ctx: RequestContext) -> pb.InsertResponse:
+        svc = self.service
         items = [InsertItem(it.key, it.image, dict(it.attributes)) for it in request.items]
-        results, timing = self.service.insert(items, list(request.models), ctx)
-        return pb.InsertResponse(results=[insert_result_pb(r) for r in results], timing=timing_pb(timing))
+        permit = self._admit(svc, [it.image for it in items if it.image], request.models, ctx)
+
+        def run() -> pb.InsertResponse:
+            results, timing = svc.insert(items, list(request.models), ctx)
+            return pb.InsertResponse(results=[insert_result_pb(r) for r in results], timing=timing_pb(timing))
+
+        return await self._blocking(self._unary_pool, ctx, run, permit=permit)
 
     @_rpc("Search")
-    def Search(self, request: pb.SearchRequest, ctx: RequestContext) -> pb.SearchResponse:
-        results, timing = self.service.search(search_query(request), ctx)
-        return search_response(results, timing)
+    async def Search(self, request: pb.SearchRequest, ctx: RequestContext) -> pb.SearchResponse:
+        svc = self.service
+        query = search_query(request)
+        permit = self._admit(svc, [query.image], query.models, ctx) if query.image else None
+
+        def run() -> pb.SearchResponse:
+            results, timing = svc.search(query, ctx)
+            return search_response(results, timing)
+
+        return await self._blocking(self._unary_pool, ctx, run, permit=permit)
 
     @_rpc("Get")
-    def Get(self, request: pb.GetRequest, ctx: RequestContext) -> pb.Item:
+    async def Get(self, request: pb.GetRequest, ctx: RequestContext) -> pb.Item:
+        svc = self.service
         which = request.WhichOneof("item")
-        item = self.service.get(item_id=request.id if which == "id" else None, key=request.key or None)
-        return pb.Item(
-            id=item.id,
-            key=item.key,
-            attributes=item.attributes,
-            content_sha256=item.content_sha256,
-            models=list(item.models),
-            created_at=item.created_at,
-        )
+
+        def run() -> pb.Item:
+            item = svc.get(item_id=request.id if which == "id" else None, key=request.key or None)
+            return pb.Item(
+                id=item.id,
+                key=item.key,
+                attributes=item.attributes,
+                content_sha256=item.content_sha256,
+                models=list(item.models),
+                created_at=item.created_at,
+            )
+
+        return await self._blocking(self._unary_pool, ctx, run)
 
     @_rpc("Delete")
-    def Delete(self, request: pb.DeleteRequest, ctx: RequestContext) -> pb.DeleteResponse:
-        models = self.service.delete(request.id)
-        return pb.DeleteResponse(id=request.id, models=list(models))
+    async def Delete(self, request: pb.DeleteRequest, ctx: RequestContext) -> pb.DeleteResponse:
+        svc = self.service
+
+        def run() -> pb.DeleteResponse:
+            return pb.DeleteResponse(id=request.id, models=list(svc.delete(request.id)))
+
+        return await self._blocking(self._unary_pool, ctx, run)
 
     @_rpc("GetStats")
-    def GetStats(self, request: pb.GetStatsRequest, ctx: RequestContext) -> pb.GetStatsResponse:
+    async def GetStats(self, request: pb.GetStatsRequest, ctx: RequestContext) -> pb.GetStatsResponse:
         svc = self.service
         batchers = []
         for name, st in svc.embedder.stats(reset=request.reset).items():
@@ -327,108 +476,163 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         )
 
     # -------------------------------------------------------- streams --
-    def InsertStream(
-        self, request_iterator: Iterator[pb.InsertStreamRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.InsertStreamResponse]:
-        def one(req: pb.InsertStreamRequest, ctx: RequestContext) -> pb.InsertStreamResponse:
+    async def InsertStream(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InsertStreamResponse]:
+        def admit(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> Any:
+            return self._admit(svc, [req.item.image] if req.item.image else [], req.models, ctx)
+
+        def one(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> pb.InsertStreamResponse:
             item = InsertItem(req.item.key, req.item.image, dict(req.item.attributes))
-            (result,), _ = self.service.insert([item], list(req.models), ctx)
+            (result,), _ = svc.insert([item], list(req.models), ctx)
             return pb.InsertStreamResponse(request_id=req.request_id, result=insert_result_pb(result))
 
         def failed(req: pb.InsertStreamRequest, exc: BaseException) -> pb.InsertStreamResponse:
             return pb.InsertStreamResponse(request_id=req.request_id, error=to_error(exc))
 
-        yield from self._stream("InsertStream", request_iterator, context, one, failed)
+        async for answer in self._stream("InsertStream", request_iterator, context, admit, one, failed):
+            yield answer
 
-    def SearchStream(
-        self, request_iterator: Iterator[pb.SearchStreamRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.SearchStreamResponse]:
-        def one(req: pb.SearchStreamRequest, ctx: RequestContext) -> pb.SearchStreamResponse:
-            results, timing = self.service.search(search_query(req.query), ctx)
+    async def SearchStream(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SearchStreamResponse]:
+        def admit(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> Any:
+            image = req.query.image if req.query.WhichOneof("query") == "image" else b""
+            return self._admit(svc, [image] if image else [], req.query.models, ctx)
+
+        def one(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> pb.SearchStreamResponse:
+            results, timing = svc.search(search_query(req.query), ctx)
             return pb.SearchStreamResponse(request_id=req.request_id, result=search_response(results, timing))
 
         def failed(req: pb.SearchStreamRequest, exc: BaseException) -> pb.SearchStreamResponse:
             return pb.SearchStreamResponse(request_id=req.request_id, error=to_error(exc))
 
-        yield from self._stream("SearchStream", request_iterator, context, one, failed)
+        async for answer in self._stream("SearchStream", request_iterator, context, admit, one, failed):
+            yield answer
 
-    def _stream(
+    async def _stream(
         self,
         method: str,
-        request_iterator: Iterator[Any],
-        context: grpc.ServicerContext,
-        one: Callable[[Any, RequestContext], Any],
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        admit: Callable[[LookalikeService, Any, RequestContext], Any],
+        one: Callable[[LookalikeService, Any, RequestContext], Any],
         failed: Callable[[Any, BaseException], Any],
-    ) -> Iterator[Any]:
-        """Runs a bidirectional stream with a bounded window of items in flight."""
+    ) -> AsyncIterator[Any]:
+        """Runs a bidirectional stream with a bounded window of items in flight.
+
+        A reader task reads requests while the window has room (when it is
+        full, the reader stops reading and HTTP/2 flow control pushes back on
+        the client); each item runs on the stream pool; answers are yielded
+        as they complete. A stream with nothing in flight that sends nothing
+        for ``limits.stream_idle_s`` is closed; at most ``limits.max_streams``
+        are open at once.
+        """
         try:
-            self.service  # noqa: B018 - fail the whole stream fast while loading
+            svc = self.service  # fail the whole stream fast while loading
         except ServiceError as exc:
             self.counter.add(method, exc.code)
-            context.abort(status_code(exc.code), exc.message)
+            await context.abort(status_code(exc.code), exc.message)
+        if self.open_streams >= self.limits.max_streams:
+            self.counter.add(method, "RESOURCE_EXHAUSTED")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.open_streams} streams are open (limit {self.limits.max_streams}); retry with backoff",
+                trailing_metadata=(("grpc-retry-pushback-ms", str(self.pushback_ms)),),
+            )
+        self.open_streams += 1
         stream_ctx = self.request_context(context)
-        window = threading.Semaphore(self.stream_in_flight)
-        answers: queue.Queue[Any] = queue.Queue()
-        reader_done = object()
+        window = asyncio.Semaphore(self.stream_in_flight)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
         state = _StreamState()
+        tasks: set[asyncio.Task[None]] = set()
 
-        def run_item(req: Any) -> None:
+        async def run_item(req: Any) -> None:
             ctx = stream_ctx.child()
             try:
-                answers.put(one(req, ctx))
+                permit = admit(svc, req, ctx)
+                answer = await self._blocking(self._stream_pool, ctx, one, svc, req, ctx, permit=permit)
                 self.counter.add(method + ".item", "OK")
             except Exception as exc:
                 self.counter.add(method + ".item", grpc_code_for(exc))
-                answers.put(failed(req, exc))
+                answer = failed(req, exc)
             finally:
                 stream_ctx.release(ctx)
                 window.release()
+            await answers.put(answer)
 
-        def reader() -> None:
+        async def reader() -> None:
+            iterator = request_iterator.__aiter__()
             try:
-                for req in request_iterator:
-                    # Flow control: stop reading while the window is full.
-                    while not window.acquire(timeout=0.25):
-                        if stream_ctx.cancelled:
+                while True:
+                    await window.acquire()
+                    next_req = asyncio.ensure_future(iterator.__anext__())
+                    # Idle = nothing in flight and nothing sent for stream_idle_s.
+                    while not (await asyncio.wait({next_req}, timeout=self.limits.stream_idle_s))[0]:
+                        if not tasks:
+                            next_req.cancel()
+                            window.release()
+                            state.idle = True
                             return
-                    if stream_ctx.cancelled:
+                    try:
+                        req = next_req.result()
+                    except StopAsyncIteration:
                         window.release()
                         return
-                    state.sent += 1
-                    try:
-                        self._stream_pool.submit(run_item, req)
-                    except RuntimeError as exc:  # pool shut down: server stopping
+                    if isinstance(req, Malformed):
                         window.release()
-                        answers.put(failed(req, Unavailable(f"server is shutting down ({exc})")))
+                        state.malformed = req
+                        return
+                    state.sent += 1
+                    task = asyncio.ensure_future(run_item(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             except grpc.RpcError:
                 pass  # the client went away; the stream context is cancelled
             except Exception as exc:
                 state.read_error = exc
             finally:
-                answers.put(reader_done)
+                await answers.put(done)
 
-        threading.Thread(target=reader, name=f"{method}-reader", daemon=True).start()
+        reading = asyncio.ensure_future(reader())
         received = 0
-        reading = True
-        while reading or received < state.sent:
-            try:
-                answer = answers.get(timeout=0.5)
-            except queue.Empty:
-                if stream_ctx.cancelled:
-                    break
-                continue
-            if answer is reader_done:
-                reading = False
-                continue
-            received += 1
-            yield answer
+        finished_reading = False
+        try:
+            while not finished_reading or received < state.sent:
+                answer = await answers.get()
+                if answer is done:
+                    finished_reading = True
+                    continue
+                received += 1
+                yield answer
+        except asyncio.CancelledError:
+            stream_ctx.cancel()
+            self.counter.add(method, "CANCELLED")
+            raise
+        finally:
+            self.open_streams -= 1
+            reading.cancel()
+            for task in list(tasks):
+                task.cancel()
+        if state.malformed is not None:
+            stream_ctx.cancel()
+            await self.reject_malformed(state.malformed, context)
+        if state.idle:
+            self.counter.add(method, "DEADLINE_EXCEEDED")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"stream idle for {self.limits.stream_idle_s:g}s with nothing in flight; closed by the server "
+                "(limits.stream_idle_s); open a new stream when there is work",
+            )
         if state.read_error is not None:
             err = state.read_error
             code = grpc_code_for(err if isinstance(err, ServiceError) else InternalError(str(err)))
             self.counter.add(method, code)
-            context.abort(status_code(code), error_message(err))
+            await context.abort(status_code(code), error_message(err))
         self.counter.add(method, "CANCELLED" if stream_ctx.cancelled else "OK")
 
     def close(self) -> None:
-        """Stops the stream pool."""
+        """Stops the thread pools (queued work is cancelled)."""
         self._stream_pool.shutdown(wait=False, cancel_futures=True)
+        self._unary_pool.shutdown(wait=False, cancel_futures=True)

@@ -8,7 +8,6 @@ the constants here are fixed by the stores' schemas or by Milvus itself.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -83,13 +82,19 @@ def resolve_top_k(top_k: int, limits: LimitsConfig) -> int:
 
 
 def check_query_vector(vector: np.ndarray, model: str, dim: int) -> np.ndarray:
-    """A raw query vector as a finite, non-zero float32 row of the model's dimension."""
-    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    """A raw query vector as a finite, non-zero float32 row of unit length.
+
+    The values are divided by their largest magnitude before the norm is
+    taken, so huge finite values (1280 x 3e38, whose squares overflow float32)
+    normalise correctly instead of being called "zero length".
+    """
+    vec = np.asarray(vector, dtype=np.float64).reshape(-1)
     if vec.shape[0] != dim:
         raise InvalidArgument(f"vector has {vec.shape[0]} values; model {model!r} needs {dim}")
     if not np.all(np.isfinite(vec)):
         raise InvalidArgument("vector contains NaN or infinite values")
-    norm = float(np.linalg.norm(vec))
-    if not math.isfinite(norm) or norm == 0.0:
-        raise InvalidArgument("vector has zero length; it cannot be normalised")
-    return vec
+    peak = float(np.max(np.abs(vec))) if vec.size else 0.0
+    if peak == 0.0:
+        raise InvalidArgument("vector has zero length (every value is 0); it has no direction to search by")
+    scaled = vec / peak
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)

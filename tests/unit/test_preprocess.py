@@ -198,3 +198,66 @@ def test_empty_query_image_says_empty_not_needs_one_of():
     assert req.WhichOneof("query") == "image"  # proto3 oneof members keep presence
     with pytest.raises(InvalidArgument, match="query image is empty"):
         search_query(req)
+
+
+# ------------------------------------------------- bounded cost (issue 9) --
+def test_aspect_ratio_bombs_are_invalid_argument_with_an_actionable_message():
+    for w, h in ((4000, 1), (1, 4000), (10_000_000, 1), (1, 10_000_000)):
+        with pytest.raises(InvalidArgument) as info:
+            decode_image(png_header_only(w, h), **LIMITS, max_aspect_ratio=32)
+        assert f"{w}x{h}" in info.value.message and "crop it" in info.value.message
+
+
+def test_resize_of_a_strip_only_resizes_what_the_crop_keeps():
+    """A 4000x1 strip (aspect limit off) is resized straight to the crop: no 1,024,000x256 intermediate."""
+    spec = PreprocessSpec()
+    strip = Image.fromarray(np.tile(np.arange(4000, dtype=np.uint8)[None, :, None], (1, 1, 3)))
+    out = resize_and_crop(strip, spec)
+    assert out.size == (224, 224)
+    # Ordinary shapes keep the exact two-step (torchvision) path.
+    img = gradient(300, 200)
+    two_step = img.resize((384, 256), Image.Resampling.BILINEAR).crop((80, 16, 304, 240))
+    assert np.array_equal(np.asarray(resize_and_crop(img, spec)), np.asarray(two_step))
+
+
+def test_box_resize_matches_the_two_step_result_closely():
+    spec = PreprocessSpec()
+    img = gradient(2000, 200)  # aspect 10: intermediate 2560x256 > 4 x 256^2, so the box path runs
+    two_step = img.resize((2560, 256), Image.Resampling.BILINEAR).crop((1168, 16, 1392, 240))
+    got = np.asarray(resize_and_crop(img, spec), dtype=np.int16)
+    assert np.abs(got - np.asarray(two_step, dtype=np.int16)).max() <= 2
+
+
+def test_probe_reads_only_the_header_and_counts_draft_pixels():
+    from lookalike_server.preprocess import probe_image
+
+    data = encode(gradient(4000, 3000), "JPEG")
+    h = probe_image(data, **LIMITS, draft_size=(256, 256))
+    assert (h.format, h.width, h.height) == ("JPEG", 4000, 3000)
+    assert h.decoded_pixels == 1000 * 750  # libjpeg decodes at 1/4 scale
+
+
+def test_decoder_exceptions_never_escape_unmapped():
+    # Truncated in the middle of the header, and garbage after a valid signature.
+    for data in (png_header_only(64, 64)[:20], b"\x89PNG\r\n\x1a\n" + b"\xff" * 40, b"GIF89a\xff\xff"):
+        with pytest.raises(InvalidArgument):
+            decode_image(data, **LIMITS)
+
+
+def test_fair_executor_serves_requests_round_robin():
+    import threading
+
+    from lookalike_server.embedder import FairExecutor
+
+    pool = FairExecutor(1, "test")
+    gate = threading.Event()
+    order: list[str] = []
+    first = pool.submit("big", lambda: (gate.wait(5), order.append("big0")))
+    for i in range(1, 10):
+        pool.submit("big", order.append, f"big{i}")
+    small = pool.submit("small", order.append, "small0")
+    gate.set()
+    small.result(5)
+    first.result(5)
+    assert order.index("small0") <= 2, order  # not after all ten of the big request
+    pool.shutdown()
