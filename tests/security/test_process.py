@@ -153,7 +153,8 @@ def test_data_directory_and_files_are_private(tmp_path: Path, photos: list[Path]
     if ports is not None:
         assert ports == {server.port}, f"TCP ports open: {ports} (gRPC: {server.port})"
     assert sock_mode == 0o600
-    assert (data / "redis.db").exists() and (data / "milvus.db").exists()
+    # The embedded Redis keeps its data in an append-only file (see store/embedded_redis.py).
+    assert (data / "redis.aof").exists() and (data / "milvus.db").exists()
     modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [data, *data.rglob("*")]}
     assert modes["data"] == 0o700
     opened = {p: oct(m) for p, m in modes.items() if m & 0o077}
