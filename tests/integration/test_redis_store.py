@@ -193,8 +193,12 @@ def test_unreachable_redis_is_unavailable(
         with pytest.raises(errors.Unavailable) as info:
             call()
         message = info.value.message
-        assert "Redis" in message and f"127.0.0.1:{port}" in message and "retriable" in message
+        assert "Redis" in message and "retriable" in message
         assert "hunter2" not in message
+        if call != store.ping:  # bound methods compare equal, never identical
+            # A data call's error reaches the caller: it names the dependency, not its address.
+            # (The health check's message reaches only the operator's log, address included.)
+            assert f"127.0.0.1:{port}" not in message
     assert time.monotonic() - started < 15
     store.close()
 

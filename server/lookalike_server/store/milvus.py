@@ -322,21 +322,23 @@ class MilvusStore:
         where = f"{action} on collection {collection!r}" if collection else action
         if isinstance(exc, errors.ServiceError):
             raise exc
+        if _is_unavailable(exc) or not isinstance(exc, (ParamError, DataTypeNotMatchException, DataNotMatchException)):
+            # Callers learn which dependency failed, not where it lives: gRPC's
+            # text names ipv4:host:port. The operator's log keeps the detail.
+            log.warning("Milvus at %s: %s: %s", self._safe_uri, where, _short(exc))
         if _is_unavailable(exc):
-            raise errors.Unavailable(
-                f"Milvus at {self._safe_uri} is unavailable ({where}): {_short(exc)}; retriable"
-            ) from exc
+            raise errors.Unavailable(f"Milvus is unavailable ({where}); retriable") from exc
         if isinstance(exc, (ParamError, DataTypeNotMatchException, DataNotMatchException)):
             raise errors.InvalidArgument(f"Milvus rejected {where}: {_short(exc)}") from exc
         if isinstance(exc, MilvusException) and exc.code == _COLLECTION_NOT_FOUND:
             raise errors.FailedPrecondition(
                 f"Milvus collection {collection!r} does not exist ({where}); it is created at start-up"
             ) from exc
-        raise errors.InternalError(f"Milvus at {self._safe_uri} failed ({where}): {_short(exc)}") from exc
+        raise errors.InternalError(f"Milvus failed ({where}); the server log has the details") from exc
 
     def _check_open(self) -> None:
         if self._closed:
-            raise errors.Unavailable(f"Milvus store for {self._safe_uri} is closed; retriable after restart")
+            raise errors.Unavailable("Milvus store is closed; retriable after restart")
 
     # ------------------------------------------------------------- collections
 

@@ -188,13 +188,16 @@ class RedisStore:
         """Translates a redis-py exception into the server's error family."""
         if isinstance(exc, errors.ServiceError):
             raise exc
+        # The caller's message names the dependency, never its address or the
+        # driver's text (which carries host:port); the operator's log has both.
+        log.warning("Redis at %s: %s failed: %s", self._where, action, exc)
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
-            raise errors.Unavailable(f"Redis at {self._where} is unavailable ({action}): {exc}; retriable") from exc
-        raise errors.InternalError(f"Redis at {self._where} failed ({action}): {exc}") from exc
+            raise errors.Unavailable(f"Redis is unavailable ({action}); retriable") from exc
+        raise errors.InternalError(f"Redis failed ({action}); the server log has the details") from exc
 
     def _check_open(self) -> None:
         if self._closed:
-            raise errors.Unavailable(f"Redis store for {self._where} is closed; retriable after restart")
+            raise errors.Unavailable("Redis store is closed; retriable after restart")
 
     # ----------------------------------------------------------------- records
 
