@@ -248,11 +248,19 @@ class Ledger:
     images: dict[str, bytes] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
     uncertain: set[str] = field(default_factory=set)
+    # Keys a Delete was sent for. An insert of such a key that was in flight
+    # while the Delete ran may be answered before or after it: its answer
+    # proves nothing about what is stored now, so it is not counted.
+    delete_targets: set[str] = field(default_factory=set)
+    raced_deletes: int = 0
     id_changed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ack(self, key: str, res: Any) -> None:
         with self.lock:
+            if key in self.delete_targets:
+                self.raced_deletes += 1
+                return
             prev = self.acked.get(key)
             if prev is not None and prev[0] != res.id:
                 self.id_changed += 1  # a retry of acknowledged content answered another id
@@ -381,7 +389,7 @@ class Chaos:
 
     def retry_item(self) -> pb.InsertItem | None:
         with self.ledger.lock:
-            keys = list(self.ledger.acked)
+            keys = [k for k in self.ledger.acked if k not in self.ledger.delete_targets]
         if not keys:
             return None
         key = self.rng.choice(keys)
@@ -426,6 +434,7 @@ class Chaos:
             with self.ledger.lock:
                 item_id = self.ledger.acked.pop(key)[0]
                 self.ledger.uncertain.add(key)
+                self.ledger.delete_targets.add(key)
             try:
                 self.stub().Delete(pb.DeleteRequest(id=item_id), timeout=10)
             except grpc.RpcError:
@@ -628,6 +637,10 @@ class Chaos:
                 if item.id == item_id:
                     undeleted += 1
                     notes.append(f"undeleted {key} id {item_id}")
+        with self.ledger.lock:
+            if self.ledger.raced_deletes:
+                notes.append(f"{self.ledger.raced_deletes} insert answer(s) raced a Delete of their key (not counted)")
+            self.ledger.raced_deletes = 0
         store = self.store_check(notes)
         orphans = self.orphan_processes(notes) + self.orphans_seen
         if self.orphans_seen:
