@@ -18,10 +18,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lookalike_export.archs import packaged_weights
 from lookalike_export.entry import upsert_entry
 from lookalike_export.parity import find_photos
 from lookalike_export.torch_export import export_torch
+from lookalike_export.weights import packaged_weights
 from lookalike_server.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

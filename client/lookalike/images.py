@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+"""File name suffixes (lower case) taken as images when a directory is walked (``index``, ``bench``)."""
+
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, "PILImage.Image"]
 """Anything the client accepts as an image: a file path, encoded bytes, or a PIL image."""
 

@@ -1,7 +1,9 @@
 """Turning framework weights into ONNX files and model-registry entries.
 
 ``lookalike-export`` (:mod:`.cli`) is the entry point. Modules: :mod:`.archs`
-(networks whose state dicts match torchvision's), :mod:`.torch_export`,
+(the architectures and the feature networks built from them),
+:mod:`.torchvision_nets` (networks whose state dicts match torchvision's),
+:mod:`.weights` (finding and loading ``.pth`` files), :mod:`.torch_export`,
 :mod:`.keras_export`, :mod:`.quantize` (fp16, int8), :mod:`.parity` (ONNX
 Runtime vs framework on real photos), :mod:`.entry` (editing ``models.toml``)
 and :mod:`.result`. The registry schema it writes is the server's own,

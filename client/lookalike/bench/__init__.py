@@ -53,7 +53,6 @@ from lookalike.bench.runner import _int_list as _int_list
 from lookalike.bench.stats import (
     DEFAULT_IMAGE_DIRS,
     DEFAULT_MAX_IN_FLIGHT,
-    IMAGE_SUFFIXES,
     LATENCY_KEYS,
     MAX_MESSAGE_BYTES,
     METHODS,
@@ -73,7 +72,6 @@ from lookalike.bench.stats import (
 __all__ = [
     "DEFAULT_IMAGE_DIRS",
     "DEFAULT_MAX_IN_FLIGHT",
-    "IMAGE_SUFFIXES",
     "LATENCY_KEYS",
     "MAX_MESSAGE_BYTES",
     "METHODS",

@@ -17,12 +17,12 @@ import grpc
 from lookalike.bench.stats import (
     DEFAULT_IMAGE_DIRS,
     DEFAULT_MAX_IN_FLIGHT,
-    IMAGE_SUFFIXES,
     METHODS,
     BenchError,
     WindowRecorder,
     stats_summary,
 )
+from lookalike.images import IMAGE_SUFFIXES
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 

@@ -22,7 +22,6 @@ TIMING_FIELDS: tuple[str, ...] = (
     "batch_size",
 )
 METHODS: tuple[str, ...] = ("embed", "search", "insert")
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_IMAGE_DIRS: tuple[str, ...] = ("tests/data/photos", ".cache/photos")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Largest number of requests an open-loop point keeps in flight; arrivals past
