@@ -267,7 +267,7 @@ def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(photos)
 
 def test_health_is_not_serving_until_models_are_warm():
     from lookalike_server.app import build_server
-    from lookalike_server.config import load_config
+    from lookalike_server.config_loading import load_config
 
     config = replace(load_config(["--port", "0"], {}), stores=False, models=ModelsConfig(only=("mobilenet_v2",)))
     server, port = build_server(config, load=False)
