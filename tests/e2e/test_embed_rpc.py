@@ -19,8 +19,8 @@ from PIL import Image
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from lookalike_server.config import BatchingConfig, LimitsConfig, ModelsConfig
-from lookalike_server.models import load_registry
 from lookalike_server.preprocess import preprocess
+from lookalike_server.registry_reader import load_registry
 from tests.conftest import ROOT, start_server
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")

@@ -10,7 +10,8 @@ import pytest
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, load_registry, pool_features
+from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, pool_features
+from lookalike_server.registry_reader import load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "models" / "models.toml"
