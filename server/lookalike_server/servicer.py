@@ -348,13 +348,13 @@ class LookalikeServicer:
     # ---------------------------------------------------------- unary --
     @_rpc("ListModels")
     async def ListModels(self, request: pb.ListModelsRequest, ctx: RequestContext) -> pb.ListModelsResponse:
-        svc = self.service
         infos = []
-        for name, model in svc.models.items():
+        for view in self.service.model_views():
+            model = view.model
             spec, pre = model.spec, model.spec.preprocess
             infos.append(
                 pb.ModelInfo(
-                    name=name,
+                    name=view.name,
                     version=spec.version,
                     dim=spec.dim,
                     preprocessing=pb.Preprocessing(
@@ -375,7 +375,7 @@ class LookalikeServicer:
                     batch_buckets=list(model.buckets),
                     max_batch_size=model.max_batch_size,
                     max_delay_ms=spec.batching.max_delay_ms,
-                    collection=svc.collections.get(name, ""),
+                    collection=view.collection,
                     description=spec.description,
                     onnx_sha256=model.sha256,
                 )
