@@ -338,13 +338,6 @@ class LookalikeServicer:
             fut.add_done_callback(lambda _f: permit.release())
         return await asyncio.wrap_future(fut)
 
-    def _admit(self, svc: LookalikeService, images: list[bytes], models: Any, ctx: RequestContext) -> Any:
-        """Front-door admission: headers read, budgets taken, or refused before any decoding."""
-        if not images:
-            return None
-        names = svc.embedder.require(list(models))
-        return svc.embedder.admission.admit(images, names, remaining_s=ctx.remaining())
-
     # ---------------------------------------------------------- unary --
     @_rpc("ListModels")
     async def ListModels(self, request: pb.ListModelsRequest, ctx: RequestContext) -> pb.ListModelsResponse:
@@ -386,7 +379,7 @@ class LookalikeServicer:
     async def Embed(self, request: pb.EmbedRequest, ctx: RequestContext) -> pb.EmbedResponse:
         svc = self.service
         images = list(request.images)
-        permit = self._admit(svc, images, [request.model], ctx) if request.model else None
+        permit = svc.admit(images, [request.model], ctx) if request.model else None
 
         def run() -> pb.EmbedResponse:
             vectors, timing = svc.embed(images, request.model, ctx)
@@ -403,7 +396,7 @@ class LookalikeServicer:
     async def Insert(self, request: pb.InsertRequest, ctx: RequestContext) -> pb.InsertResponse:
         svc = self.service
         items = [InsertItem(it.key, it.image, dict(it.attributes)) for it in request.items]
-        permit = self._admit(svc, [it.image for it in items if it.image], request.models, ctx)
+        permit = svc.admit([it.image for it in items if it.image], request.models, ctx)
 
         def run() -> pb.InsertResponse:
             results, timing = svc.insert(items, list(request.models), ctx)
@@ -415,7 +408,7 @@ class LookalikeServicer:
     async def Search(self, request: pb.SearchRequest, ctx: RequestContext) -> pb.SearchResponse:
         svc = self.service
         query = search_query(request)
-        permit = self._admit(svc, [query.image], query.models, ctx) if query.image else None
+        permit = svc.admit([query.image], query.models, ctx) if query.image else None
 
         def run() -> pb.SearchResponse:
             results, timing = svc.search(query, ctx)
@@ -454,7 +447,7 @@ class LookalikeServicer:
     async def GetStats(self, request: pb.GetStatsRequest, ctx: RequestContext) -> pb.GetStatsResponse:
         svc = self.service
         batchers = []
-        for name, st in svc.embedder.stats(reset=request.reset).items():
+        for name, st in svc.batcher_stats(reset=request.reset).items():
             batchers.append(
                 pb.BatcherStats(
                     model=name,
@@ -480,7 +473,7 @@ class LookalikeServicer:
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.InsertStreamResponse]:
         def admit(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> Any:
-            return self._admit(svc, [req.item.image] if req.item.image else [], req.models, ctx)
+            return svc.admit([req.item.image] if req.item.image else [], req.models, ctx)
 
         def one(svc: LookalikeService, req: pb.InsertStreamRequest, ctx: RequestContext) -> pb.InsertStreamResponse:
             item = InsertItem(req.item.key, req.item.image, dict(req.item.attributes))
@@ -498,7 +491,7 @@ class LookalikeServicer:
     ) -> AsyncIterator[pb.SearchStreamResponse]:
         def admit(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> Any:
             image = req.query.image if req.query.WhichOneof("query") == "image" else b""
-            return self._admit(svc, [image] if image else [], req.query.models, ctx)
+            return svc.admit([image] if image else [], req.query.models, ctx)
 
         def one(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> pb.SearchStreamResponse:
             results, timing = svc.search(search_query(req.query), ctx)
