@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
-
-import tomllib
 
 from lookalike_server.config import REPO_ROOT, SECTIONS, Config
 from lookalike_server.errors import ConfigError

@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from lookalike_server.errors import ConfigError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec

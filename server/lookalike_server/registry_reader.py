@@ -13,12 +13,11 @@ model (:mod:`lookalike_server.models` loads them).
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from lookalike_export.parity import find_photos, load_rgb, preprocess_image
 from lookalike_export.quantize import entry_from_registry
