@@ -56,7 +56,8 @@ def load_model(
         providers: Execution providers, in priority order.
     """
     from lookalike_server.config import BatchingConfig
-    from lookalike_server.models import OnnxModel, load_registry
+    from lookalike_server.models import OnnxModel
+    from lookalike_server.registry_reader import load_registry
 
     registry = registry or REPO / "models" / "models.toml"
     (spec,) = load_registry(registry, BatchingConfig(max_batch_size=64), only=[name])

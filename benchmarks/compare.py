@@ -137,8 +137,8 @@ def prefill(data_dir: Path, model: str, n: int, server_args: Sequence[str]) -> d
 
     import numpy as np
 
-    from lookalike_server.config import load_config
-    from lookalike_server.models import load_registry
+    from lookalike_server.config_loading import load_config
+    from lookalike_server.registry_reader import load_registry
     from lookalike_server.store.milvus import MilvusStore
     from lookalike_server.store.redis import RedisStore
 

@@ -465,7 +465,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         log(f"copy detection: {len(copy_queries)} queries in {copy_s:.1f}s")
 
     return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/quality.py" + ("" if not argv else " " + shlex.join(argv)),
         "git_commit": _git_commit(),
         "machine": describe_machine(models),

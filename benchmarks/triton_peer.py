@@ -99,8 +99,9 @@ def serve(args: argparse.Namespace) -> int:
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from lookalike_server.config import BatchingConfig
-    from lookalike_server.models import OnnxModel, load_registry
+    from lookalike_server.models import OnnxModel
     from lookalike_server.preprocess import preprocess
+    from lookalike_server.registry_reader import load_registry
 
     (spec,) = load_registry(
         REPO / "models" / "models.toml", BatchingConfig(max_batch_size=args.max_batch_size), only=[args.model]

@@ -3,7 +3,7 @@
     python scripts/gen_config_docs.py          # rewrite the block between the markers
     python scripts/gen_config_docs.py --check  # exit 1 if the committed file is stale
 
-The table itself comes from :func:`lookalike_server.config.config_reference`;
+The table itself comes from :func:`lookalike_server.config_loading.config_reference`;
 ``tests/unit/test_config.py`` fails when the committed file drifts from it.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lookalike_server.config import config_reference
+from lookalike_server.config_loading import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"

@@ -82,7 +82,7 @@ def start_server(**changes: object) -> LiveServer:
     Keyword args are top-level Config fields or whole sections.
     """
     from lookalike_server.app import build_server
-    from lookalike_server.config import load_config
+    from lookalike_server.config_loading import load_config
 
     config = load_config(["--port", "0", "--grace-s", "2"])
     config = replace(config, **changes)

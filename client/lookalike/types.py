@@ -191,7 +191,7 @@ class Item:
     @property
     def created(self) -> datetime.datetime:
         """``created_at`` as an aware UTC datetime (``item.created.isoformat()`` for ISO 8601)."""
-        return datetime.datetime.fromtimestamp(self.created_at, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.created_at, tz=datetime.UTC)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ import itertools
 import os
 import re
 import tempfile
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from lookalike_server.errors import ConfigError
 from lookalike_server.registry import ModelEntry

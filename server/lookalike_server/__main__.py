@@ -1,8 +1,9 @@
 """``lookalike-server``: run the server from flags, env vars and an optional TOML file.
 
 Every setting is a flag and an env var (``lookalike-server --help`` lists them);
-see ``config.py``. SIGTERM and SIGINT shut down gracefully: health goes
-NOT_SERVING, in-flight calls get ``--grace-s`` seconds, then the process exits.
+see ``config.py`` (the settings) and ``config_loading.py`` (their sources).
+SIGTERM and SIGINT shut down gracefully: health goes NOT_SERVING, in-flight
+calls get ``--grace-s`` seconds, then the process exits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from lookalike_server.config import add_arguments, describe, load_config
+from lookalike_server.config_loading import add_arguments, describe, load_config
 from lookalike_server.errors import ConfigError, ServiceError
 from lookalike_server.logging_setup import install_redaction
 from lookalike_server.logs import configure_logging

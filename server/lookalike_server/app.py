@@ -41,7 +41,8 @@ from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
 from lookalike_server.fileperms import private_dir
-from lookalike_server.models import OnnxModel, load_registry
+from lookalike_server.models import OnnxModel
+from lookalike_server.registry_reader import load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
 

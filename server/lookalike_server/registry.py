@@ -1,7 +1,7 @@
 """The model registry's schema: what one ``[[models]]`` table of ``models.toml`` holds.
 
 One home for the schema, shared by its reader and its writer: the server's
-loader (:mod:`lookalike_server.models`) validates entries against
+loader (:mod:`lookalike_server.registry_reader`) validates entries against
 :data:`ENTRY_KEYS`, and the exporter (the separate ``lookalike_export``
 package) writes :class:`ModelEntry` objects with :meth:`ModelEntry.to_toml`.
 A key added here is known to both; a key written by one and not read by the
@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from lookalike_server.errors import ConfigError
 from lookalike_server.preprocess import PRESETS, PreprocessSpec

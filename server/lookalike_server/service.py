@@ -38,6 +38,8 @@ from lookalike_server.models import OnnxModel
 from lookalike_server.validation import check_images
 
 if TYPE_CHECKING:
+    from lookalike_server.admission import Permit
+    from lookalike_server.batching import BatcherStats
     from lookalike_server.ingest import Ingestor, Stores
     from lookalike_server.query import Searcher
     from lookalike_server.repair import Repairer
@@ -150,7 +152,39 @@ class LookalikeService:
         """Every loaded model with its collection ("" when embed-only), for ListModels."""
         return [ModelView(name, model, self.collections.get(name, "")) for name, model in self.models.items()]
 
+    def batcher_stats(self, reset: bool = False) -> dict[str, BatcherStats]:
+        """Each model's batcher counters since the last reset, for GetStats.
+
+        Args:
+            reset: Start a new window (the monotonic totals keep counting).
+        """
+        return self.embedder.stats(reset=reset)
+
     # ------------------------------------------------------------- calls --
+    def admit(self, images: Sequence[bytes], models: Sequence[str], ctx: RequestContext) -> Permit | None:
+        """Front-door admission: headers read, budgets taken, or refused before any decoding.
+
+        The servicer calls it on the event loop, before the call's work goes
+        to a thread, so a refused call costs no thread and no decoding.
+
+        Args:
+            images: The call's (or stream item's) encoded images.
+            models: Requested model names (empty = all loaded).
+            ctx: The call's context (its deadline bounds the expected wait).
+
+        Returns:
+            A permit to release when the work ends, or None when there are no images.
+
+        Raises:
+            ModelNotFound: A model that is not loaded.
+            InvalidArgument: An image that is not one (TooLarge: one past a size limit).
+            Overloaded: The budgets cannot take the images now, or not before the deadline.
+        """
+        if not images:
+            return None
+        names = self.embedder.require(list(models))
+        return self.embedder.admission.admit(images, names, remaining_s=ctx.remaining())
+
     def embed(self, images: Sequence[bytes], model: str, ctx: RequestContext) -> tuple[np.ndarray, Timing]:
         """Embeds images with one model; nothing is stored."""
         if not model:

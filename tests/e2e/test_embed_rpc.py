@@ -19,8 +19,8 @@ from PIL import Image
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from lookalike_server.config import BatchingConfig, LimitsConfig, ModelsConfig
-from lookalike_server.models import load_registry
 from lookalike_server.preprocess import preprocess
+from lookalike_server.registry_reader import load_registry
 from tests.conftest import ROOT, start_server
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
@@ -267,7 +267,7 @@ def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(photos)
 
 def test_health_is_not_serving_until_models_are_warm():
     from lookalike_server.app import build_server
-    from lookalike_server.config import load_config
+    from lookalike_server.config_loading import load_config
 
     config = replace(load_config(["--port", "0"], {}), stores=False, models=ModelsConfig(only=("mobilenet_v2",)))
     server, port = build_server(config, load=False)

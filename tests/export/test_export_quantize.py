@@ -12,7 +12,8 @@ from PIL import Image
 from lookalike_export.quantize import quantize_model
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ModelLoadError
-from lookalike_server.models import OnnxModel, load_registry
+from lookalike_server.models import OnnxModel
+from lookalike_server.registry_reader import load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION = sorted((ROOT / "tests" / "data" / "export").glob("*.jpg"))

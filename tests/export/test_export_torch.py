@@ -142,7 +142,7 @@ def test_random_weight_exports_are_clean_graphs_with_parity(exported: Path, name
 
 
 def test_registry_written_by_the_cli_loads_in_the_server(exported: Path) -> None:
-    models = pytest.importorskip("lookalike_server.models", reason="server registry loader not importable")
+    models = pytest.importorskip("lookalike_server.registry_reader", reason="server registry loader not importable")
     config = pytest.importorskip("lookalike_server.config")
     specs = {s.name: s for s in models.load_registry(exported / "models.toml", config.BatchingConfig())}
     assert specs["resnet50"].dim == 2048 and specs["vgg16"].dim == 512

@@ -163,7 +163,7 @@ def test_bad_config_exits_2_naming_the_setting(tmp_path):
 
 def test_config_unchanged_by_replace():
     # start_server builds on load_config; guard that replace() revalidates.
-    from lookalike_server.config import load_config
+    from lookalike_server.config_loading import load_config
     from lookalike_server.errors import ConfigError
 
     with pytest.raises(ConfigError):

@@ -19,7 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lookalike_server import auth
-from lookalike_server.config import SecurityConfig, load_config
+from lookalike_server.config import SecurityConfig
+from lookalike_server.config_loading import load_config
 from lookalike_server.errors import ConfigError
 from tests.security.servers import AioServer, call, sync_server
 
@@ -180,7 +181,7 @@ def test_tokens_from_env_in_the_flag_form(tmp_path: Path) -> None:
     assert store.lookup(TOKENS["read"]).name == "ci"  # type: ignore[union-attr]
     assert store.lookup(TOKENS["read"] + "x") is None
     # The config dump logged at start masks the tokens.
-    from lookalike_server.config import describe
+    from lookalike_server.config_loading import describe
 
     assert describe(config)["security"]["tokens"] == "***"
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from lookalike_server.config import load_config
+from lookalike_server.config_loading import load_config
 from lookalike_server.logging_setup import RedactingFilter, config_secrets, redact
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike_server.config import Config, config_reference, describe, load_config
+from lookalike_server.config import Config
+from lookalike_server.config_loading import config_reference, describe, load_config
 from lookalike_server.errors import ConfigError
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from lookalike_export.entry import upsert_entry
 from lookalike_export.parity import compare, find_photos, load_rgb, preprocess_image

@@ -14,7 +14,7 @@ EXPORT = ROOT / "export" / "lookalike_export"
 
 def test_server_imports_neither_the_exporter_nor_torch() -> None:
     code = (
-        "import sys, lookalike_server.app, lookalike_server.models, lookalike_server.registry\n"
+        "import sys, lookalike_server.app, lookalike_server.models, lookalike_server.registry_reader\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lookalike_export', 'tensorflow')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

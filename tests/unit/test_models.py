@@ -10,7 +10,8 @@ import pytest
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, load_registry, pool_features
+from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, pool_features
+from lookalike_server.registry_reader import load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "models" / "models.toml"
@@ -135,7 +136,7 @@ def test_wrong_input_name(tmp_path):
 
 def test_optional_model_is_skipped_and_others_load(tmp_path):
     from lookalike_server.app import load_models
-    from lookalike_server.config import load_config
+    from lookalike_server.config_loading import load_config
 
     shutil.copy(ROOT / "models" / "mobilenet_v2.onnx", tmp_path / "good.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"junk")

@@ -192,7 +192,7 @@ def test_invalid_specs_are_rejected(kwargs):
 
 def test_empty_query_image_says_empty_not_needs_one_of():
     from lookalike.v1 import lookalike_pb2 as pb
-    from lookalike_server.servicer import search_query
+    from lookalike_server.proto_convert import search_query
 
     req = pb.SearchRequest(image=b"")
     assert req.WhichOneof("query") == "image"  # proto3 oneof members keep presence

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from lookalike_export.parity import find_photos, load_rgb, preprocess_image
 from lookalike_export.quantize import entry_from_registry
@@ -38,7 +38,7 @@ def test_sha256_in_registry_and_manifest_match_the_file(name: str) -> None:
 
 
 def test_the_servers_loader_accepts_the_registry() -> None:
-    models = pytest.importorskip("lookalike_server.models", reason="server registry loader not importable")
+    models = pytest.importorskip("lookalike_server.registry_reader", reason="server registry loader not importable")
     config = pytest.importorskip("lookalike_server.config")
     specs = {s.name: s for s in models.load_registry(REGISTRY, config.BatchingConfig())}
     assert {n: specs[n].dim for n in SHIPPED} == SHIPPED

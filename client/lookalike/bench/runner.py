@@ -283,7 +283,7 @@ def new_report(name: str, machine: Mapping[str, Any], config: Mapping[str, Any])
     """An empty report that series are appended to (the ``results.json`` layout)."""
     return {
         "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": dict(machine),
         "config": dict(config),
         "series": [],
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         spec = spec_from_args(args)
-        name = args.name or f"{spec.method}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+        name = args.name or f"{spec.method}-{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M%S}"
         out_dir = Path(args.out or Path("out") / "bench" / name)
 
         def progress(line: str) -> None:
