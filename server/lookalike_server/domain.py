@@ -1,6 +1,6 @@
 """Plain-Python request and result types shared by the service and its adapter.
 
-Nothing here knows gRPC: the servicer converts protobuf messages into these
+Nothing here knows gRPC: proto_convert.py converts protobuf messages into these
 and back, so the service can be tested and reused without a network.
 """
 
