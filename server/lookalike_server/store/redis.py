@@ -50,7 +50,7 @@ import redis
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
 from lookalike_server.store import embedded_redis
-from lookalike_server.store.milvus import redact_uri
+from lookalike_server.store.addresses import redact_uri
 from lookalike_server.store.redis_scripts import (
     BEGIN_DELETE,
     CLAIM,
