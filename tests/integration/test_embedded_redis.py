@@ -19,7 +19,8 @@ import pytest
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
 from lookalike_server.store import embedded_redis
-from lookalike_server.store.redis import STATE_COMPLETE, RedisStore
+from lookalike_server.store.redis import RedisStore
+from lookalike_server.store.redis_records import STATE_COMPLETE
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
