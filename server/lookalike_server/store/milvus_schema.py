@@ -1,8 +1,7 @@
 """What a model version's Milvus collection looks like: name, fields, index, search parameters.
 
-Pure functions of the configuration: nothing here talks to Milvus. The
-index is created together with the collection, before any row, so Milvus
-never has to build it over existing data on the first search.
+Pure functions of the configuration: nothing here talks to Milvus;
+:mod:`.milvus_collections` creates collections from them.
 """
 
 from __future__ import annotations
