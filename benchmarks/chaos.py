@@ -129,7 +129,7 @@ def make_image(seed: int) -> bytes:
 
 
 def redis_server_exe() -> str:
-    from lookalike_server.store.embedded_redis import redis_server_executable
+    from lookalike_server.store.embedded_redis_processes import redis_server_executable
 
     return shutil.which("redis-server") or redis_server_executable()
 

@@ -5,7 +5,7 @@ complete and is found by a search with its own vector under every model it
 lists; a complete record always has its rows; no pending record outlives its
 owner's lease; no id is ever reused; a retry returns the same id.
 
-**How it is kept** (record states are in :mod:`lookalike_server.store.redis`):
+**How it is kept** (record states are in :mod:`lookalike_server.store.redis_records`):
 
 1. *Claim.* One Lua script finds the item by content hash (or key) or
    allocates its id and writes a *pending* record owned by this server
@@ -67,14 +67,8 @@ from lookalike_server.errors import Aborted, NotFound, ServiceError
 from lookalike_server.lease import DEFAULT_LEASE_S, Lease
 from lookalike_server.models import OnnxModel
 from lookalike_server.store.milvus import MilvusStore
-from lookalike_server.store.redis import (
-    BUSY,
-    CREATED,
-    FOUND_COMPLETE,
-    STATE_DELETING,
-    ItemRecord,
-    RedisStore,
-)
+from lookalike_server.store.redis import RedisStore
+from lookalike_server.store.redis_records import BUSY, CREATED, FOUND_COMPLETE, STATE_DELETING, ItemRecord
 from lookalike_server.validation import check_image_bytes, check_images, validate_item
 
 log = logging.getLogger(__name__)

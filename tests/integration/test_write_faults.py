@@ -156,11 +156,11 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
             )
             deadline = time.monotonic() + 120
             assert service.redis is not None
-            start = len(service.redis.client.hkeys(service.redis._prefix + "idx:sha"))
+            start = len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha"))
             # Interrupt mid-run, once a first window of items has been reserved.
             # On the first release this left 13 of 96 files ABORTED on the re-run.
             while time.monotonic() < deadline and proc.poll() is None:
-                if len(service.redis.client.hkeys(service.redis._prefix + "idx:sha")) >= start + 24:
+                if len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha")) >= start + 24:
                     break
                 time.sleep(0.02)
             proc.send_signal(signal.SIGINT)

@@ -19,7 +19,7 @@ import pytest
 from lookalike_server.domain import InsertItem, RequestContext, SearchQuery
 from lookalike_server.errors import NotFound
 from lookalike_server.service import LookalikeService
-from lookalike_server.store.redis import BUSY
+from lookalike_server.store.redis_records import BUSY
 from tests.integration.test_insert_faults import counts, stored_rows, unique_photo
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_an_insert_takes_over_a_dead_owners_pending_record_keeping_its_id(servic
 def _old_release_record(service: LookalikeService, key: str, sha: str, models: list[str]) -> int:
     """Writes an item the way the first release did: bare model names, no owner."""
     r = service.redis.client
-    prefix = service.redis._prefix
+    prefix = service.redis._keys.prefix
     item_id = int(r.incr(prefix + "next_id"))
     r.hset(
         f"{prefix}item:{item_id}",

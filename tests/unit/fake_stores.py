@@ -22,7 +22,7 @@ import numpy as np
 from lookalike_server.domain import RequestContext, Timing
 from lookalike_server.errors import ModelNotFound, NotFound, Unavailable
 from lookalike_server.store.milvus import SearchHit
-from lookalike_server.store.redis import BUSY, CREATED, FOUND_COMPLETE, TAKEN_OVER, ItemRecord
+from lookalike_server.store.redis_records import BUSY, CREATED, FOUND_COMPLETE, TAKEN_OVER, ItemRecord
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lookalike_server import errors
-from lookalike_server.store.milvus import build_filter, string_literal
+from lookalike_server.store.milvus_filter import build_filter, string_literal
 
 
 def test_build_filter_empty() -> None:

@@ -2,7 +2,7 @@
 
 Redis runs each script atomically (no other command between its steps), which
 is what makes every record transition of the write protocol race-free. Key
-layout and record states: see :mod:`lookalike_server.store.redis`.
+layout and record states: see :mod:`lookalike_server.store.redis_records`.
 """
 
 # KEYS: idx:sha, idx:key, next_id, pending, attrs

