@@ -78,6 +78,7 @@ def load_models(config: Config) -> dict[str, OnnxModel]:
                 config.models.intra_op_threads,
                 cache_dir,
                 session_per_bucket=config.models.session_per_bucket,
+                spin_wait=config.models.spin_wait,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:

@@ -96,6 +96,11 @@ class ModelsConfig:
     providers: tuple[str, ...] = _opt(DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order")
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
     preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
+    spin_wait: bool = _opt(
+        False,
+        "ONNX Runtime's intra-op threads busy-wait for work between runs; off leaves the cores "
+        "to decoding and the gRPC front door under load",
+    )
     warmup: bool = _opt(True, "run every batch bucket once at start-up")
     session_per_bucket: str = _opt(
         "auto", "one ONNX Runtime session per batch bucket: on, off, or auto (on for CUDA/TensorRT, off on CPU)"

@@ -35,6 +35,8 @@ class OnnxModel:
         providers: Execution providers to ask for, in priority order.
         intra_op_threads: ORT intra-op threads (0 = ORT's default).
         cache_dir: Where TensorRT may cache engines; None = no cache.
+        session_per_bucket: "on", "off" or "auto" (a session per batch bucket on CUDA/TensorRT).
+        spin_wait: Let ORT's intra-op threads busy-wait for work between runs.
 
     Raises:
         ModelLoadError: Missing/corrupt file, checksum mismatch, or an input
@@ -48,6 +50,7 @@ class OnnxModel:
         intra_op_threads: int = 0,
         cache_dir: Path | None = None,
         session_per_bucket: str = "auto",
+        spin_wait: bool = False,
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
@@ -66,6 +69,10 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
+        # ORT's intra-op threads spin after each run by default. Under load
+        # that spinning takes the cores from the decoding pool and the gRPC
+        # front door (whose rejections must stay fast); off by default.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         opts.log_severity_level = 3  # ORT's provider fallbacks are reported by us, once
 
         def new_session() -> Any:

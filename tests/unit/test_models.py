@@ -195,3 +195,10 @@ def test_every_key_the_exporter_writes_the_server_reads(tmp_path: Path) -> None:
     assert spec.preprocess.color_order == "BGR" and spec.preprocess.layout == "NHWC"
     assert spec.preprocess.mean == entry.mean and spec.preprocess.resize_shorter == 0
     assert spec.batching.max_batch_size == 8
+
+
+def test_intra_op_spinning_is_off_unless_asked(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=2))
+    key = "session.intra_op.allow_spinning"
+    assert OnnxModel(spec, CPU).session.get_session_options().get_session_config_entry(key) == "0"
+    assert OnnxModel(spec, CPU, spin_wait=True).session.get_session_options().get_session_config_entry(key) == "1"
