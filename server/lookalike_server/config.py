@@ -238,7 +238,13 @@ class RedisConfig:
     url: str = _opt("", "redis:// or rediss:// URL; empty = an embedded redis-server with its AOF in <data_dir>")
     key_prefix: str = _opt("lookalike:", "prefix of every key the server writes")
     embedding_cache: bool = _opt(True, "cache embeddings by model version and content hash")
-    cache_ttl_s: int = _opt(7 * 24 * 3600, "embedding cache entry lifetime, seconds; 0 = no expiry")
+    cache_ttl_s: int = _opt(
+        7 * 24 * 3600,
+        "lifetime of a stored item's cached embeddings, seconds (they go when the item is deleted); 0 = no expiry",
+    )
+    query_cache_ttl_s: int = _opt(
+        600, "lifetime of a query image's cached embeddings (Search by image), seconds; 0 = do not cache them"
+    )
     timeout_s: float = _opt(5.0, "socket timeout of one Redis call, seconds")
     appendfsync: str = _opt(
         "always",
@@ -255,6 +261,7 @@ class RedisConfig:
             "must start with redis://, rediss:// or unix://",
         )
         _require(self.cache_ttl_s >= 0, "redis.cache_ttl_s", "must be >= 0")
+        _require(self.query_cache_ttl_s >= 0, "redis.query_cache_ttl_s", "must be >= 0")
         _require(self.timeout_s > 0, "redis.timeout_s", "must be > 0")
 
 

@@ -35,6 +35,7 @@ class CachedEmbedder:
         models: Sequence[str],
         ctx: RequestContext,
         timing: Timing,
+        ttl_s: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Vectors of each image under each model, cached ones not recomputed.
 
@@ -44,6 +45,8 @@ class CachedEmbedder:
             models: Loaded model names.
             ctx: Deadline and cancellation.
             timing: Accumulates Redis and inference time.
+            ttl_s: Lifetime of the entries this call adds; None = the
+                configured ``redis.cache_ttl_s``; 0 = add none (read only).
 
         Returns:
             ``{model: (len(images), dim) float32}``.
@@ -74,7 +77,7 @@ class CachedEmbedder:
         for m, idx in todo.items():
             rows = vectors[m][[pos[i] for i in idx]]
             out[m][idx] = rows
-            if redis is not None:
-                redis.cache_put_many(specs[m].key, [shas[i] for i in idx], rows)
+            if redis is not None and ttl_s != 0:
+                redis.cache_put_many(specs[m].key, [shas[i] for i in idx], rows, ttl_s)
         timing.redis_ms += (time.perf_counter() - started) * 1e3
         return out

@@ -63,7 +63,7 @@ from lookalike_server.domain import (
     normalise_model_keys,
 )
 from lookalike_server.embedding_cache import CachedEmbedder
-from lookalike_server.errors import Aborted, NotFound, ServiceError
+from lookalike_server.errors import Aborted, NotFound, ServiceError, Unavailable
 from lookalike_server.lease import DEFAULT_LEASE_S, Lease
 from lookalike_server.models import OnnxModel
 from lookalike_server.store.milvus import MilvusStore
@@ -379,9 +379,20 @@ class Ingestor:
             for collection in self.collections.values():
                 self.stores.milvus.delete(collection, [item_id])
             redis.delete(item_id, token=token)
+            self._drop_cached(rec.content_sha256)
             return self.record_names(rec)
         finally:
             self.lease.end(token)
+
+    def _drop_cached(self, sha: str) -> None:
+        """Drops a deleted item's cached embeddings: without this, insert-and-delete traffic fills Redis.
+
+        Best effort: the item is already gone, and its TTL removes what a failure leaves.
+        """
+        try:
+            self.stores.redis.cache_drop([m.spec.key for m in self.models.values()], sha)
+        except Unavailable as exc:
+            log.warning("deleted item's cached embeddings stay until their TTL: %s", exc)
 
     def close(self) -> None:
         """Drains pending writes and ends the lease."""

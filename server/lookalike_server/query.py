@@ -90,7 +90,11 @@ class Searcher:
             names = self.embedder.require(query.models)
             check_image_bytes(query.image, self.config.limits)
             sha = hashlib.sha256(query.image).hexdigest()
-            vectors = self._embed.embed([query.image], [sha], names, ctx, timing)
+            # Query images are cached briefly (repeats are common, each new
+            # image is not): a stream of distinct queries must not fill Redis.
+            vectors = self._embed.embed(
+                [query.image], [sha], names, ctx, timing, ttl_s=self.config.redis.query_cache_ttl_s
+            )
         else:
             raise InvalidArgument("the query needs one of: image (bytes), id (a stored item), vector")
 

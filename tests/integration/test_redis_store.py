@@ -154,6 +154,13 @@ def test_embedding_cache_round_trip_and_ttl(redis_store: RedisStore, tmp_path: P
     assert redis_store.cache_get_many("other:1", ["a"]) == [None]  # keyed by model version
     ttl = redis_store.client.ttl(redis_store._cache_key("resnet50:1", "a"))
     assert 0 < ttl <= 7 * 24 * 3600
+    redis_store.cache_put_many("resnet50:1", ["q"], vectors[:1], ttl_s=60)  # a query image's entry
+    assert 0 < redis_store.client.ttl(redis_store._cache_key("resnet50:1", "q")) <= 60
+    redis_store.cache_put_many("other:1", ["a"], vectors[:1])
+    redis_store.cache_drop(["resnet50:1", "other:1"], "a")
+    assert redis_store.cache_get_many("resnet50:1", ["a", "b"])[0] is None
+    assert redis_store.cache_get_many("other:1", ["a"]) == [None]
+    assert redis_store.cache_get_many("resnet50:1", ["b"])[0] is not None  # other hashes untouched
 
 
 def test_cache_entries_expire(redis_url: str, redis_config: RedisConfigFactory, tmp_path: Path) -> None:

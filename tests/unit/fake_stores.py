@@ -59,6 +59,7 @@ class FakeRedis:
     by_key: dict[str, int] = field(default_factory=dict)
     leases: set[str] = field(default_factory=set)
     cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    cache_ttls: dict[tuple[str, str], int | None] = field(default_factory=dict)
     attrs: set[str] = field(default_factory=set)
     next_id: int = 0
     down: bool = False
@@ -187,10 +188,19 @@ class FakeRedis:
         self._up()
         return [self.cache.get((model_key, s)) for s in shas]
 
-    def cache_put_many(self, model_key: str, shas: Sequence[str], vectors: np.ndarray) -> None:
+    def cache_put_many(
+        self, model_key: str, shas: Sequence[str], vectors: np.ndarray, ttl_s: int | None = None
+    ) -> None:
         self._up()
         for sha, vec in zip(shas, vectors, strict=True):
             self.cache[(model_key, sha)] = np.asarray(vec, dtype=np.float32).copy()
+            self.cache_ttls[(model_key, sha)] = ttl_s
+
+    def cache_drop(self, model_keys: Sequence[str], sha: str) -> None:
+        self._up()
+        for m in model_keys:
+            self.cache.pop((m, sha), None)
+            self.cache_ttls.pop((m, sha), None)
 
     def ping(self) -> None:
         self._up()

@@ -7,6 +7,8 @@ stall longer than the timeout), a clean-up that fails, a replica's sweep.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 import time
 from typing import Any
@@ -286,3 +288,44 @@ def test_an_embed_only_server_embeds_and_refuses_the_data_plane_in_one_place() -
     assert s.repair() == 0
     s.check_stores()
     s.close()
+
+
+def test_delete_drops_the_items_cached_embeddings(svc: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Insert-and-delete traffic must not fill Redis with embeddings of items that are gone.
+    s, redis, _, _ = svc
+    sha = hashlib.sha256(b"gone").hexdigest()
+    keep = hashlib.sha256(b"kept").hexdigest()
+    (r,), _ = s.insert([InsertItem("g", b"gone")], [], ctx())
+    s.insert([InsertItem("k", b"kept")], [], ctx())
+    assert {k for k in redis.cache} == {("a@1", sha), ("b@1", sha), ("a@1", keep), ("b@1", keep)}
+    s.delete(r.id)
+    assert {k for k in redis.cache} == {("a@1", keep), ("b@1", keep)}
+    # Dropping the cache is best effort: the item is already gone, so a failure there is not the caller's.
+    (r2,), _ = s.insert([InsertItem("g", b"gone")], [], ctx())
+
+    def broken(*_: Any) -> None:
+        raise Unavailable("fake Redis is down; retriable")
+
+    monkeypatch.setattr(redis, "cache_drop", broken)
+    assert s.delete(r2.id) == ("a", "b")
+    with pytest.raises(NotFound):
+        s.get(r2.id)
+
+
+def test_query_images_are_cached_briefly_and_stored_items_for_the_configured_ttl() -> None:
+    for query_ttl in (600, 0):
+        cfg = Config()
+        cfg = dataclasses.replace(cfg, redis=dataclasses.replace(cfg.redis, query_cache_ttl_s=query_ttl))
+        redis, emb = FakeRedis(), FakeEmbedder()
+        s = LookalikeService(cfg, emb, FakeMilvus(), redis)  # type: ignore[arg-type]
+        try:
+            s.insert([InsertItem("i", b"stored")], ["a"], ctx())
+            s.search(SearchQuery(image=b"query", models=("a",), top_k=1), ctx())
+            stored, query = hashlib.sha256(b"stored").hexdigest(), hashlib.sha256(b"query").hexdigest()
+            assert redis.cache_ttls[("a@1", stored)] is None  # None = redis.cache_ttl_s
+            if query_ttl:
+                assert redis.cache_ttls[("a@1", query)] == query_ttl
+            else:
+                assert ("a@1", query) not in redis.cache
+        finally:
+            s.close()

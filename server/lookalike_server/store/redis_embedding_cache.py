@@ -45,13 +45,16 @@ class RedisEmbeddingCache(RedisConnection):
         # copy(): frombuffer views the immutable bytes; callers may normalise in place.
         return [np.frombuffer(cast(bytes, v), dtype=np.float32).copy() if v else None for v in values]
 
-    def cache_put_many(self, model_key: str, shas: Sequence[str], vectors: np.ndarray) -> None:
-        """Caches embeddings (one pipeline), each with the configured TTL.
+    def cache_put_many(
+        self, model_key: str, shas: Sequence[str], vectors: np.ndarray, ttl_s: int | None = None
+    ) -> None:
+        """Caches embeddings (one pipeline), each with a TTL.
 
         Args:
             model_key: Model name and version.
             shas: Content hashes, one per row of ``vectors``.
             vectors: ``(n, dim)`` array, stored as float32 bytes.
+            ttl_s: Lifetime in seconds; None = ``RedisConfig.cache_ttl_s``.
         """
         if not self._config.embedding_cache or not len(shas):
             return
@@ -59,7 +62,7 @@ class RedisEmbeddingCache(RedisConnection):
         arr = np.ascontiguousarray(vectors, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[0] != len(shas):
             raise errors.InvalidArgument(f"cache_put_many: {len(shas)} hashes for an array of shape {arr.shape}")
-        ttl = self._config.cache_ttl_s or None
+        ttl = (self._config.cache_ttl_s if ttl_s is None else ttl_s) or None
         pipe = self._redis.pipeline(transaction=False)
         for sha, vec in zip(shas, arr, strict=True):
             pipe.set(self._cache_key(model_key, sha), vec.tobytes(), ex=ttl)
@@ -67,3 +70,18 @@ class RedisEmbeddingCache(RedisConnection):
             pipe.execute()
         except Exception as exc:
             self._raise(exc, "cache_put_many")
+
+    def cache_drop(self, model_keys: Sequence[str], sha: str) -> None:
+        """Removes one content hash's cached embeddings under each model key (one DEL).
+
+        Args:
+            model_keys: Model names and versions.
+            sha: Content hash.
+        """
+        if not self._config.embedding_cache or not model_keys:
+            return
+        self._check_open()
+        try:
+            self._redis.delete(*(self._cache_key(m, sha) for m in model_keys))
+        except Exception as exc:
+            self._raise(exc, "cache_drop")
