@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lookalike._core import DEFAULT_MAX_MESSAGE_BYTES
+
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 LATENCY_KEYS: tuple[str, ...] = ("min", "mean", *(f"p{q}" for q in PERCENTILES), "max")
 # ServerTiming fields averaged over a window's successful responses.
@@ -23,7 +25,7 @@ TIMING_FIELDS: tuple[str, ...] = (
 )
 METHODS: tuple[str, ...] = ("embed", "search", "insert")
 DEFAULT_IMAGE_DIRS: tuple[str, ...] = ("tests/data/photos", ".cache/photos")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES  # one home: the client core's limit
 # Largest number of requests an open-loop point keeps in flight; arrivals past
 # it are counted as CLIENT_OVERLOAD instead of growing memory without bound.
 DEFAULT_MAX_IN_FLIGHT = 4096
