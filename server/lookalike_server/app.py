@@ -79,6 +79,7 @@ def load_models(config: Config) -> dict[str, OnnxModel]:
                 cache_dir,
                 session_per_bucket=config.models.session_per_bucket,
                 spin_wait=config.models.spin_wait,
+                worker_nice=config.models.worker_nice,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:
@@ -210,7 +211,9 @@ class LookalikeServer:
             Unavailable: Milvus or Redis cannot be reached.
         """
         models = load_models(self.config)
-        self._embedder = Embedder(models, self.config.limits, self.config.models.preprocess_threads)
+        self._embedder = Embedder(
+            models, self.config.limits, self.config.models.preprocess_threads, self.config.models.worker_nice
+        )
         if self.config.stores:
             from lookalike_server.store.milvus import MilvusStore
             from lookalike_server.store.redis import RedisStore

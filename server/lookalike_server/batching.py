@@ -113,6 +113,7 @@ class MicroBatcher(Generic[T, R]):
         queue_size: int,
         adaptive: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and queue_size must be >= 1, max_delay_s >= 0")
@@ -129,6 +130,7 @@ class MicroBatcher(Generic[T, R]):
         self._baseline = BatcherStats()
         self._announced = 0
         self._closing = False
+        self._thread_init = thread_init
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
@@ -260,6 +262,8 @@ class MicroBatcher(Generic[T, R]):
             return [self._queue.popleft() for _ in range(n)]
 
     def _loop(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         while True:
             batch = self._next_batch()
             if batch is None:

@@ -101,6 +101,11 @@ class ModelsConfig:
         "ONNX Runtime's intra-op threads busy-wait for work between runs; off leaves the cores "
         "to decoding and the gRPC front door under load",
     )
+    worker_nice: int = _opt(
+        10,
+        "Linux: how much lower (nice) than the gRPC front door the decoding and inference threads run, "
+        "so admission, rejections and health checks answer at once under full load; 0 = same priority",
+    )
     warmup: bool = _opt(True, "run every batch bucket once at start-up")
     session_per_bucket: str = _opt(
         "auto", "one ONNX Runtime session per batch bucket: on, off, or auto (on for CUDA/TensorRT, off on CPU)"
@@ -116,6 +121,7 @@ class ModelsConfig:
         _require(bool(self.providers), "models.providers", "at least one provider is needed")
         _require(self.intra_op_threads >= 0, "models.intra_op_threads", "must be >= 0")
         _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
+        _require(0 <= self.worker_nice <= 19, "models.worker_nice", "must be 0..19")
         _require(self.session_per_bucket in ("on", "off", "auto"), "models.session_per_bucket", "on, off or auto")
 
 

@@ -9,6 +9,7 @@ tracked by the request context so a cancelled call drops its items.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from lookalike_server.domain import RequestContext, Timing
 from lookalike_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelNotFound, ServiceError
 from lookalike_server.models import OnnxModel
 from lookalike_server.preprocess import decode_image, to_tensor
+from lookalike_server.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,17 @@ class FairExecutor:
     Args:
         workers: Number of threads.
         name: Thread name prefix.
+        thread_init: Called first in each worker thread (e.g. to lower its priority).
     """
 
-    def __init__(self, workers: int, name: str) -> None:
+    def __init__(self, workers: int, name: str, thread_init: Callable[[], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._queues: collections.OrderedDict[object, collections.deque[tuple[Future[Any], Callable[[], Any]]]] = (
             collections.OrderedDict()
         )
         self._closed = False
         self.tasks_run = 0
+        self._thread_init = thread_init
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
         ]
@@ -84,6 +88,8 @@ class FairExecutor:
             return task
 
     def _work(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         while (task := self._next()) is not None:
             fut, call = task
             if not fut.set_running_or_notify_cancel():
@@ -123,12 +129,21 @@ class Embedder:
         models: Loaded models by name.
         limits: Byte/pixel limits applied when decoding.
         preprocess_threads: Pool size; 0 = number of CPUs.
+        worker_nice: How much lower than the front door the decoding and
+            batching threads run (see :mod:`lookalike_server.priority`).
     """
 
-    def __init__(self, models: Mapping[str, OnnxModel], limits: LimitsConfig, preprocess_threads: int = 0) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, OnnxModel],
+        limits: LimitsConfig,
+        preprocess_threads: int = 0,
+        worker_nice: int = 0,
+    ) -> None:
         self.models = dict(models)
         self.limits = limits
-        self._pool = FairExecutor(preprocess_threads or (os.cpu_count() or 2), "preprocess")
+        lowered = functools.partial(lower_this_thread, worker_nice) if worker_nice else None
+        self._pool = FairExecutor(preprocess_threads or (os.cpu_count() or 2), "preprocess", lowered)
         self.batchers: dict[str, MicroBatcher[np.ndarray, np.ndarray]] = {
             name: MicroBatcher(
                 name,
@@ -137,6 +152,7 @@ class Embedder:
                 max_delay_s=model.spec.batching.max_delay_ms / 1000.0,
                 queue_size=model.spec.batching.queue_size,
                 adaptive=model.spec.batching.adaptive_delay,
+                thread_init=lowered,
             )
             for name, model in self.models.items()
         }

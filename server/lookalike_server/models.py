@@ -21,6 +21,7 @@ import numpy as np
 
 from lookalike_server.errors import ModelLoadError
 from lookalike_server.execution_providers import provider_options, usable_providers
+from lookalike_server.priority import run_lowered
 from lookalike_server.registry import file_sha256
 from lookalike_server.registry_reader import ModelSpec
 
@@ -37,6 +38,8 @@ class OnnxModel:
         cache_dir: Where TensorRT may cache engines; None = no cache.
         session_per_bucket: "on", "off" or "auto" (a session per batch bucket on CUDA/TensorRT).
         spin_wait: Let ORT's intra-op threads busy-wait for work between runs.
+        worker_nice: How much lower than the front door ORT's intra-op
+            threads run (they inherit it from the thread creating the session).
 
     Raises:
         ModelLoadError: Missing/corrupt file, checksum mismatch, or an input
@@ -51,6 +54,7 @@ class OnnxModel:
         cache_dir: Path | None = None,
         session_per_bucket: str = "auto",
         spin_wait: bool = False,
+        worker_nice: int = 0,
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
@@ -76,6 +80,9 @@ class OnnxModel:
         opts.log_severity_level = 3  # ORT's provider fallbacks are reported by us, once
 
         def new_session() -> Any:
+            return run_lowered(worker_nice, create_session, name=f"session-{spec.name}")
+
+        def create_session() -> Any:
             try:
                 return ort.InferenceSession(
                     str(spec.path),
