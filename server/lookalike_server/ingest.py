@@ -66,8 +66,7 @@ from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import Aborted, NotFound, ServiceError, Unavailable
 from lookalike_server.lease import DEFAULT_LEASE_S, Lease
 from lookalike_server.models import OnnxModel
-from lookalike_server.store.milvus import MilvusStore
-from lookalike_server.store.redis import RedisStore
+from lookalike_server.store import Stores
 from lookalike_server.store.redis_records import BUSY, CREATED, FOUND_COMPLETE, STATE_DELETING, ItemRecord
 from lookalike_server.validation import check_image_bytes, check_images, validate_item
 
@@ -76,17 +75,6 @@ log = logging.getLogger(__name__)
 #: How long an insert waits for a concurrent attempt on the same item when the
 #: request has no deadline.
 MAX_WAIT_S = 60.0
-
-
-@dataclass
-class Stores:
-    """Both stores of a server that has them (an embed-only server has none).
-
-    Mutable so a test can wrap a store with a fault injector in one place.
-    """
-
-    milvus: MilvusStore
-    redis: RedisStore
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lookalike_server.errors import ServiceError
 
 if TYPE_CHECKING:
-    from lookalike_server.ingest import Stores
+    from lookalike_server.store import Stores
 
 log = logging.getLogger(__name__)
 

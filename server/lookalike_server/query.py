@@ -18,8 +18,9 @@ from lookalike_server.domain import Hit, ItemView, ModelHits, RequestContext, Se
 from lookalike_server.embedder import Embedder
 from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
-from lookalike_server.ingest import Ingestor, Stores
+from lookalike_server.ingest import Ingestor
 from lookalike_server.models import l2_normalise
+from lookalike_server.store import Stores
 from lookalike_server.store.redis_records import STATE_COMPLETE
 from lookalike_server.validation import (
     MAX_TOP_K,

@@ -16,7 +16,7 @@ Each concern lives in the module named for it:
 * :mod:`lookalike_server.embedding_cache` — embedding through the cache.
 
 A server without stores (``stores = false``) is *embed-only*: it has no
-:class:`~lookalike_server.ingest.Stores`, and every data-plane call fails in
+:class:`~lookalike_server.store.Stores`, and every data-plane call fails in
 one place (:meth:`LookalikeService._data`) with FAILED_PRECONDITION.
 """
 
@@ -40,9 +40,10 @@ from lookalike_server.validation import check_images
 if TYPE_CHECKING:
     from lookalike_server.admission import Permit
     from lookalike_server.batching import BatcherStats
-    from lookalike_server.ingest import Ingestor, Stores
+    from lookalike_server.ingest import Ingestor
     from lookalike_server.query import Searcher
     from lookalike_server.repair import Repairer
+    from lookalike_server.store import Stores
     from lookalike_server.store.milvus import MilvusStore
     from lookalike_server.store.redis import RedisStore
 
@@ -94,10 +95,11 @@ class LookalikeService:
             raise ValueError("give both stores (a full server) or neither (embed-only)")
         if milvus is not None and redis is not None:
             # Imported here: an embed-only server never loads the store clients.
-            from lookalike_server.ingest import Ingestor, Stores
+            from lookalike_server.ingest import Ingestor
             from lookalike_server.lease import DEFAULT_LEASE_S
             from lookalike_server.query import Searcher
             from lookalike_server.repair import Repairer
+            from lookalike_server.store import Stores
 
             for name, model in embedder.models.items():
                 self.collections[name] = milvus.ensure_collection(name, model.spec.version, model.spec.dim)
