@@ -7,7 +7,12 @@ loop: arrivals do not wait for answers, as real clients do not). Reports per
 level: goodput (answers/s), served p50/p99, rejection (RESOURCE_EXHAUSTED)
 p50/p99 and counts of every other outcome.
 
-    nice -n 10 .venv/bin/python benchmarks/overload.py --seconds 20 --out benchmarks/results/overload.json
+On a small machine the load generator takes cores from the server; pin them
+apart (``--server-cpus 0 --client-cpus 1``) to measure the server alone, as
+a generator on another machine would.
+
+    .venv/bin/python benchmarks/overload.py --seconds 15 --out benchmarks/results/overload.json \
+        -- --limits-max-queue-wait-ms 500
 """
 
 from __future__ import annotations
@@ -32,10 +37,20 @@ from lookalike.v1 import lookalike_pb2 as pb  # noqa: E402
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc  # noqa: E402
 
 
-def start_server(extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+def parse_cpus(spec: str) -> set[int]:
+    """``"0"`` or ``"0,2-3"`` → a CPU set (empty string: none given)."""
+    cpus: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def start_server(extra: list[str], cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}:{ROOT / 'server'}"}
     cmd = [sys.executable, "-m", "lookalike_server", "--port", "0", "--stores", "false", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pin)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("lookalike-server ready on"):
@@ -139,9 +154,18 @@ def main() -> int:
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--photo", default="giraffe.jpg")
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--server-cpus",
+        default="",
+        help="pin the server to these CPUs (e.g. 0), so the load generator does not take the server's cores",
+    )
+    parser.add_argument("--client-cpus", default="", help="pin this load generator to these CPUs (e.g. 1)")
+    parser.add_argument("--machine", default=f"{os.cpu_count()}-CPU machine", help="recorded in the result")
     parser.add_argument("server_args", nargs="*", help="extra lookalike-server flags (after --)")
     args = parser.parse_args()
-    proc, port = start_server(["--models-only", args.model, *args.server_args])
+    if args.client_cpus:
+        os.sched_setaffinity(0, parse_cpus(args.client_cpus))
+    proc, port = start_server(["--models-only", args.model, *args.server_args], parse_cpus(args.server_cpus))
     try:
         result = asyncio.run(run(args, port))
     finally:
@@ -161,8 +185,8 @@ def main() -> int:
             "goodput_4x_over_best": round(four["goodput_per_s"] / best, 2) if best else None,
         }
     out = {
-        "machine": "2-core shared box; other helpers' work (tests, benchmarks) ran concurrently; "
-        "the load generator runs on the same two cores",
+        "machine": args.machine,
+        "cpus": {"server": args.server_cpus or "all", "load generator": args.client_cpus or "all"},
         "server_args": ["--models-only", args.model, *args.server_args],
         **result,
         "summary": summary,
