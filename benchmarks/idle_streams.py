@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--out", default="")
+    parser.add_argument("--machine", default=f"{os.cpu_count()}-CPU machine", help="recorded in the result")
     args = parser.parse_args()
     proc, port = start_server(args.tree.resolve())
     try:
@@ -112,7 +113,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     out = {
-        "machine": "2-core shared box; other helpers' work ran concurrently",
+        "machine": args.machine,
         "tree": str(args.tree),
         "streams": args.streams,
         **result,
