@@ -63,7 +63,7 @@ from lookalike_server.domain import (
     normalise_model_keys,
 )
 from lookalike_server.embedding_cache import CachedEmbedder
-from lookalike_server.errors import Aborted, NotFound, ServiceError, Unavailable
+from lookalike_server.errors import Aborted, NotFound, ServiceError
 from lookalike_server.lease import DEFAULT_LEASE_S, Lease
 from lookalike_server.models import OnnxModel
 from lookalike_server.store import Stores
@@ -379,7 +379,7 @@ class Ingestor:
         """
         try:
             self.stores.redis.cache_drop([m.spec.key for m in self.models.values()], sha)
-        except Unavailable as exc:
+        except ServiceError as exc:  # not the caller's failure: the delete itself succeeded
             log.warning("deleted item's cached embeddings stay until their TTL: %s", exc)
 
     def close(self) -> None:

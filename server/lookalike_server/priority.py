@@ -46,7 +46,7 @@ def lower_this_thread(by: int) -> None:
     Args:
         by: How much lower than now this thread should run.
     """
-    if by <= 0 or not hasattr(os, "setpriority") or sys.platform != "linux":
+    if by <= 0 or sys.platform != "linux":  # elsewhere the nice value is the whole process's
         return
     current = thread_nice()
     if current is None:

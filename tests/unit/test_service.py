@@ -21,6 +21,7 @@ from lookalike_server.domain import InsertItem, RequestContext, SearchFilter, Se
 from lookalike_server.errors import (
     Cancelled,
     FailedPrecondition,
+    InternalError,
     InvalidArgument,
     NotFound,
     ServiceError,
@@ -304,7 +305,7 @@ def test_delete_drops_the_items_cached_embeddings(svc: Any, monkeypatch: pytest.
     (r2,), _ = s.insert([InsertItem("g", b"gone")], [], ctx())
 
     def broken(*_: Any) -> None:
-        raise Unavailable("fake Redis is down; retriable")
+        raise InternalError("Redis failed (cache_drop); the server log has the details")
 
     monkeypatch.setattr(redis, "cache_drop", broken)
     assert s.delete(r2.id) == ("a", "b")
