@@ -11,6 +11,14 @@ On a small machine the load generator takes cores from the server; pin them
 apart (``--server-cpus 0 --client-cpus 1``) to measure the server alone, as
 a generator on another machine would.
 
+``--client lookalike`` (the default) sends through the Python client
+(:class:`lookalike.AsyncLookalikeClient`, retries off), whose adaptive
+throttle refuses calls locally while the server refuses most of them
+(:mod:`lookalike.throttle`); refusals are then reported in two parts, the
+server's and the client's own, and together. ``--client raw`` sends through
+the bare generated stub, as a client in another language without such a
+throttle would: every refusal is the server's.
+
     .venv/bin/python benchmarks/overload.py --seconds 15 --out benchmarks/results/overload.json \
         -- --limits-max-queue-wait-ms 500
 """
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -33,6 +42,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "client"), str(ROOT / "server")]
 
+from lookalike import AsyncLookalikeClient, LookalikeError  # noqa: E402
 from lookalike.v1 import lookalike_pb2 as pb  # noqa: E402
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -84,25 +94,28 @@ async def sustainable(stub: pb_grpc.LookalikeStub, request: pb.EmbedRequest, sec
     return done / (time.monotonic() - started)
 
 
-async def offered(
-    stub: pb_grpc.LookalikeStub, request: pb.EmbedRequest, rate: float, seconds: float, timeout: float, seed: int
-) -> dict[str, object]:
+Send = Callable[[], Awaitable[object]]
+
+
+async def offered(send: Send, rate: float, seconds: float, seed: int) -> dict[str, object]:
     """Poisson arrivals at ``rate``/s for ``seconds``; every call's outcome and latency."""
     rng = random.Random(seed)
     served: list[float] = []
-    rejected: list[float] = []
+    rejected: list[float] = []  # by the server
+    local: list[float] = []  # by the client's throttle, never sent
     other: Counter[str] = Counter()
 
     async def call() -> None:
         t0 = time.perf_counter()
         try:
-            await stub.Embed(request, timeout=timeout)
+            await send()
             served.append(time.perf_counter() - t0)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                rejected.append(time.perf_counter() - t0)
+        except (grpc.aio.AioRpcError, LookalikeError) as exc:
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc.code
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                (local if getattr(exc, "local", False) else rejected).append(time.perf_counter() - t0)
             else:
-                other[exc.code().name] += 1
+                other[code.name] += 1
 
     tasks = []
     started = time.monotonic()
@@ -121,9 +134,14 @@ async def offered(
         "served": len(served),
         "served_p50_ms": pct(served, 0.5),
         "served_p99_ms": pct(served, 0.99),
-        "rejected": len(rejected),
-        "rejection_p50_ms": pct(rejected, 0.5),
-        "rejection_p99_ms": pct(rejected, 0.99),
+        "rejected": len(rejected) + len(local),
+        "rejection_p50_ms": pct(rejected + local, 0.5),
+        "rejection_p99_ms": pct(rejected + local, 0.99),
+        "rejected_by_server": len(rejected),
+        "server_rejection_p50_ms": pct(rejected, 0.5),
+        "server_rejection_p99_ms": pct(rejected, 0.99),
+        "rejected_by_client": len(local),
+        "client_rejection_p99_ms": pct(local, 0.99),
         "other": dict(other),
     }
 
@@ -135,11 +153,25 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
     stub = pb_grpc.LookalikeStub(channel)
     await sustainable(stub, request, 3, args.workers)  # warm
     rate = await sustainable(stub, request, args.calibrate_s, args.workers)
+    if args.client == "raw":
+
+        async def send() -> object:
+            return await stub.Embed(request, timeout=args.timeout)
+
+        client = None
+    else:
+        client = AsyncLookalikeClient(f"127.0.0.1:{port}", retries=0, timeout=args.timeout)
+
+        async def send() -> object:
+            return await client.embed(image, model=args.model)
+
     levels = {}
     for mult in args.levels:
-        levels[f"{mult}x"] = await offered(stub, request, rate * mult, args.seconds, args.timeout, seed=mult)
+        levels[f"{mult}x"] = await offered(send, rate * mult, args.seconds, seed=mult)
         print(f"{mult}x: {json.dumps(levels[f'{mult}x'])}", flush=True)
         await asyncio.sleep(2)  # let the queue empty between levels
+    if client is not None:
+        await client.close()
     await channel.close()
     return {"sustainable_per_s": round(rate, 1), "levels": levels}
 
@@ -153,6 +185,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--photo", default="giraffe.jpg")
+    parser.add_argument(
+        "--client",
+        choices=("lookalike", "raw"),
+        default="lookalike",
+        help="send through the Python client (with its adaptive throttle) or the bare stub",
+    )
     parser.add_argument("--out", default="")
     parser.add_argument(
         "--server-cpus",
@@ -179,6 +217,7 @@ def main() -> int:
     if one and four:
         summary = {
             "rejection_p99_at_4x_ms": four["rejection_p99_ms"],
+            "server_rejection_p99_at_4x_ms": four["server_rejection_p99_ms"],
             "served_p99_4x_over_1x": round(four["served_p99_ms"] / one["served_p99_ms"], 2)
             if four["served_p99_ms"] and one["served_p99_ms"]
             else None,
@@ -187,6 +226,7 @@ def main() -> int:
     out = {
         "machine": args.machine,
         "cpus": {"server": args.server_cpus or "all", "load generator": args.client_cpus or "all"},
+        "client": args.client,
         "server_args": ["--models-only", args.model, *args.server_args],
         **result,
         "summary": summary,

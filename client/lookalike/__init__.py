@@ -38,6 +38,7 @@ from lookalike.client import (
     UnavailableError,
 )
 from lookalike.images import ImageInput
+from lookalike.throttle import ThrottleSettings
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -69,6 +70,7 @@ __all__ = [
     "SearchStreamResult",
     "ServerTiming",
     "Stats",
+    "ThrottleSettings",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -23,9 +23,10 @@ from typing import Any, cast
 
 import grpc
 
-from lookalike.errors import RETRIABLE_CODES
+from lookalike.errors import RETRIABLE_CODES, LookalikeError, ResourceExhaustedError, is_overload
 from lookalike.images import ImageInput, encode_image, is_image_input
 from lookalike.security import ChannelSecurity
+from lookalike.throttle import AdaptiveThrottle, ThrottleSettings
 from lookalike.types import (
     DeleteResult,
     ItemInput,
@@ -134,7 +135,11 @@ class RetryPolicy:
                         "retryableStatusCodes": sorted(c.name for c in self.codes),
                     },
                 }
-            ]
+            ],
+            # gRPC's retry budget: every failed attempt costs a token, every success returns
+            # a tenth; below half the tokens nothing is retried. Under overload retries would
+            # multiply the load the server is refusing; this stops them until calls succeed.
+            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
         }
 
 
@@ -164,6 +169,8 @@ class PreparedCall:
     rpc: Callable[..., Any]
     request: Any
     convert: Callable[[Any], Any] = field(default=lambda r: r)
+    throttled: bool = False
+    """Whether the server admission-controls this call (so the client throttle applies)."""
 
 
 def _image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -266,6 +273,9 @@ class BaseClient:
         secure: Old name of ``tls``.
         root_certificates: Old name of ``ca`` (bytes).
         options: gRPC channel options; defaults raise the message size limits to 64 MiB.
+        throttle: Client-side adaptive throttling of Embed, Insert and Search while the server
+            refuses them as overloaded (:mod:`lookalike.throttle`); ``ThrottleSettings(k=0)``
+            turns it off.
     """
 
     _grpc: Any = grpc  # the channel factory module: grpc or grpc.aio
@@ -288,8 +298,10 @@ class BaseClient:
         secure: bool = False,
         root_certificates: bytes | None = None,
         options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
+        throttle: ThrottleSettings | None = None,
     ) -> None:
         self.target = target
+        self.throttle = AdaptiveThrottle(throttle)
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(retries=retries, codes=frozenset(retry_codes))
         self.security = security or ChannelSecurity(
@@ -343,6 +355,22 @@ class BaseClient:
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _USE_DEFAULT else timeout
 
+    def _admit(self, call: PreparedCall) -> None:
+        """Refuses ``call`` locally when the throttle says the server would refuse it anyway."""
+        if call.throttled and not self.throttle.admit():
+            exc = ResourceExhaustedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "refused by this client without sending: the server has been refusing most calls as "
+                f"overloaded (local refusal chance {self.throttle.refusal_probability():.0%}); retry with backoff",
+            )
+            exc.local = True
+            raise exc
+
+    def _record(self, call: PreparedCall, exc: LookalikeError | None) -> None:
+        """Tells the throttle how a sent call ended."""
+        if call.throttled:
+            self.throttle.record(exc is None or not is_overload(exc))
+
     # -- one body per RPC: build the request, say how to read the answer --
 
     def _list_models(self) -> PreparedCall:
@@ -350,7 +378,7 @@ class BaseClient:
 
     def _embed(self, images: ImageInput | Sequence[ImageInput], model: str) -> PreparedCall:
         req = pb.EmbedRequest(model=model, images=[encode_image(i) for i in _image_list(images)])
-        return PreparedCall(self._stub.Embed, req, _embeddings)
+        return PreparedCall(self._stub.Embed, req, _embeddings, throttled=True)
 
     def _insert(self, items: ItemInput | Iterable[ItemInput], models: Sequence[str] | None) -> PreparedCall:
         single = _is_single_item(items)
@@ -363,11 +391,11 @@ class BaseClient:
             results = [_insert_result(r) for r in resp.results]
             return results[0] if single else results
 
-        return PreparedCall(self._stub.Insert, req, convert)
+        return PreparedCall(self._stub.Insert, req, convert, throttled=True)
 
     def _search(self, *query: Any) -> PreparedCall:
         # The shells pass their (typed) arguments in _search_request's order.
-        return PreparedCall(self._stub.Search, _search_request(*query), _search_result)
+        return PreparedCall(self._stub.Search, _search_request(*query), _search_result, throttled=True)
 
     def _get(self, id: int | None, key: str | None) -> PreparedCall:
         if (id is None) == (key is None):

@@ -42,10 +42,15 @@ class AsyncLookalikeClient(BaseClient):
         await self.close()
 
     async def _send(self, call: PreparedCall, timeout: float | None) -> Any:
+        self._admit(call)
         try:
-            return call.convert(await call.rpc(call.request, timeout=self._deadline(timeout), metadata=self._metadata))
+            response = await call.rpc(call.request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as err:  # grpc.aio.AioRpcError is one
-            raise from_rpc_error(err) from err
+            exc = from_rpc_error(err)
+            self._record(call, exc)
+            raise exc from err
+        self._record(call, None)
+        return call.convert(response)
 
     async def list_models(self, *, timeout: float | None = _USE_DEFAULT) -> list[ModelInfo]:
         """See :meth:`LookalikeClient.list_models`."""

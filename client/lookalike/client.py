@@ -166,10 +166,15 @@ class LookalikeClient(BaseClient):
 
     def _send(self, call: PreparedCall, timeout: float | None) -> Any:
         """Runs one unary call under its deadline; gRPC does the retrying."""
+        self._admit(call)
         try:
-            return call.convert(call.rpc(call.request, timeout=self._deadline(timeout), metadata=self._metadata))
+            response = call.rpc(call.request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            exc = from_rpc_error(err)
+            self._record(call, exc)
+            raise exc from err
+        self._record(call, None)
+        return call.convert(response)
 
     # -- RPCs --
 

@@ -32,6 +32,7 @@ __all__ = [
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
+    "is_overload",
     "make_error",
 ]
 
@@ -87,7 +88,16 @@ class ResourceExhaustedError(LookalikeError):
     """The server is overloaded (a queue is full); back off and retry.
 
     A request over a size limit is an :class:`InvalidArgumentError`, not this.
+
+    Attributes:
+        retry_after_s: The server's hint (its ``grpc-retry-pushback-ms`` trailer) of how long to
+            wait before trying again, in seconds; ``None`` when it sent none.
+        local: True when this client refused the call itself, without sending it, because the
+            server had been refusing most calls (:mod:`lookalike.throttle`).
     """
+
+    retry_after_s: float | None = None
+    local: bool = False
 
 
 class AbortedError(LookalikeError):
@@ -135,8 +145,31 @@ def from_rpc_error(err: grpc.RpcError) -> LookalikeError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
     exc = make_error(code or grpc.StatusCode.UNKNOWN, details or "")
+    if isinstance(exc, ResourceExhaustedError):
+        exc.retry_after_s = _pushback_s(err)
     exc.__cause__ = err
     return exc
+
+
+def _pushback_s(err: grpc.RpcError) -> float | None:
+    """The ``grpc-retry-pushback-ms`` trailer in seconds (None if absent or malformed)."""
+    try:
+        trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    except Exception:  # an aio error before the call ended has none to give
+        return None
+    for key, value in trailers or ():
+        if key == "grpc-retry-pushback-ms":
+            try:
+                ms = int(value)
+            except (TypeError, ValueError):
+                return None
+            return ms / 1000 if ms >= 0 else None
+    return None
+
+
+def is_overload(exc: LookalikeError) -> bool:
+    """Whether ``exc`` is the server refusing work because it is busy (not a size limit)."""
+    return isinstance(exc, ResourceExhaustedError) and exc.retriable
 
 
 def from_stream_error(err: pb.Error) -> LookalikeError:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from lookalike import (
     NotFoundError,
     ResourceExhaustedError,
     SearchQuery,
+    ThrottleSettings,
     UnavailableError,
 )
 from lookalike.images import encode_image, sniff_mime
-from tests.unit.test_client_fakes import DIM, FakeServer
+from tests.unit.test_client_fakes import DIM, MODELS, FakeServer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -328,3 +330,50 @@ def test_grpc_size_limit_is_not_retriable(client: LookalikeClient, server: FakeS
         c.embed(os.urandom(2000), model="alpha")
     assert "larger than max" in info.value.message and not info.value.retriable
     assert not server.servicer.seen.requests["Embed"]
+
+
+def test_overload_refusal_carries_the_pushback_hint(server: FakeServer) -> None:
+    server.servicer.fail["Embed"] = [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    server.servicer.pushback_ms["Embed"] = 250
+    with LookalikeClient(server.target, retries=0) as c, pytest.raises(ResourceExhaustedError) as info:
+        c.embed(_png(), model="alpha")
+    assert info.value.retry_after_s == 0.25 and not info.value.local
+
+
+def test_client_throttles_locally_while_the_server_refuses(server: FakeServer) -> None:
+    # The server refuses every Embed as overloaded: after a few refusals the client answers
+    # most calls itself, so far fewer than the calls made reach the server.
+    server.servicer.fail["Embed"] = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 1000
+    with LookalikeClient(server.target, retries=0, throttle=ThrottleSettings(k=2, window_s=3)) as c:
+        local = 0
+        for _ in range(60):
+            with pytest.raises(ResourceExhaustedError) as info:
+                c.embed(_png(), model="alpha")
+            local += info.value.local
+        sent = len(server.servicer.seen.requests["Embed"])
+        assert sent + local == 60
+        assert local >= 30, f"only {local} of 60 refused locally"
+        # Calls the server does not admission-control are never refused locally.
+        assert len(c.list_models()) == len(MODELS)
+        # Once the server accepts again, the refusals age out of the window and every call goes.
+        server.servicer.fail["Embed"] = []
+        time.sleep(3.1)
+        assert all(_embeds(c) for _ in range(50))
+
+
+def test_throttle_can_be_turned_off(server: FakeServer) -> None:
+    server.servicer.fail["Embed"] = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 40
+    with LookalikeClient(server.target, retries=0, throttle=ThrottleSettings(k=0)) as c:
+        for _ in range(40):
+            with pytest.raises(ResourceExhaustedError) as info:
+                c.embed(_png(), model="alpha")
+            assert not info.value.local
+    assert len(server.servicer.seen.requests["Embed"]) == 40
+
+
+def _embeds(c: LookalikeClient) -> bool:
+    try:
+        c.embed(_png(), model="alpha")
+    except ResourceExhaustedError:
+        return False
+    return True
