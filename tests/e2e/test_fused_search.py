@@ -8,6 +8,7 @@ vectors back from Milvus and recomputes, with numpy, what the fused list must be
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 
@@ -198,3 +199,30 @@ def test_a_vector_query_cannot_fuse(live_server, indexed):
     vec = vectors[MODELS[0]][next(iter(keys))]
     with LookalikeClient(live_server.target) as client, pytest.raises(InvalidArgumentError, match="two or more"):
         client.search(vector=vec, models=[MODELS[0]], fusion="rrf")
+
+
+def test_cli_search_shows_a_fused_column_and_json(live_server, indexed, photos, tmp_path, capsys):
+    from lookalike.cli import main
+
+    prefix, keys, _ = indexed
+    query_id = next(iter(keys))
+    base = ["--target", live_server.target, "search", "--id", str(query_id), "--exclude-self"]
+    base += ["--key-prefix", prefix, "--top-k", "3"]
+    assert main([*base, "--fuse", "rrf", "--rrf-k", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[1:] == [*MODELS, "fused", "(rrf)"]
+    assert len(lines) == 2 + 3
+    page = tmp_path / "page.html"
+    argv = [*base, "--fuse", "--weight", "mobilenet_v2=0.5", "--json", "--html", str(page)]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fusion_method"] == "distance" and len(data["fused"]) == 3
+    first = data["fused"][0]
+    assert {s["model"] for s in first["models"]} == set(MODELS)
+    assert first["score"] == pytest.approx(
+        sum((0.5 if s["model"] == "mobilenet_v2" else 1) * s["distance"] for s in first["models"]), abs=1e-5
+    )
+    assert "fused (distance)" in page.read_text()
+    # A fusion option without --fuse is a usage error, said in one line.
+    assert main([*base, "--weight", "mobilenet_v2=2"]) == 1
+    assert "add --fuse" in capsys.readouterr().err
