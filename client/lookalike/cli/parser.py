@@ -16,6 +16,7 @@ from lookalike.cli.commands import (
     cmd_serve,
     cmd_stats,
 )
+from lookalike.cli.evaluation import add_eval_arguments, cmd_eval
 from lookalike.cli.exits import CliError
 from lookalike.cli.index import cmd_index
 from lookalike.cli.options import add_connection_arguments
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to it (never outside it, symlinks included); without it no local file is read",
     )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "eval",
+        help="score retrieval (P@1, P@5, mAP) per model and fused on labelled folders, in a scratch namespace",
+    )
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("get", help="show a stored item, by id or by key")
     p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")
