@@ -45,10 +45,13 @@ def _confusion_rows(report: EvalReport, top: int = 10) -> list[tuple[str, list[i
 
 def _label_rows(report: EvalReport) -> list[tuple[str, int, list[str]]]:
     names = _rows(report)
-    return [
-        (label, count, [f"{report.scores[n].precision_at_1_by_label.get(label, float('nan')):.3f}" for n in names])
-        for label, count in report.labels.items()
-    ]
+
+    def cell(name: str, label: str) -> str:
+        # "-": a label with one item has no relevant item, so its query is not scored.
+        value = report.scores[name].precision_at_1_by_label.get(label)
+        return "-" if value is None else f"{value:.3f}"
+
+    return [(label, count, [cell(n, label) for n in names]) for label, count in report.labels.items()]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:

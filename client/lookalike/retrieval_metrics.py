@@ -169,10 +169,14 @@ def confused_pairs(
     Returns:
         ``(label_a, label_b, count)`` with ``label_a < label_b``, most confused first (ties by
         the labels): ``count`` is how many queries of either label had the other first.
+        Queries whose label has no other member are not counted.
     """
+    per_label = Counter(labels.values())
     counts: Counter[tuple[str, str]] = Counter()
     for query, ranking in rankings.items():
-        if not ranking:
+        # A query whose label has no other member cannot be right: not a confusion, as in
+        # score_rankings, where it is skipped.
+        if not ranking or per_label[labels[query]] < 2:
             continue
         a, b = labels[query], labels[ranking[0]]
         if a != b:
