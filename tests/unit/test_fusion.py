@@ -14,6 +14,7 @@ from lookalike_server.fusion import (
     DEFAULT_RRF_K,
     FusionMethod,
     FusionRequest,
+    ModelScore,
     fuse,
     missing_ids,
     plan_fusion,
@@ -87,9 +88,11 @@ def test_distance_fusion_sums_weighted_distances_over_the_union() -> None:
     # Item 1 was not among b's candidates: rank 0, its distance the computed one.
     assert got[1].models[1].rank == 0 and got[1].models[1].distance == pytest.approx(0.40)
 
-    weighted = fuse(plan(FusionMethod.DISTANCE, {"a": 3.0, "b": 0.0}), cands, computed, limit=2)
-    # a alone, tripled: 1: 0.30, 2: 0.60, 3: 1.50
-    assert [(h.id, round(h.score, 6)) for h in weighted] == [(1, 0.3), (2, 0.6)]
+    weighted = fuse(plan(FusionMethod.DISTANCE, {"a": 3.0, "b": 0.0}), cands, computed, limit=10)
+    # a alone, tripled: 1: 0.30, 2: 0.60, 3: 1.50. b weighs 0 but still brought candidate 3
+    # and still shows its distances.
+    assert [(h.id, round(h.score, 6)) for h in weighted] == [(1, 0.3), (2, 0.6), (3, 1.5)]
+    assert weighted[2].models[1] == ModelScore("b", 0.30, 2)
 
 
 def test_distance_fusion_leaves_out_an_item_without_a_vector_in_every_model() -> None:
