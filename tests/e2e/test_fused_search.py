@@ -7,6 +7,7 @@ vectors back from Milvus and recomputes, with numpy, what the fused list must be
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.client import Fusion, InvalidArgumentError, LookalikeClient
+from lookalike.client import AsyncLookalikeClient, Fusion, InvalidArgumentError, LookalikeClient, SearchQuery
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
@@ -226,3 +227,28 @@ def test_cli_search_shows_a_fused_column_and_json(live_server, indexed, photos, 
     # A fusion option without --fuse is a usage error, said in one line.
     assert main([*base, "--weight", "mobilenet_v2=2"]) == 1
     assert "add --fuse" in capsys.readouterr().err
+
+
+def test_async_client_and_search_stream_carry_fusion(live_server, indexed):
+    prefix, keys, _ = indexed
+    ids = list(keys)[:3]
+    with LookalikeClient(live_server.target) as client:
+        expected = {i: client.search(id=i, exclude_self=True, key_prefix=prefix, top_k=4, fusion="rrf") for i in ids}
+        queries = [SearchQuery(id=i, exclude_self=True, top_k=4) for i in ids]
+        # The stream's default fusion applies to every query; a query's own value wins.
+        queries[2] = SearchQuery(id=ids[2], exclude_self=True, top_k=4, fusion=False)
+        streamed = {r.index: r for r in client.search_stream(queries, key_prefix=prefix, fusion="rrf")}
+    for index in (0, 1):
+        got = streamed[index].result
+        assert got is not None and got.fusion_method == "rrf"
+        assert [h.id for h in got.fused] == [h.id for h in expected[ids[index]].fused]
+    last = streamed[2].result
+    assert last is not None and last.fusion_method is None and last.fused == []
+
+    async def main() -> None:
+        async with AsyncLookalikeClient(live_server.target) as client:
+            res = await client.search(id=ids[0], exclude_self=True, key_prefix=prefix, top_k=4, fusion="rrf")
+            assert [h.id for h in res.fused] == [h.id for h in expected[ids[0]].fused]
+            assert res.fused[0].models[0].model == MODELS[0]
+
+    asyncio.run(main())
