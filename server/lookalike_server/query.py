@@ -98,8 +98,12 @@ class Searcher:
 
         vectors: dict[str, np.ndarray]
         if query.vector is not None:
+            if query.fusion is not None:
+                raise InvalidArgument(
+                    "a vector query searches only its own model, and fusion combines two or more models: "
+                    "query by image or by a stored item's id to fuse"
+                )
             vectors = self._query_vector(query)
-            plan = self._plan(query, list(vectors), top_k)
         elif query.item_id is not None:
             vectors = self._stored_vectors(query, timing)
             plan = self._plan(query, list(vectors), top_k)
@@ -163,7 +167,7 @@ class Searcher:
             )
             for m, vec in vectors.items()
         }
-        raw = {m: self._wait(m, fut, ctx, f"the {m} search finished")[0] for m, fut in futures.items()}
+        raw = {m: self._wait(fut, ctx, f"the {m} search finished")[0] for m, fut in futures.items()}
         timing.milvus_ms += (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
@@ -187,7 +191,7 @@ class Searcher:
             listed[m] = hits
         return listed, keys
 
-    def _wait(self, model: str, fut: Future[Any], ctx: RequestContext, stage: str) -> Any:
+    def _wait(self, fut: Future[Any], ctx: RequestContext, stage: str) -> Any:
         """A store call's result within the request's deadline."""
         remaining = ctx.remaining()
         try:
@@ -224,7 +228,7 @@ class Searcher:
         }
         computed: dict[str, dict[int, float]] = {}
         for m, fut in futures.items():
-            got: dict[int, np.ndarray] = self._wait(m, fut, ctx, f"the {m} vectors came")
+            got: dict[int, np.ndarray] = self._wait(fut, ctx, f"the {m} vectors came")
             if got:
                 ids = sorted(got)
                 dists = squared_l2(vectors[m][0], np.stack([got[i] for i in ids]))

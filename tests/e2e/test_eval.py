@@ -102,7 +102,20 @@ def test_eval_cleans_up_after_an_interruption(live_server, labelled, monkeypatch
     assert _left_under(live_server, prefix, labelled / "saturn" / "crop.png") == 0
 
 
-def test_eval_of_a_folder_without_labels_is_a_usage_error(live_server, tmp_path, capsys):
-    (tmp_path / "flat.jpg").write_bytes(b"not a label folder")
-    assert main(["--target", live_server.target, "eval", str(tmp_path)]) == 1
+def test_eval_usage_errors(live_server, labelled, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "x.jpg").write_bytes(b"not in a label folder")
+    assert main(["--target", live_server.target, "eval", str(flat)]) == 1
     assert "one sub-folder per label" in capsys.readouterr().err
+    argv = ["--target", live_server.target, "eval", str(labelled), "--model", MODELS[0], "--fusion", "rrf"]
+    assert main(argv) == 1
+    assert "--fusion combines two or more models" in capsys.readouterr().err
+
+
+def test_eval_of_one_model_without_fusion(live_server, labelled, capsys):
+    argv = ["--target", live_server.target, "eval", str(labelled), "--model", MODELS[1], "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["scores"]) == [MODELS[1]] and data["scores"][MODELS[1]]["p_at_1"] == 1.0
+    assert data["left"] == 0

@@ -43,6 +43,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise CliError(f"no such directory: {root}")
     methods: list[str] = [] if args.no_fusion else (args.fusion or ["distance", "rrf"])
+    if args.fusion and args.model and len(set(args.model)) < 2:
+        raise CliError("--fusion combines two or more models: name another --model, or drop --fusion")
 
     def log(msg: str) -> None:
         print(f"eval: {msg}", file=sys.stderr, flush=True)
