@@ -99,6 +99,10 @@ def report_markdown(report: EvalReport, title: str = "Retrieval evaluation") -> 
         f"Scratch namespace `{report.prefix}`: {report.deleted} item(s) deleted afterwards, {left} left.",
         "",
     ]
+    if report.skipped:
+        lines += [f"Skipped {len(report.skipped)} file(s) the server refused:", ""]
+        lines += [f"- `{rel}`: {why}" for rel, why in report.skipped.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -144,6 +148,9 @@ def report_html(report: EvalReport, title: str = "Retrieval evaluation") -> str:
         f"<p>Scratch namespace {html.escape(report.prefix)}: {report.deleted} item(s) deleted afterwards, "
         f"{'could not be checked' if report.left < 0 else report.left} left.</p>",
     ]
+    if report.skipped:
+        items = "".join(f"<li>{html.escape(rel)}: {html.escape(why)}</li>" for rel, why in report.skipped.items())
+        parts.append(f"<p>Skipped {len(report.skipped)} file(s) the server refused:</p><ul>{items}</ul>")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -176,4 +183,5 @@ def report_data(report: EvalReport) -> dict[str, Any]:
         "scratch_prefix": report.prefix,
         "deleted": report.deleted,
         "left": report.left,
+        "skipped": report.skipped,
     }

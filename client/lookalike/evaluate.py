@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lookalike.client import LookalikeClient, NewItem, NotFoundError, SearchQuery
+from lookalike.client import InvalidArgumentError, LookalikeClient, NewItem, NotFoundError, SearchQuery
 from lookalike.retrieval_metrics import (
     RetrievalScores,
     average_precision,
@@ -96,6 +96,7 @@ class ScratchIndex:
     Attributes:
         prefix: ``eval-<uuid>/``; every key starts with it.
         ids: Relative path → item id, for every image indexed.
+        skipped: Relative path → the server's reason, for files it refused (not an image, too large).
         deleted: Items removed on exit.
         left: Items found under the prefix after the cleanup (0 unless the server failed).
     """
@@ -121,6 +122,7 @@ class ScratchIndex:
         self.token = uuid.uuid4().hex
         self.prefix = f"eval-{self.token[:12]}/"
         self.ids: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}
         self.deleted = 0
         self.left = 0
 
@@ -151,9 +153,14 @@ class ScratchIndex:
             else:
                 failed.append(res.index)
         # A transient failure on the stream (e.g. a Milvus Lite flush race) is retried once as
-        # a unary Insert: idempotent by content, so never a duplicate.
+        # a unary Insert: idempotent by content, so never a duplicate. A file the server
+        # refuses as no image (or one past a size limit) is left out and reported.
         for index in failed:
-            self.ids[rels[index]] = self.client.insert(items[index], self.models).id
+            try:
+                self.ids[rels[index]] = self.client.insert(items[index], self.models).id
+            except InvalidArgumentError as err:
+                self.skipped[rels[index]] = err.message
+                self.log(f"skipped {rels[index]}: {err.message}")
         self.log(f"indexed {len(self.ids)} images under {self.prefix}")
 
     def _cleanup(self) -> None:
@@ -179,9 +186,11 @@ class ScratchIndex:
 
     def _sweep(self) -> set[int]:
         """Ids found under the prefix by a search with one of the folder's images, per model."""
-        if not self.files:
+        # An image the server took is a query it can embed; before any answer, any file not refused.
+        usable = [rel for rel in self.files if rel in self.ids] or [r for r in self.files if r not in self.skipped]
+        if not usable:
             return set()
-        first = next(iter(self.files))
+        first = usable[0]
         res = self.client.search(self._bytes(first), models=self.models, top_k=self.max_top_k, key_prefix=self.prefix)
         return {h.id for mh in res for h in mh.hits}
 
@@ -268,6 +277,7 @@ class EvalReport:
         prefix: The scratch key prefix used.
         deleted: Items removed afterwards.
         left: Items still under the prefix afterwards (0 = clean; -1 = could not check).
+        skipped: Files the server refused, with its reason.
     """
 
     root: str
@@ -279,7 +289,7 @@ class EvalReport:
     prefix: str
     deleted: int = 0
     left: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def score_all(
@@ -344,4 +354,5 @@ def evaluate_folder(
         prefix=scratch.prefix,
         deleted=scratch.deleted,
         left=scratch.left,
+        skipped=dict(scratch.skipped),
     )

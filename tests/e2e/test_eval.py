@@ -36,6 +36,12 @@ def labelled(tmp_path: Path, photos: list[Path]) -> Path:
     return root
 
 
+@pytest.fixture
+def with_a_broken_file(labelled: Path) -> Path:
+    (labelled / "crane" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    return labelled
+
+
 def _counts(live_server) -> dict[str, int]:
     service = live_server.server.service
     return {m: service.milvus.count(c) for m, c in service.collections.items()}
@@ -47,7 +53,8 @@ def _left_under(live_server, prefix: str, image: Path) -> int:
     return sum(len(mh.hits) for mh in res)
 
 
-def test_eval_scores_match_the_hand_computation_and_leave_nothing(live_server, labelled, tmp_path, capsys):
+def test_eval_scores_match_the_hand_computation_and_leave_nothing(live_server, with_a_broken_file, tmp_path, capsys):
+    labelled = with_a_broken_file
     # An image the user already indexed, byte for byte: eval must neither use nor delete it.
     users = f"user-{uuid.uuid4().hex[:6]}/"
     with LookalikeClient(live_server.target) as client:
@@ -60,6 +67,8 @@ def test_eval_scores_match_the_hand_computation_and_leave_nothing(live_server, l
     data = json.loads(capsys.readouterr().out)
 
     assert data["items"] == 6 and data["labels"] == {"crane": 2, "giraffe": 2, "saturn": 2}
+    # The file the server cannot decode is left out and reported, not fatal.
+    assert list(data["skipped"]) == ["crane/broken.jpg"]
     assert set(data["scores"]) == {*MODELS, "fused:distance", "fused:rrf"}
     for name, s in data["scores"].items():
         assert s["queries"] == 6, name
@@ -82,6 +91,7 @@ def test_eval_scores_match_the_hand_computation_and_leave_nothing(live_server, l
     md = (out / "eval.md").read_text()
     assert "| fused:distance | 1.000 | 0.200 | 1.000 | 0.200 | 0.457 | 6 |" in md
     assert "None: every first hit had its query's label." in md
+    assert "- `crane/broken.jpg`: " in md
     page = (out / "eval.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "fused:rrf" in page and "<script" not in page
     assert json.loads((out / "eval.json").read_text())["items"] == 6
