@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Retrieval quality of the served models on a labelled real photo set, measured through the server.
+"""Retrieval quality of the served models, and of their fusion, on a labelled real photo set.
 
-Two measurements, each per model, on the tuxpaint photo cut-outs (``scripts/get_photos.py
-tuxpaint``: ~220 photos on white in ~23 labels):
+Two measurements, each per model and per fusion method (``fused:distance``, ``fused:rrf``: see
+docs/fusion.md), on the tuxpaint photo cut-outs (``scripts/get_photos.py tuxpaint``: ~220 photos
+on white in ~23 labels):
 
-1. **Leave-one-out retrieval.** Every photo is indexed; each one is then the query, by its stored
-   id with ``exclude_self``, and ranks the other N-1 photos (``top_k = N - 1``). A hit is relevant
-   when it carries the query's label. Reported: P@1, P@5 and mAP (average precision over that
-   whole ranking, so every relevant photo counts), next to what a random ranking scores: its
-   expected P@1 (also its expected P@k for any k) and its expected AP, both in closed form.
+1. **Leave-one-out retrieval**, by the same code as ``lookalike eval``
+   (:mod:`lookalike.evaluate`): every photo is indexed in a scratch namespace; each one is then
+   the query, by its stored id with ``exclude_self``, and ranks the other N-1 photos
+   (``top_k = N - 1``). A hit is relevant when it carries the query's label. Reported: P@1, P@5
+   and mAP (average precision over that whole ranking, so every relevant photo counts), next to
+   what a random ranking scores: its expected P@1 (also its expected P@k for any k) and its
+   expected AP, both in closed form.
 2. **Copy detection.** For a fixed sample of indexed photos, edited variants (centre crop 70%,
    rescale to 50%, JPEG re-encode at quality 40, rotation by 5°, horizontal flip) are sent as
    query *images*; reported per transform is the share whose first hit is the original
@@ -42,15 +45,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from lookalike.client import LookalikeClient, NewItem, SearchQuery
+from lookalike.client import LookalikeClient, SearchQuery
+from lookalike.evaluate import ScratchIndex, find_labelled_images, fused_name, id_labels, leave_one_out, score_all
+from lookalike.retrieval_metrics import (
+    RetrievalScores,
+    average_precision,
+    precision_at_k,
+    random_average_precision,
+    random_precision,
+    score_rankings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -58,144 +69,20 @@ from bench_report import describe_machine, machine_markdown  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 TRANSFORM_NAMES = ("crop70", "scale50", "jpeg40", "rotate5", "hflip")
+FUSION_METHODS = ("distance", "rrf")
 COPY_KS = (1, 5)
 
 # ------------------------------------------------------------------ metrics --
-# Pure functions over rankings of booleans (is the hit at this rank relevant?), so that the
-# arithmetic is unit-tested on hand-checkable numbers apart from any server.
-
-
-def precision_at_k(relevant: Sequence[bool], k: int) -> float:
-    """Fraction of the first ``k`` hits that are relevant.
-
-    A ranking shorter than ``k`` counts its missing ranks as misses (the standard definition:
-    the denominator is always ``k``), so a server returning too few hits is not rewarded.
-
-    Args:
-        relevant: Relevance of each hit, best first.
-        k: Cut-off, at least 1.
-
-    Returns:
-        P@k in [0, 1].
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return sum(1 for r in relevant[:k] if r) / k
-
-
-def average_precision(relevant: Sequence[bool], n_relevant: int) -> float:
-    """Average precision of one ranking: the mean of P@rank over the ranks of relevant hits.
-
-    Divided by ``n_relevant`` (all relevant items in the collection), not by the number
-    retrieved, so a relevant item missing from the ranking counts as precision 0.
-
-    Args:
-        relevant: Relevance of each hit, best first.
-        n_relevant: Relevant items in the whole collection for this query (> 0).
-
-    Returns:
-        AP in [0, 1].
-    """
-    if n_relevant < 1:
-        raise ValueError("average precision is undefined without a relevant item")
-    found = 0
-    total = 0.0
-    for rank, is_relevant in enumerate(relevant, start=1):
-        if is_relevant:
-            found += 1
-            total += found / rank
-    return total / n_relevant
-
-
-def random_precision(n_relevant: int, n_candidates: int) -> float:
-    """Expected P@k of a uniformly random ranking (the same for every k <= n_candidates)."""
-    return n_relevant / n_candidates
-
-
-def random_average_precision(n_relevant: int, n_candidates: int) -> float:
-    """Expected AP of a uniformly random ranking of ``n_candidates`` with ``n_relevant`` relevant.
-
-    Rank k holds a relevant item with probability R/N; given that, the other k-1 ranks above it
-    hold (k-1)(R-1)/(N-1) relevant ones on average, so E[P@k | relevant at k] =
-    (1 + (k-1)(R-1)/(N-1)) / k. Summing over k and dividing by R:
-    E[AP] = (1/N) * sum_{k=1..N} (1 + (k-1)(R-1)/(N-1)) / k.
-
-    Args:
-        n_relevant: R, at least 1.
-        n_candidates: N, at least R.
-    """
-    r, n = n_relevant, n_candidates
-    if not 1 <= r <= n:
-        raise ValueError(f"need 1 <= n_relevant <= n_candidates, got {r}, {n}")
-    if n == 1:
-        return 1.0
-    slope = (r - 1) / (n - 1)
-    return sum((1 + (k - 1) * slope) / k for k in range(1, n + 1)) / n
-
-
-@dataclass(frozen=True)
-class RetrievalScores:
-    """Leave-one-out scores of one model, averaged over the queries that have a relevant item."""
-
-    queries: int
-    skipped: int
-    precision: dict[int, float]
-    mean_ap: float
-    chance_precision: float
-    chance_map: float
-    precision_at_1_by_label: dict[str, float]
-
-
-def score_rankings(
-    rankings: Mapping[Any, Sequence[Any]],
-    labels: Mapping[Any, str],
-    ks: Iterable[int] = (1, 5),
-) -> RetrievalScores:
-    """Scores leave-one-out rankings against labels.
-
-    Args:
-        rankings: Query item → the other items, best first (the query itself must not appear).
-        labels: Item → label, for every item in the collection (queries and candidates).
-        ks: Cut-offs for P@k.
-
-    Returns:
-        Means over the queries whose label has at least one other member; the others are
-        counted in ``skipped`` (no relevant item exists, so P@k and AP say nothing).
-    """
-    ks = tuple(ks)
-    per_label_count = Counter(labels.values())
-    candidates = len(labels) - 1
-    sums: dict[int, float] = dict.fromkeys(ks, 0.0)
-    ap_sum = chance_p_sum = chance_ap_sum = 0.0
-    by_label: dict[str, list[float]] = defaultdict(list)
-    queries = skipped = 0
-    for query, ranking in rankings.items():
-        label = labels[query]
-        n_relevant = per_label_count[label] - 1
-        if n_relevant < 1:
-            skipped += 1
-            continue
-        if query in ranking:
-            raise ValueError(f"query {query!r} ranks itself: leave-one-out needs it excluded")
-        relevant = [labels[hit] == label for hit in ranking]
-        queries += 1
-        for k in ks:
-            sums[k] += precision_at_k(relevant, k)
-        ap_sum += average_precision(relevant, n_relevant)
-        chance_p_sum += random_precision(n_relevant, candidates)
-        chance_ap_sum += random_average_precision(n_relevant, candidates)
-        by_label[label].append(precision_at_k(relevant, 1))
-    if queries == 0:
-        raise ValueError("no query has a relevant item")
-    return RetrievalScores(
-        queries=queries,
-        skipped=skipped,
-        precision={k: s / queries for k, s in sums.items()},
-        mean_ap=ap_sum / queries,
-        chance_precision=chance_p_sum / queries,
-        chance_map=chance_ap_sum / queries,
-        precision_at_1_by_label={lbl: sum(v) / len(v) for lbl, v in sorted(by_label.items())},
-    )
+# P@k, AP, their random baselines and the leave-one-out scoring live in the client package
+# (lookalike.retrieval_metrics), shared with `lookalike eval`; re-exported here for the tests.
+__all__ = [
+    "RetrievalScores",
+    "average_precision",
+    "precision_at_k",
+    "random_average_precision",
+    "random_precision",
+    "score_rankings",
+]
 
 
 def recall_at_k(ranks: Sequence[int | None], k: int) -> float:
@@ -279,18 +166,6 @@ def log(msg: str) -> None:
     print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def find_photos(photo_dir: Path) -> dict[str, str]:
-    """Key (``label/name.png``) → label for every photo under ``photo_dir/<label>/``."""
-    found = {
-        f"{p.parent.name}/{p.name}": p.parent.name
-        for p in sorted(photo_dir.glob("*/*"))
-        if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-    }
-    if not found:
-        raise SystemExit(f"no photos under {photo_dir}/<label>/")
-    return found
-
-
 def fetch_photos(out: Path) -> None:
     """Runs ``scripts/get_photos.py tuxpaint`` (downloads once, then served from .cache/photos)."""
     cmd = [sys.executable, str(REPO / "scripts" / "get_photos.py"), "tuxpaint", "--out", str(out)]
@@ -345,51 +220,35 @@ def running_server(data_dir: Path, extra_args: Sequence[str], ready_timeout: flo
                 proc.wait()
 
 
-def index_photos(client: LookalikeClient, photo_dir: Path, labels: Mapping[str, str], window: int) -> dict[str, int]:
-    """Inserts every photo (attribute ``label``) and returns key → id.
-
-    Items that fail on the stream are retried once each with a unary Insert: concurrent inserts
-    on Milvus Lite can still hit a transient flush race, and inserts are idempotent by content,
-    so a retry never creates a duplicate.
-    """
-    items = [NewItem(key=key, image=photo_dir / key, attributes={"label": label}) for key, label in labels.items()]
-    ids: dict[str, int] = {}
-    failed: list[NewItem] = []
-    for res in client.insert_stream(items, window=window):
-        if res.result is not None:
-            ids[res.key] = res.result.id
-        else:
-            failed.append(items[res.index])
-    if failed:
-        log(f"retrying {len(failed)} failed insert(s) once: e.g. {failed[0].key}")
-    for item in failed:
-        ids[item.key] = client.insert(item).id  # raises if the retry fails too
-    return ids
-
-
 def search_all(
     client: LookalikeClient, queries: Sequence[SearchQuery], window: int, what: str
 ) -> list[dict[str, list[int]]]:
-    """Runs ``queries`` on one SearchStream; returns per query model → hit ids, best first.
+    """Runs ``queries`` on one SearchStream; returns per query ranking name → hit ids, best first.
 
-    A query that fails on the stream is retried once as a unary Search (same reasoning as for
-    inserts: a transient server error must not bias the score by dropping a query).
+    Ranking names are the models and, for a query with fusion, ``fused:<method>``. A query
+    that fails on the stream is retried once as a unary Search (a transient server error must
+    not bias the score by dropping a query).
     """
+
+    def ids(result: Any, fusion: Any) -> dict[str, list[int]]:
+        out = {mh.model: [h.id for h in mh.hits] for mh in result}
+        if fusion:
+            out[fused_name(fusion)] = [h.id for h in result.fused]
+        return out
+
     out: list[dict[str, list[int]] | None] = [None] * len(queries)
     retry: list[int] = []
     for res in client.search_stream(queries, window=window):
         if res.result is not None:
-            out[res.index] = {mh.model: [h.id for h in mh.hits] for mh in res.result}
+            out[res.index] = ids(res.result, queries[res.index].fusion)
         else:
             retry.append(res.index)
     if retry:
         log(f"{what}: retrying {len(retry)} failed search(es) once")
     for i in retry:
         q = queries[i]
-        result = client.search(
-            q.image, id=q.id, models=q.models, top_k=q.top_k or 10, exclude_self=bool(q.exclude_self)
-        )
-        out[i] = {mh.model: [h.id for h in mh.hits] for mh in result}
+        result = client.search(q.image, id=q.id, top_k=q.top_k or 10, key_prefix=q.key_prefix, fusion=q.fusion)
+        out[i] = ids(result, q.fusion)
     missing = [i for i, o in enumerate(out) if o is None]
     if missing:  # the stream ended early without an error: a bug, not a score
         raise RuntimeError(f"{what}: no answer for {len(missing)} queries, e.g. #{missing[0]}")
@@ -406,63 +265,63 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             photo_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quality-photos-")))
             log("fetching the tuxpaint photos (scripts/get_photos.py, cached in .cache/photos)")
             fetch_photos(photo_dir)
-        labels = find_photos(photo_dir)
+        labels = find_labelled_images(photo_dir)
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quality-data-")))
         log(f"{len(labels)} photos in {len(set(labels.values()))} labels; starting the server in {data_dir}")
         target = stack.enter_context(running_server(data_dir, args.server_arg))
         client = stack.enter_context(LookalikeClient(target, timeout=120))
         models = client.list_models()
         model_names = [m.name for m in models]
-        log(f"server on {target}, models {model_names}")
+        methods = list(FUSION_METHODS) if len(model_names) >= 2 else []
+        log(f"server on {target}, models {model_names}, fusion {methods}")
 
+        # The retrieval part is `lookalike eval`'s own code (lookalike.evaluate).
         t0 = time.monotonic()
-        ids = index_photos(client, photo_dir, labels, args.window)
-        index_s = time.monotonic() - t0
-        if len(set(ids.values())) != len(ids):
-            # Identical bytes under two keys share one id (content dedupe); one label must win.
-            log("warning: some photos are byte-identical and share an id; the first key's label is used")
-        id_label: dict[int, str] = {}
-        for key, item_id in ids.items():
-            id_label.setdefault(item_id, labels[key])
-        n = len(id_label)
-        log(f"indexed {n} items in {index_s:.1f}s")
+        with ScratchIndex(client, photo_dir, labels, window=args.window, log=log) as scratch:
+            index_s = time.monotonic() - t0
+            id_label = id_labels(scratch)
+            if len(id_label) != len(scratch.ids):
+                # Identical bytes under two keys share one id (content dedupe); one label must win.
+                log("warning: some photos are byte-identical and share an id; the first key's label is used")
+            n = len(id_label)
 
-        # (a) leave-one-out: the whole ranking of the other N-1 items.
-        t0 = time.monotonic()
-        item_ids = sorted(id_label)
-        loo_queries = [SearchQuery(id=i, top_k=n - 1, exclude_self=True) for i in item_ids]
-        loo = search_all(client, loo_queries, args.window, "leave-one-out")
-        loo_s = time.monotonic() - t0
-        retrieval: dict[str, RetrievalScores] = {}
-        short_rankings: dict[str, int] = {}
-        for model in model_names:
-            rankings = {q: hits[model] for q, hits in zip(item_ids, loo, strict=True)}
-            short_rankings[model] = sum(1 for r in rankings.values() if len(r) < n - 1)
-            retrieval[model] = score_rankings(rankings, id_label, ks=(1, 5))
-        log(f"leave-one-out: {len(item_ids)} queries in {loo_s:.1f}s")
+            # (a) leave-one-out: the whole ranking of the other N-1 items, per model and fused.
+            t0 = time.monotonic()
+            rankings = leave_one_out(client, scratch, fusion_methods=methods, window=args.window, log=log)
+            loo_s = time.monotonic() - t0
+            retrieval, _confused, short_rankings = score_all(rankings, id_label)
+            names = list(rankings)
 
-        # (b) copy detection: a fixed random sample, so reruns edit the same photos.
-        t0 = time.monotonic()
-        keys = sorted(ids)
-        sample = sorted(random.Random(args.seed).sample(keys, min(args.copies, len(keys))))
-        copy_queries: list[SearchQuery] = []
-        copy_meta: list[tuple[str, str, int]] = []
-        for key in sample:
-            for name, data in make_variants(photo_dir / key).items():
-                copy_queries.append(SearchQuery(image=data, top_k=max(COPY_KS)))
-                copy_meta.append((key, name, ids[key]))
-        copies = search_all(client, copy_queries, args.window, "copy detection")
-        copy_s = time.monotonic() - t0
-        copy_ranks: dict[str, dict[str, list[int | None]]] = {m: {t: [] for t in TRANSFORMS} for m in model_names}
-        copy_rows: list[dict[str, Any]] = []
-        for (key, name, original), hits in zip(copy_meta, copies, strict=True):
-            row: dict[str, Any] = {"key": key, "transform": name}
-            for model in model_names:
-                rank = rank_of(original, hits[model])
-                copy_ranks[model][name].append(rank)
-                row[model] = rank
-            copy_rows.append(row)
-        log(f"copy detection: {len(copy_queries)} queries in {copy_s:.1f}s")
+            # (b) copy detection: a fixed random sample, so reruns edit the same photos; one pass
+            # per fusion method (the first also gives the per-model lists).
+            t0 = time.monotonic()
+            keys = sorted(scratch.ids)
+            sample = sorted(random.Random(args.seed).sample(keys, min(args.copies, len(keys))))
+            copy_meta: list[tuple[str, str, int, bytes]] = []
+            for key in sample:
+                for name, data in make_variants(photo_dir / key).items():
+                    copy_meta.append((key, name, scratch.ids[key], data))
+            hits: list[dict[str, list[int]]] = [{} for _ in copy_meta]
+            passes: list[str | None] = [*methods] or [None]
+            for method in passes:
+                queries = [
+                    SearchQuery(image=data, top_k=max(COPY_KS), key_prefix=scratch.prefix, fusion=method)
+                    for _, _, _, data in copy_meta
+                ]
+                answers = search_all(client, queries, args.window, "copy detection")
+                for acc, got in zip(hits, answers, strict=True):
+                    acc.update(got)
+            copy_s = time.monotonic() - t0
+            copy_ranks: dict[str, dict[str, list[int | None]]] = {m: {t: [] for t in TRANSFORMS} for m in names}
+            copy_rows: list[dict[str, Any]] = []
+            for (key, name, original, _), found in zip(copy_meta, hits, strict=True):
+                row: dict[str, Any] = {"key": key, "transform": name}
+                for ranking in names:
+                    rank = rank_of(original, found[ranking])
+                    copy_ranks[ranking][name].append(rank)
+                    row[ranking] = rank
+                copy_rows.append(row)
+            log(f"copy detection: {len(copy_meta)} edited photos, {len(methods) or 1} pass(es), {copy_s:.1f}s")
 
     return {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -500,6 +359,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             }
             for model, s in retrieval.items()
         },
+        "scratch": {"prefix": scratch.prefix, "deleted": scratch.deleted, "left": scratch.left},
         "copy_detection": {
             "photos": len(sample),
             "seed": args.seed,
@@ -550,7 +410,7 @@ def tables_markdown(report: Mapping[str, Any]) -> str:
     """The two result tables (leave-one-out, copy detection) as Markdown."""
     loo = report["leave_one_out"]
     lines = [
-        "| model | P@1 | P@5 | mAP | chance P@1 (= P@5) | chance mAP | queries |",
+        "| ranking | P@1 | P@5 | mAP | chance P@1 (= P@5) | chance mAP | queries |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model, s in loo.items():
@@ -564,7 +424,7 @@ def tables_markdown(report: Mapping[str, Any]) -> str:
         "",
         "Copy detection, recall@1 / recall@5 (the original is the first hit / in the top 5):",
         "",
-        "| model | " + " | ".join(transforms) + " |",
+        "| ranking | " + " | ".join(transforms) + " |",
         "| --- |" + " ---: |" * len(transforms),
     ]
     for model, per_t in recall.items():
@@ -599,7 +459,10 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             "**Leave-one-out**: each photo queries by its stored id with `exclude_self` and ranks the "
             f"other {ds['items'] - 1} (`top_k = N - 1`); a hit is relevant when it has the query's label. "
             "mAP averages precision at every relevant photo over that whole ranking. Chance is the "
-            "expectation for a uniformly random ranking (closed form), averaged over the same queries.",
+            "expectation for a uniformly random ranking (closed form), averaged over the same queries. "
+            "`fused:distance` ranks by the sum of the two models' squared L2 distances, `fused:rrf` by "
+            "reciprocal rank fusion (k = 60), both computed by the server over the union of the models' "
+            "candidates (docs/fusion.md).",
             "",
             f"**Copy detection**: {cd['photos']} indexed photos (seeded sample, seed {cd['seed']}), each "
             "edited five ways and sent as a query image: "

@@ -29,10 +29,12 @@ from lookalike.security import ChannelSecurity
 from lookalike.throttle import AdaptiveThrottle, ThrottleSettings
 from lookalike.types import (
     DeleteResult,
+    FusionInput,
     ItemInput,
     NewItem,
     SearchQuery,
     _embeddings,
+    _fusion_pb,
     _insert_result,
     _item,
     _model_info,
@@ -210,6 +212,7 @@ def _search_request(
     key_prefix: str | None,
     attributes: Mapping[str, str] | None,
     exclude_self: bool,
+    fusion: FusionInput = None,
 ) -> pb.SearchRequest:
     given = sum(x is not None for x in (image, id, vector))
     if given != 1:
@@ -220,6 +223,9 @@ def _search_request(
         exclude_self=exclude_self,
         filter=pb.Filter(key_prefix=key_prefix or "", attributes=dict(attributes or {})),
     )
+    fusion_msg = _fusion_pb(fusion)
+    if fusion_msg is not None:
+        req.fusion.CopyFrom(fusion_msg)
     if image is not None:
         req.image = encode_image(image)
     elif id is not None:
@@ -246,7 +252,7 @@ def _health_modules() -> tuple[Any, Any]:
 
 def _stream_search_request(index: int, q: SearchQuery, defaults: Mapping[str, Any]) -> pb.SearchStreamRequest:
     """A ``SearchStream`` request: the query's own non-``None`` fields override ``defaults``."""
-    fields = ("models", "top_k", "key_prefix", "attributes", "exclude_self")
+    fields = ("models", "top_k", "key_prefix", "attributes", "exclude_self", "fusion")
     merged = {f: getattr(q, f) if getattr(q, f) is not None else defaults[f] for f in fields}
     req = _search_request(image=q.image, id=q.id, vector=q.vector, **merged)
     return pb.SearchStreamRequest(request_id=str(index), query=req)

@@ -17,7 +17,16 @@ import grpc.aio
 from lookalike._core import _USE_DEFAULT, BaseClient, PreparedCall
 from lookalike.errors import from_rpc_error
 from lookalike.images import ImageInput
-from lookalike.types import DeleteResult, InsertResult, Item, ItemInput, ModelInfo, SearchResult, Stats
+from lookalike.types import (
+    DeleteResult,
+    FusionInput,
+    InsertResult,
+    Item,
+    ItemInput,
+    ModelInfo,
+    SearchResult,
+    Stats,
+)
 
 __all__ = ["AsyncLookalikeClient"]
 
@@ -83,10 +92,11 @@ class AsyncLookalikeClient(BaseClient):
         key_prefix: str | None = None,
         attributes: Mapping[str, str] | None = None,
         exclude_self: bool = False,
+        fusion: FusionInput = None,
         timeout: float | None = _USE_DEFAULT,
     ) -> SearchResult:
         """See :meth:`LookalikeClient.search`."""
-        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self)
+        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self, fusion)
         return await self._send(call, timeout)  # type: ignore[no-any-return]
 
     async def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:

@@ -76,6 +76,9 @@ from lookalike.security import ChannelSecurity
 from lookalike.types import (
     BatcherStats,
     DeleteResult,
+    FusedHit,
+    Fusion,
+    FusionInput,
     Hit,
     InsertResult,
     InsertStreamResult,
@@ -83,6 +86,7 @@ from lookalike.types import (
     ItemInput,
     ModelHits,
     ModelInfo,
+    ModelScore,
     NewItem,
     Preprocessing,
     SearchQuery,
@@ -108,6 +112,8 @@ __all__ = [
     "DeadlineExceededError",
     "DeleteResult",
     "FailedPreconditionError",
+    "FusedHit",
+    "Fusion",
     "Hit",
     "InsertResult",
     "InsertStreamResult",
@@ -118,6 +124,7 @@ __all__ = [
     "LookalikeError",
     "ModelHits",
     "ModelInfo",
+    "ModelScore",
     "NewItem",
     "NotFoundError",
     "PermissionDeniedError",
@@ -242,6 +249,7 @@ class LookalikeClient(BaseClient):
         key_prefix: str | None = None,
         attributes: Mapping[str, str] | None = None,
         exclude_self: bool = False,
+        fusion: FusionInput = None,
         timeout: float | None = _USE_DEFAULT,
     ) -> SearchResult:
         """Finds the stored items nearest to a query, per model, side by side.
@@ -258,12 +266,15 @@ class LookalikeClient(BaseClient):
             key_prefix: Only items whose key starts with this.
             attributes: Only items whose attributes equal all of these.
             exclude_self: For an id query, leave the item itself out.
+            fusion: Also return one list fused across the models (two or more): a
+                :class:`Fusion`, ``"distance"``, ``"rrf"`` or ``True`` for the server's default.
             timeout: Deadline in seconds; the client default when omitted.
 
         Returns:
-            A :class:`SearchResult`: one :class:`ModelHits` per model, in request order.
+            A :class:`SearchResult`: one :class:`ModelHits` per model, in request order (and
+            ``fused`` when asked).
         """
-        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self)
+        call = self._search(image, id, vector, models, top_k, key_prefix, attributes, exclude_self, fusion)
         return self._send(call, timeout)  # type: ignore[no-any-return]
 
     def get(self, id: int | None = None, *, key: str | None = None, timeout: float | None = _USE_DEFAULT) -> Item:
@@ -363,6 +374,7 @@ class LookalikeClient(BaseClient):
         key_prefix: str | None = None,
         attributes: Mapping[str, str] | None = None,
         exclude_self: bool = False,
+        fusion: FusionInput = None,
         window: int = 32,
         timeout: float | None = None,
     ) -> Iterator[SearchStreamResult]:
@@ -376,6 +388,7 @@ class LookalikeClient(BaseClient):
             key_prefix: Default key-prefix filter.
             attributes: Default attribute filter.
             exclude_self: Default for id queries.
+            fusion: Default fusion (see :meth:`search`).
             window: Maximum queries in flight.
             timeout: Deadline for the whole stream in seconds; ``None`` (default) for none.
 
@@ -389,6 +402,7 @@ class LookalikeClient(BaseClient):
             "key_prefix": key_prefix,
             "attributes": attributes,
             "exclude_self": exclude_self,
+            "fusion": fusion,
         }
         yield from windowed_stream(
             self._stub.SearchStream,

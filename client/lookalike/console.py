@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from lookalike.types import ModelHits, SearchResult
+from lookalike.types import FusedHit, ModelHits, SearchResult
 
 __all__ = ["LineProgress", "format_side_by_side", "print_json", "progress_bar", "search_json", "silence_stdout"]
 
@@ -26,29 +26,43 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def format_side_by_side(results: Sequence[ModelHits], key_width: int = 36) -> str:
+def format_side_by_side(
+    results: Sequence[ModelHits],
+    key_width: int = 36,
+    *,
+    fused: Sequence[FusedHit] = (),
+    fusion_method: str | None = None,
+) -> str:
     """Formats per-model hit lists as one text table, one column group per model.
 
     Args:
         results: One :class:`ModelHits` per model.
         key_width: Widest key shown per column; longer keys keep their tail.
+        fused: The fused list, shown as a last "fused" column when ``fusion_method`` is set.
+        fusion_method: The method that built it (``"distance"`` or ``"rrf"``); None = no column.
 
     Returns:
-        The table, rank down the side, ``distance key`` per model across.
+        The table, rank down the side, ``distance key`` per model across (the fused column
+        shows the fused score: a distance sum, or RRF's summed reciprocal ranks).
     """
     if not results:
         return "(no models searched)"
-    depth = max((len(mh.hits) for mh in results), default=0)
+    columns: list[tuple[str, list[tuple[float, str]]]] = [
+        (mh.model, [(h.distance, h.key) for h in mh.hits]) for mh in results
+    ]
+    if fusion_method is not None:
+        columns.append((f"fused ({fusion_method})", [(h.score, h.key) for h in fused]))
+    depth = max((len(hits) for _, hits in columns), default=0)
     cell_width = 8 + 1 + key_width
-    header = "rank  " + "  ".join(f"{mh.model:<{cell_width}.{cell_width}}" for mh in results)
-    rule = "----  " + "  ".join("-" * cell_width for _ in results)
+    header = "rank  " + "  ".join(f"{name:<{cell_width}.{cell_width}}" for name, _ in columns)
+    rule = "----  " + "  ".join("-" * cell_width for _ in columns)
     lines = [header.rstrip(), rule]
     for i in range(depth):
         cells = []
-        for mh in results:
-            if i < len(mh.hits):
-                hit = mh.hits[i]
-                cells.append(f"{hit.distance:8.4f} {_truncate(hit.key, key_width):<{key_width}}")
+        for _, hits in columns:
+            if i < len(hits):
+                score, key = hits[i]
+                cells.append(f"{score:8.4f} {_truncate(key, key_width):<{key_width}}")
             else:
                 cells.append(" " * cell_width)
         lines.append((f"{i + 1:>4}  " + "  ".join(cells)).rstrip())
@@ -58,10 +72,14 @@ def format_side_by_side(results: Sequence[ModelHits], key_width: int = 36) -> st
 
 
 def search_json(result: SearchResult) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "results": [asdict(mh) for mh in result.results],
         "timing": asdict(result.timing) if result.timing else None,
     }
+    if result.fusion_method is not None:
+        out["fusion_method"] = result.fusion_method
+        out["fused"] = [asdict(h) for h in result.fused]
+    return out
 
 
 class LineProgress:

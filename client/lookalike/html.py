@@ -2,9 +2,11 @@
 
 This is the page the original notebook drew with ``display``: for each model its ranked hits
 as thumbnails with distance and key, so two models can be compared on the same query at a
-glance. Everything is inlined (CSS and images as base64 ``data:`` URIs) so the one file can
-be mailed, archived or opened offline. Thumbnails are downscaled with Pillow when it is
-installed; without it the original bytes are inlined.
+glance. A fused search adds a last "fused" column whose hits show each model's distance and
+rank, so the page says why the fused order is what it is. Everything is inlined (CSS and
+images as base64 ``data:`` URIs) so the one file can be mailed, archived or opened offline.
+Thumbnails are downscaled with Pillow when it is installed; without it the original bytes are
+inlined.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from lookalike.images import data_uri, thumbnail
-from lookalike.types import ModelHits
+from lookalike.types import FusedHit, ModelHits
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 1.5rem; color: #222; }
@@ -36,6 +38,8 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 .key { font-size: .8rem; color: #444; word-break: break-all; }
 .attrs { font-size: .75rem; color: #777; }
 .empty { color: #999; text-align: center; }
+.model.fused { background: #eef4fb; }
+.why { font-size: .75rem; color: #555; font-family: ui-monospace, monospace; }
 """
 
 
@@ -47,6 +51,26 @@ def _img_tag(data: bytes | None, alt: str, max_side: int, css_class: str = "") -
     return f'<img{cls} src="{data_uri(thumb, mime)}" alt="{html.escape(alt)}">'
 
 
+def _fused_column(fused: Sequence[FusedHit], method: str, thumbnails: Mapping[str, bytes | None]) -> str:
+    """The "fused" column: each hit with its fused score and every model's distance and rank."""
+    what = "weighted sum of squared L2 distances" if method == "distance" else "summed reciprocal ranks"
+    rows: list[str] = []
+    for rank, hit in enumerate(fused, start=1):
+        why = "<br>".join(
+            f"{html.escape(s.model)} {'#' + str(s.rank) if s.rank else '#-'} d={s.distance:.4f}" for s in hit.models
+        )
+        rows.append(
+            '<div class="hit">' + _img_tag(thumbnails.get(hit.key), hit.key, 192) + "<div>"
+            f'<div><span class="rank">#{rank}</span> '
+            f'<span class="dist" title="{what}">s={hit.score:.4f}</span></div>'
+            f'<div class="key">{html.escape(hit.key)}</div>'
+            f'<div class="why" title="per model: rank among its candidates (#- = not among them), distance">'
+            f"{why}</div></div></div>"
+        )
+    body = "".join(rows) if rows else '<p class="empty">no hits</p>'
+    return f'<section class="model fused"><h2>fused ({html.escape(method)})</h2>{body}</section>'
+
+
 def render_search_html(
     query_image_bytes: bytes | None,
     results: Sequence[ModelHits],
@@ -54,6 +78,8 @@ def render_search_html(
     title: str = "lookalike search",
     *,
     query_label: str = "",
+    fused: Sequence[FusedHit] = (),
+    fusion_method: str | None = None,
 ) -> str:
     """Renders a search's per-model hit lists side by side as one self-contained page.
 
@@ -63,6 +89,8 @@ def render_search_html(
         thumbnails: Hit key -> encoded image bytes (``None`` or absent: a placeholder is shown).
         title: Page title and heading.
         query_label: Shown next to the query (e.g. its path).
+        fused: The fused hit list, shown as a last "fused" column when ``fusion_method`` is set.
+        fusion_method: The method that built it (``"distance"`` or ``"rrf"``); None = no column.
 
     Returns:
         The HTML document as a string.
@@ -82,6 +110,8 @@ def render_search_html(
             )
         body = "".join(rows) if rows else '<p class="empty">no hits</p>'
         cols.append(f'<section class="model"><h2>{html.escape(mh.model)}</h2>{body}</section>')
+    if fusion_method is not None:
+        cols.append(_fused_column(fused, fusion_method, thumbnails))
 
     query = (
         _img_tag(query_image_bytes, "query", 512, "query-img")
@@ -100,6 +130,6 @@ def render_search_html(
         f'<div class="meta">models: {models} · distances are squared L2 between normalised '
         f"embeddings (0 = identical) · generated {generated}</div>"
         f'<div class="query">{query}{label}</div>'
-        f'<div class="models" style="--ncols: {max(1, len(results))}">{"".join(cols)}</div>'
+        f'<div class="models" style="--ncols: {max(1, len(cols))}">{"".join(cols)}</div>'
         "</body></html>\n"
     )

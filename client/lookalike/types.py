@@ -19,6 +19,9 @@ from lookalike.v1 import lookalike_pb2 as pb
 __all__ = [
     "BatcherStats",
     "DeleteResult",
+    "FusedHit",
+    "Fusion",
+    "FusionInput",
     "Hit",
     "InsertResult",
     "InsertStreamResult",
@@ -26,6 +29,7 @@ __all__ = [
     "ItemInput",
     "ModelHits",
     "ModelInfo",
+    "ModelScore",
     "NewItem",
     "Preprocessing",
     "SearchQuery",
@@ -106,14 +110,43 @@ class ModelHits:
 
 
 @dataclass(frozen=True)
+class ModelScore:
+    """One model's view of a fused hit: its distance there and its rank (0 = not a candidate)."""
+
+    model: str
+    distance: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class FusedHit:
+    """One hit of the fused list.
+
+    ``score`` is the weighted distance sum (method ``"distance"``, lower is nearer) or the summed
+    reciprocal ranks (``"rrf"``, higher is nearer); ``models`` says how each model saw the item.
+    """
+
+    id: int
+    score: float
+    key: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    models: tuple[ModelScore, ...] = ()
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """The answer to one search: a hit list per model, in request order.
 
     Iterating yields the :class:`ModelHits`; ``result["mobilenet_v2"]`` picks one model's.
+    With fusion asked, ``fused`` holds one list across the models and ``fusion_method`` the
+    method that built it (``"distance"`` or ``"rrf"``); without, ``fused`` is empty and
+    ``fusion_method`` is ``None``.
     """
 
     results: list[ModelHits]
     timing: ServerTiming | None = None
+    fused: list[FusedHit] = field(default_factory=list)
+    fusion_method: str | None = None
 
     def __iter__(self) -> Iterator[ModelHits]:
         return iter(self.results)
@@ -236,6 +269,37 @@ class NewItem:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+FUSION_METHODS = ("distance", "rrf")
+"""Fusion methods by name; see ``docs/fusion.md``."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Asks a search for one hit list fused across its models (two or more).
+
+    Attributes:
+        method: ``"distance"`` (weighted sum of squared L2 distances), ``"rrf"`` (reciprocal
+            rank fusion) or ``None`` for the server's default.
+        weights: Weight per model; a model not named weighs 1.
+        rrf_k: RRF's k; 0 = the server's default (60).
+        candidates: Hits drawn per model; 0 = the server's default (``max(top_k, 50)``).
+    """
+
+    method: str | None = None
+    weights: Mapping[str, float] = field(default_factory=dict)
+    rrf_k: int = 0
+    candidates: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method is not None and self.method not in FUSION_METHODS:
+            raise ValueError(f"fusion method must be one of {FUSION_METHODS} or None, got {self.method!r}")
+
+
+FusionInput = Fusion | str | bool | None
+"""What ``fusion=`` takes: a :class:`Fusion`, a method name, ``True`` (server default) or
+``None``/``False`` (no fused list)."""
+
+
 @dataclass(frozen=True)
 class SearchQuery:
     """One query for :meth:`LookalikeClient.search_stream`; give exactly one of image/id/vector.
@@ -251,6 +315,7 @@ class SearchQuery:
     key_prefix: str | None = None
     attributes: Mapping[str, str] | None = None
     exclude_self: bool | None = None
+    fusion: FusionInput = None
 
 
 ItemInput = NewItem | tuple[str, ImageInput] | tuple[str, ImageInput, Mapping[str, str]]
@@ -307,6 +372,28 @@ def _timing(msg: Any) -> ServerTiming | None:
     )
 
 
+_METHOD_NAMES = {pb.FUSION_METHOD_DISTANCE: "distance", pb.FUSION_METHOD_RRF: "rrf"}
+
+
+def _fusion_pb(fusion: FusionInput) -> pb.Fusion | None:
+    """``fusion=`` as the request message, or None for no fusion."""
+    if fusion is None or fusion is False:
+        return None
+    if fusion is True:
+        fusion = Fusion()
+    elif isinstance(fusion, str):
+        fusion = Fusion(method=fusion)
+    if not isinstance(fusion, Fusion):
+        raise TypeError(f"fusion= takes a Fusion, a method name, True or None, got {fusion!r:.80}")
+    by_name = {v: k for k, v in _METHOD_NAMES.items()}
+    return pb.Fusion(
+        method=by_name[fusion.method] if fusion.method else pb.FUSION_METHOD_UNSPECIFIED,
+        weights={k: float(v) for k, v in fusion.weights.items()},
+        rrf_k=fusion.rrf_k,
+        candidates=fusion.candidates,
+    )
+
+
 def _search_result(r: pb.SearchResponse) -> SearchResult:
     return SearchResult(
         results=[
@@ -317,6 +404,17 @@ def _search_result(r: pb.SearchResponse) -> SearchResult:
             for mh in r.results
         ],
         timing=_timing(r),
+        fused=[
+            FusedHit(
+                h.id,
+                h.score,
+                h.key,
+                dict(h.attributes),
+                tuple(ModelScore(s.model, s.distance, s.rank) for s in h.models),
+            )
+            for h in r.fused
+        ],
+        fusion_method=_METHOD_NAMES.get(r.fusion_method),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lookalike_server.errors import Cancelled, DeadlineExceeded
+from lookalike_server.fusion import FusionMethod, FusionRequest, ModelScore
 
 
 class RequestContext:
@@ -165,6 +166,7 @@ class SearchQuery:
     top_k: int = 0
     filter: SearchFilter = field(default_factory=SearchFilter)
     exclude_self: bool = False
+    fusion: FusionRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,34 @@ class ModelHits:
 
     model: str
     hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class FusedHit:
+    """One hit of the fused list, joined with its record (see :mod:`lookalike_server.fusion`)."""
+
+    id: int
+    score: float
+    key: str
+    attributes: dict[str, str]
+    models: tuple[ModelScore, ...]
+
+
+@dataclass
+class SearchOutcome:
+    """Everything one search returns.
+
+    Attributes:
+        results: One hit list per model, in request order.
+        timing: Where the time went.
+        fused: The fused list, when the query asked for fusion.
+        fusion_method: The method it was built by (None without fusion).
+    """
+
+    results: list[ModelHits]
+    timing: Timing
+    fused: list[FusedHit] = field(default_factory=list)
+    fusion_method: FusionMethod | None = None
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ from lookalike_server.domain import (
     InsertItem,
     InsertResult,
     ItemView,
-    ModelHits,
     SearchFilter,
+    SearchOutcome,
     SearchQuery,
     Timing,
 )
 from lookalike_server.errors import InvalidArgument, grpc_code_for
+from lookalike_server.fusion import FusionMethod, FusionRequest
 from lookalike_server.rpc_calls import error_message, status_code
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def search_query(req: pb.SearchRequest) -> SearchQuery:
         "top_k": req.top_k,
         "filter": flt,
         "exclude_self": req.exclude_self,
+        "fusion": fusion_request(req.fusion) if req.HasField("fusion") else None,
     }
     if which == "image":
         if not req.image:  # set but empty: say so, as Insert does, not "needs one of"
@@ -53,6 +55,24 @@ def search_query(req: pb.SearchRequest) -> SearchQuery:
             vector=np.asarray(req.vector.values, dtype=np.float32), vector_model=req.vector.model, **common
         )
     return SearchQuery(**common)
+
+
+_METHODS = {
+    pb.FUSION_METHOD_UNSPECIFIED: None,
+    pb.FUSION_METHOD_DISTANCE: FusionMethod.DISTANCE,
+    pb.FUSION_METHOD_RRF: FusionMethod.RRF,
+}
+_METHOD_PB = {v: k for k, v in _METHODS.items() if v is not None}
+
+
+def fusion_request(msg: pb.Fusion) -> FusionRequest:
+    """Proto fusion options → domain (values are checked by :func:`lookalike_server.fusion.plan_fusion`)."""
+    if msg.method not in _METHODS:  # an enum value from a newer proto
+        known = ", ".join(pb.FusionMethod.Name(v) for v in _METHODS)
+        raise InvalidArgument(f"unknown fusion method {msg.method}; this server knows {known}")
+    return FusionRequest(
+        method=_METHODS[msg.method], weights=dict(msg.weights), rrf_k=msg.rrf_k, candidates=msg.candidates
+    )
 
 
 def insert_item(item: pb.InsertItem) -> InsertItem:
@@ -90,17 +110,30 @@ def embed_response(model: str, vectors: np.ndarray, timing: Timing) -> pb.EmbedR
     )
 
 
-def search_response(results: list[ModelHits], timing: Timing) -> pb.SearchResponse:
-    """Domain hits → proto."""
+def search_response(outcome: SearchOutcome) -> pb.SearchResponse:
+    """Domain search outcome → proto."""
     return pb.SearchResponse(
         results=[
             pb.ModelHits(
                 model=r.model,
                 hits=[pb.Hit(id=h.id, distance=h.distance, key=h.key, attributes=h.attributes) for h in r.hits],
             )
-            for r in results
+            for r in outcome.results
         ],
-        timing=timing_pb(timing),
+        timing=timing_pb(outcome.timing),
+        fused=[
+            pb.FusedHit(
+                id=h.id,
+                key=h.key,
+                attributes=h.attributes,
+                score=h.score,
+                models=[pb.ModelScore(model=s.model, distance=s.distance, rank=s.rank) for s in h.models],
+            )
+            for h in outcome.fused
+        ],
+        fusion_method=pb.FUSION_METHOD_UNSPECIFIED
+        if outcome.fusion_method is None
+        else _METHOD_PB[outcome.fusion_method],
     )
 
 

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from lookalike_server.config import Config
-from lookalike_server.domain import Hit, ItemView, ModelHits, RequestContext, SearchQuery, Timing
+from lookalike_server.domain import (
+    FusedHit,
+    Hit,
+    ItemView,
+    ModelHits,
+    RequestContext,
+    SearchOutcome,
+    SearchQuery,
+    Timing,
+)
 from lookalike_server.embedder import Embedder
 from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from lookalike_server.fusion import FusionPlan, fuse, missing_ids, plan_fusion, squared_l2
 from lookalike_server.ingest import Ingestor
 from lookalike_server.models import l2_normalise
 from lookalike_server.store import Stores
@@ -72,23 +83,35 @@ class Searcher:
             )
 
     def search(self, query: SearchQuery, ctx: RequestContext) -> tuple[list[ModelHits], Timing]:
-        """Nearest items for one query, per model, side by side."""
-        milvus, redis = self.stores.milvus, self.stores.redis
+        """Nearest items for one query, per model, side by side (see :meth:`search_outcome`)."""
+        outcome = self.search_outcome(query, ctx)
+        return outcome.results, outcome.timing
+
+    def search_outcome(self, query: SearchQuery, ctx: RequestContext) -> SearchOutcome:
+        """Nearest items for one query, per model, and fused across them when asked."""
         started = time.perf_counter()
         timing = Timing()
         top_k = resolve_top_k(query.top_k, self.config.limits)
         self._check_filter(query)
         exclude: tuple[int, ...] = ()
+        plan: FusionPlan | None = None
 
         vectors: dict[str, np.ndarray]
         if query.vector is not None:
+            if query.fusion is not None:
+                raise InvalidArgument(
+                    "a vector query searches only its own model, and fusion combines two or more models: "
+                    "query by image or by a stored item's id to fuse"
+                )
             vectors = self._query_vector(query)
         elif query.item_id is not None:
             vectors = self._stored_vectors(query, timing)
+            plan = self._plan(query, list(vectors), top_k)
             if query.exclude_self:
                 exclude = (query.item_id,)
         elif query.image:
             names = self.embedder.require(query.models)
+            plan = self._plan(query, names, top_k)  # before the embedding it could waste
             check_image_bytes(query.image, self.config.limits)
             sha = hashlib.sha256(query.image).hexdigest()
             # Query images are cached briefly (repeats are common, each new
@@ -99,9 +122,39 @@ class Searcher:
         else:
             raise InvalidArgument("the query needs one of: image (bytes), id (a stored item), vector")
 
+        depth = max(top_k, plan.candidates) if plan is not None else top_k
+        listed, model_keys = self._nearest(query, vectors, depth, exclude, ctx, timing)
+        results = [ModelHits(m, hits[:top_k]) for m, hits in listed.items()]
+        outcome = SearchOutcome(results, timing)
+        if plan is not None:
+            outcome.fused = self._fuse(plan, vectors, listed, model_keys, top_k, ctx, timing)
+            outcome.fusion_method = plan.method
+        timing.total_ms = (time.perf_counter() - started) * 1e3
+        return outcome
+
+    def _plan(self, query: SearchQuery, names: list[str], top_k: int) -> FusionPlan | None:
+        if query.fusion is None:
+            return None
+        return plan_fusion(query.fusion, names, top_k, self.config.limits.max_top_k)
+
+    def _nearest(
+        self,
+        query: SearchQuery,
+        vectors: dict[str, np.ndarray],
+        depth: int,
+        exclude: tuple[int, ...],
+        ctx: RequestContext,
+        timing: Timing,
+    ) -> tuple[dict[str, list[Hit]], dict[int, tuple[str, ...]]]:
+        """Each model's ``depth`` nearest visible items, joined with their records.
+
+        Returns:
+            Model → its hits, and each hit's id → the model keys its record lists.
+        """
+        milvus, redis = self.stores.milvus, self.stores.redis
         ctx.check("searching")
         t0 = time.perf_counter()
-        fetch = min(top_k + len(exclude) + _OVERFETCH, MAX_TOP_K)
+        fetch = min(depth + len(exclude) + _OVERFETCH, MAX_TOP_K)
         futures = {
             m: self._io_pool.submit(
                 milvus.search,
@@ -114,14 +167,7 @@ class Searcher:
             )
             for m, vec in vectors.items()
         }
-        raw = {}
-        for m, fut in futures.items():
-            remaining = ctx.remaining()
-            try:
-                raw[m] = fut.result(timeout=None if remaining is None else max(remaining, 0.001))[0]
-            except TimeoutError:
-                ctx.check(f"the {m} search finished")
-                raise
+        raw = {m: self._wait(fut, ctx, f"the {m} search finished")[0] for m, fut in futures.items()}
         timing.milvus_ms += (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
@@ -129,7 +175,7 @@ class Searcher:
         records = redis.get_many(ids) if ids else {}
         timing.redis_ms += (time.perf_counter() - t0) * 1e3
         keys = {i: self._ingest.record_keys(r) for i, r in records.items()}
-        results = []
+        listed: dict[str, list[Hit]] = {}
         for m in vectors:
             key = self._ingest.keys[m]
             hits = []
@@ -140,11 +186,58 @@ class Searcher:
                 if rec is None or rec.state != STATE_COMPLETE or key not in keys[h.id]:
                     continue
                 hits.append(Hit(h.id, float(h.distance), rec.key, dict(rec.attributes)))
-                if len(hits) == top_k:
+                if len(hits) == depth:
                     break
-            results.append(ModelHits(m, hits))
-        timing.total_ms = (time.perf_counter() - started) * 1e3
-        return results, timing
+            listed[m] = hits
+        return listed, keys
+
+    def _wait(self, fut: Future[Any], ctx: RequestContext, stage: str) -> Any:
+        """A store call's result within the request's deadline."""
+        remaining = ctx.remaining()
+        try:
+            return fut.result(timeout=None if remaining is None else max(remaining, 0.001))
+        except TimeoutError:
+            ctx.check(stage)
+            raise
+
+    def _fuse(
+        self,
+        plan: FusionPlan,
+        vectors: dict[str, np.ndarray],
+        listed: dict[str, list[Hit]],
+        model_keys: dict[int, tuple[str, ...]],
+        top_k: int,
+        ctx: RequestContext,
+        timing: Timing,
+    ) -> list[FusedHit]:
+        """The fused list: candidates from each model, missing distances from the stored vectors."""
+        candidates = {m: [(h.id, h.distance) for h in listed[m][: plan.candidates]] for m in plan.models}
+        joined = {h.id: h for m in plan.models for h in listed[m][: plan.candidates]}
+        # A candidate's vector under another model counts only when its record lists
+        # that model (the same rule as for hits): a half-written row is never used.
+        wanted: dict[str, list[int]] = {}
+        for m, ids in missing_ids(candidates).items():
+            key = self._ingest.keys[m]
+            wanted[m] = [i for i in ids if key in model_keys[i]]
+        ctx.check("fetching vectors for fusion")
+        t0 = time.perf_counter()
+        futures = {
+            m: self._io_pool.submit(self.stores.milvus.get_vectors, self.collections[m], ids)
+            for m, ids in wanted.items()
+            if ids
+        }
+        computed: dict[str, dict[int, float]] = {}
+        for m, fut in futures.items():
+            got: dict[int, np.ndarray] = self._wait(fut, ctx, f"the {m} vectors came")
+            if got:
+                ids = sorted(got)
+                dists = squared_l2(vectors[m][0], np.stack([got[i] for i in ids]))
+                computed[m] = dict(zip(ids, dists.tolist(), strict=True))
+        timing.milvus_ms += (time.perf_counter() - t0) * 1e3
+        return [
+            FusedHit(s.id, s.score, joined[s.id].key, dict(joined[s.id].attributes), s.models)
+            for s in fuse(plan, candidates, computed, top_k)
+        ]
 
     def _stored_vectors(self, query: SearchQuery, timing: Timing) -> dict[str, np.ndarray]:
         """A stored item's own vectors, per model asked (default: every one it lists)."""

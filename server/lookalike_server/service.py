@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lookalike_server.config import Config
-from lookalike_server.domain import InsertItem, InsertResult, ItemView, ModelHits, RequestContext, SearchQuery, Timing
+from lookalike_server.domain import (
+    InsertItem,
+    InsertResult,
+    ItemView,
+    ModelHits,
+    RequestContext,
+    SearchOutcome,
+    SearchQuery,
+    Timing,
+)
 from lookalike_server.embedder import Embedder
 from lookalike_server.embedding_cache import CachedEmbedder
 from lookalike_server.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -209,6 +218,10 @@ class LookalikeService:
     def search(self, query: SearchQuery, ctx: RequestContext) -> tuple[list[ModelHits], Timing]:
         """Nearest items for one query, per model."""
         return self._data().query.search(query, ctx)
+
+    def search_outcome(self, query: SearchQuery, ctx: RequestContext) -> SearchOutcome:
+        """Nearest items for one query, per model, and fused across them when the query asks."""
+        return self._data().query.search_outcome(query, ctx)
 
     def get(self, item_id: int | None = None, key: str | None = None) -> ItemView:
         """A stored item by id or key."""

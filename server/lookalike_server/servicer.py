@@ -193,8 +193,7 @@ class LookalikeServicer:
         permit = svc.admit([query.image], query.models, ctx) if query.image else None
 
         def run() -> pb.SearchResponse:
-            results, timing = svc.search(query, ctx)
-            return search_response(results, timing)
+            return search_response(svc.search_outcome(query, ctx))
 
         return await run_blocking(self._unary_pool, ctx, run, permit=permit)
 

@@ -109,8 +109,8 @@ class StreamRunner:
             return svc.admit([image] if image else [], req.query.models, ctx)
 
         def one(svc: LookalikeService, req: pb.SearchStreamRequest, ctx: RequestContext) -> pb.SearchStreamResponse:
-            results, timing = svc.search(search_query(req.query), ctx)
-            return pb.SearchStreamResponse(request_id=req.request_id, result=search_response(results, timing))
+            outcome = svc.search_outcome(search_query(req.query), ctx)
+            return pb.SearchStreamResponse(request_id=req.request_id, result=search_response(outcome))
 
         def failed(req: pb.SearchStreamRequest, exc: BaseException) -> pb.SearchStreamResponse:
             return pb.SearchStreamResponse(request_id=req.request_id, error=to_error(exc))

@@ -10,8 +10,9 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from lookalike import Hit, ModelHits
+from lookalike import FusedHit, Hit, ModelHits
 from lookalike.html import render_search_html
+from lookalike.types import ModelScore
 
 
 def _jpeg(size: tuple[int, int], color: str = "red") -> bytes:
@@ -109,3 +110,25 @@ def test_without_pillow_inlines_original_bytes(monkeypatch: pytest.MonkeyPatch) 
 def test_empty_results() -> None:
     page = render_search_html(None, [ModelHits("m", [])], {})
     assert "no hits" in page
+
+
+def test_fused_column_shows_each_models_rank_and_distance() -> None:
+    fused = [
+        FusedHit(
+            2, 0.43, "b.jpg", {}, (ModelScore("mobilenet_v2", 0.31, 2), ModelScore("efficientnet_lite0", 0.12, 1))
+        ),
+        FusedHit(1, 0.9, "<a>.jpg", {}, (ModelScore("mobilenet_v2", 0.0, 1), ModelScore("efficientnet_lite0", 0.9, 0))),
+    ]
+    thumbs: dict[str, bytes | None] = {"b.jpg": _jpeg((50, 40), "blue")}
+    page = render_search_html(None, _results(), thumbs, fused=fused, fusion_method="distance")
+    parsed = _Page()
+    parsed.feed(page)
+    assert parsed.stack == []
+    assert parsed.headings == ["mobilenet_v2", "efficientnet_lite0", "fused (distance)"]
+    assert len(parsed.sections) == 3 and len(parsed.sections[2]) == 1  # <a>.jpg: placeholder
+    text = " ".join(parsed.text)
+    assert "s=0.4300" in text and "mobilenet_v2 #2 d=0.3100" in text
+    assert "efficientnet_lite0 #- d=0.9000" in text  # not among its candidates: fetched distance
+    assert "&lt;a&gt;.jpg" in page and "--ncols: 3" in page
+    # Without a method there is no fused column, even with hits given.
+    assert "fused (" not in render_search_html(None, _results(), {}, fused=fused)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from lookalike.cli.options import connect, parse_attrs
 from lookalike.client import vector_norm
 from lookalike.console import format_side_by_side, print_json, search_json
 from lookalike.thumbnails import load_thumbnails
-from lookalike.types import ModelHits
+from lookalike.types import Fusion, SearchResult
 
 __all__ = [
     "cmd_delete",
@@ -95,28 +94,57 @@ def cmd_search(args: argparse.Namespace) -> int:
             key_prefix=args.key_prefix,
             attributes=parse_attrs(args.attr),
             exclude_self=args.exclude_self,
+            fusion=_fusion_from_args(args),
         )
     if args.json:
         print_json(search_json(result), sys.stdout)
     else:
-        print(format_side_by_side(result.results))
+        print(format_side_by_side(result.results, fused=result.fused, fusion_method=result.fusion_method))
     if args.html:
-        _write_search_page(args, query_bytes, result.results)
+        _write_search_page(args, query_bytes, result)
     return EXIT_OK
 
 
-def _write_search_page(args: argparse.Namespace, query_bytes: bytes | None, results: Sequence[ModelHits]) -> None:
+def _fusion_from_args(args: argparse.Namespace) -> Fusion | None:
+    """``--fuse``, ``--weight``, ``--rrf-k`` and ``--candidates`` as a :class:`Fusion` (None without --fuse)."""
+    if args.fuse is None:
+        if args.weight or args.rrf_k or args.candidates:
+            raise CliError("--weight, --rrf-k and --candidates shape a fused list: add --fuse [distance|rrf]")
+        return None
+    weights: dict[str, float] = {}
+    for pair in args.weight or []:
+        name, sep, value = pair.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise CliError(f"--weight expects MODEL=NUMBER, got {pair!r}") from None
+        if not sep or not name:
+            raise CliError(f"--weight expects MODEL=NUMBER, got {pair!r}")
+    method = None if args.fuse == "default" else args.fuse
+    return Fusion(method=method, weights=weights, rrf_k=args.rrf_k, candidates=args.candidates)
+
+
+def _write_search_page(args: argparse.Namespace, query_bytes: bytes | None, result: SearchResult) -> None:
     """Writes ``search --html``: the query and each hit's thumbnail, read only under --thumbs-root."""
     # Imported here: only --html needs the page renderer.
     from lookalike.html import render_search_html
 
-    keys = [hit.key for mh in results for hit in mh.hits]
+    results = result.results
+    keys = [hit.key for mh in results for hit in mh.hits] + [hit.key for hit in result.fused]
     try:
         thumbs = load_thumbnails(keys, Path(args.thumbs_root) if args.thumbs_root else None)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     label = args.image if args.image is not None else f"item {args.id}"
-    page = render_search_html(query_bytes, results, thumbs, title=f"lookalike: {label}", query_label=label)
+    page = render_search_html(
+        query_bytes,
+        results,
+        thumbs,
+        title=f"lookalike: {label}",
+        query_label=label,
+        fused=result.fused,
+        fusion_method=result.fusion_method,
+    )
     Path(args.html).write_text(page, encoding="utf-8")
     missing = sum(1 for v in thumbs.values() if v is None)
     if not args.thumbs_root:

@@ -16,6 +16,7 @@ from lookalike.cli.commands import (
     cmd_serve,
     cmd_stats,
 )
+from lookalike.cli.evaluation import add_eval_arguments, cmd_eval
 from lookalike.cli.exits import CliError
 from lookalike.cli.index import cmd_index
 from lookalike.cli.options import add_connection_arguments
@@ -75,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-prefix", help="only items whose key starts with this")
     p.add_argument("--attr", action="append", metavar="K=V", help="only items with this attribute")
     p.add_argument("--exclude-self", action="store_true", help="with --id, leave the item out")
+    p.add_argument(
+        "--fuse",
+        nargs="?",
+        const="default",
+        choices=("default", "distance", "rrf"),
+        help="also show one list fused across the models (two or more): 'distance' (summed distances), "
+        "'rrf' (reciprocal rank fusion) or, with no value, the server's default",
+    )
+    p.add_argument("--weight", action="append", metavar="MODEL=W", help="with --fuse, a model's weight (default 1)")
+    p.add_argument("--rrf-k", type=int, default=0, help="with --fuse rrf, RRF's k (default: the server's, 60)")
+    p.add_argument(
+        "--candidates", type=int, default=0, help="with --fuse, hits drawn per model (default: max(top-k, 50))"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained page with thumbnails")
     p.add_argument(
@@ -84,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to it (never outside it, symlinks included); without it no local file is read",
     )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "eval",
+        help="score retrieval (P@1, P@5, mAP) per model and fused on labelled folders, in a scratch namespace",
+    )
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("get", help="show a stored item, by id or by key")
     p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FusionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_METHOD_UNSPECIFIED: _ClassVar[FusionMethod]
+    FUSION_METHOD_DISTANCE: _ClassVar[FusionMethod]
+    FUSION_METHOD_RRF: _ClassVar[FusionMethod]
+FUSION_METHOD_UNSPECIFIED: FusionMethod
+FUSION_METHOD_DISTANCE: FusionMethod
+FUSION_METHOD_RRF: FusionMethod
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -185,7 +195,7 @@ class Filter(_message.Message):
     def __init__(self, key_prefix: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "id", "vector", "models", "top_k", "filter", "exclude_self")
+    __slots__ = ("image", "id", "vector", "models", "top_k", "filter", "exclude_self", "fusion")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +203,7 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SELF_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     id: int
     vector: QueryVector
@@ -200,7 +211,8 @@ class SearchRequest(_message.Message):
     top_k: int
     filter: Filter
     exclude_self: bool
-    def __init__(self, image: _Optional[bytes] = ..., id: _Optional[int] = ..., vector: _Optional[_Union[QueryVector, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_self: _Optional[bool] = ...) -> None: ...
+    fusion: Fusion
+    def __init__(self, image: _Optional[bytes] = ..., id: _Optional[int] = ..., vector: _Optional[_Union[QueryVector, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_self: _Optional[bool] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "distance", "key", "attributes")
@@ -230,12 +242,66 @@ class ModelHits(_message.Message):
     def __init__(self, model: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "timing")
+    __slots__ = ("results", "timing", "fused", "fusion_method")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
+    FUSION_METHOD_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ModelHits]
     timing: ServerTiming
-    def __init__(self, results: _Optional[_Iterable[_Union[ModelHits, _Mapping]]] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ...) -> None: ...
+    fused: _containers.RepeatedCompositeFieldContainer[FusedHit]
+    fusion_method: FusionMethod
+    def __init__(self, results: _Optional[_Iterable[_Union[ModelHits, _Mapping]]] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., fused: _Optional[_Iterable[_Union[FusedHit, _Mapping]]] = ..., fusion_method: _Optional[_Union[FusionMethod, str]] = ...) -> None: ...
+
+class Fusion(_message.Message):
+    __slots__ = ("method", "weights", "rrf_k", "candidates")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    method: FusionMethod
+    weights: _containers.ScalarMap[str, float]
+    rrf_k: int
+    candidates: int
+    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., rrf_k: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
+
+class ModelScore(_message.Message):
+    __slots__ = ("model", "distance", "rank")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    distance: float
+    rank: int
+    def __init__(self, model: _Optional[str] = ..., distance: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class FusedHit(_message.Message):
+    __slots__ = ("id", "key", "attributes", "score", "models")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    key: str
+    attributes: _containers.ScalarMap[str, str]
+    score: float
+    models: _containers.RepeatedCompositeFieldContainer[ModelScore]
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., score: _Optional[float] = ..., models: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ...) -> None: ...
 
 class SearchStreamRequest(_message.Message):
     __slots__ = ("request_id", "query")
