@@ -272,9 +272,7 @@ class RedisConfig:
     def __post_init__(self) -> None:
         _require(self.appendfsync in ("always", "everysec", "no"), "redis.appendfsync", "always, everysec or no")
         _require(
-            not self.url
-            or self.url.startswith(("redis://", "rediss://", "unix://"))
-            or is_cluster_url(self.url),
+            not self.url or self.url.startswith(("redis://", "rediss://", "unix://")) or is_cluster_url(self.url),
             "redis.url",
             "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://",
         )

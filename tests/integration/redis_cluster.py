@@ -124,6 +124,19 @@ class RedisClusterProcesses:
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
+    def wait_state(self, node: ClusterNode, state: str, timeout_s: float = 30.0) -> None:
+        """Waits until ``node`` reports ``cluster_state:<state>`` (``fail`` once a master is lost)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                info = redis.Redis(port=node.port, socket_connect_timeout=0.5, socket_timeout=1).cluster("info")
+                if info.get("cluster_state") == state:
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"node {node.port} did not report cluster_state:{state}")
+
     def stop(self) -> None:
         """Stops every node (their data is throw-away)."""
         for node in self.nodes:
