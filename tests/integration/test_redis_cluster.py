@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from lookalike.v1 import lookalike_pb2 as pb
@@ -69,6 +70,7 @@ def live(
     data_dir = tmp_path_factory.mktemp("cluster-server")
     server = start_server(
         data_dir=str(data_dir),
+        health_interval_s=0.3,
         models=ModelsConfig(only=(MODEL,)),
         redis=RedisConfig(url=cluster.url, key_prefix=f"lookalike-cluster-{uuid.uuid4().hex[:8]}:", timeout_s=2.0),
         milvus=MilvusConfig(uri=str(data_dir / "milvus.db"), consistency_level="Strong"),
@@ -187,6 +189,13 @@ def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
     # A cache key a surviving master serves: while the cluster is failed, it answers CLUSTERDOWN.
     elsewhere = next(s for s in map(str, range(100)) if cluster.node_of_key(store._cache_key("m:1", s)) is not victim)
     load = _Inserter(stub)
+    health_channel = grpc.insecure_channel(live.target)
+
+    def health() -> int:
+        request = health_pb2.HealthCheckRequest()
+        return int(health_pb2_grpc.HealthStub(health_channel).Check(request, timeout=10).status)
+
+    assert health() == health_pb2.HealthCheckResponse.SERVING
     threads = [threading.Thread(target=load.run, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
@@ -201,9 +210,11 @@ def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
             store.cache_get_many("m:1", [elsewhere])
         assert isinstance(info.value.__cause__, redis.exceptions.ClusterDownError)
         load.wait_for(lambda: len(load.codes) >= 2)  # inserts fail while it is down
+        load.wait_for(lambda: health() == health_pb2.HealthCheckResponse.NOT_SERVING)
         t1 = time.monotonic()
         cluster.start_node(victim)  # back from its AOF
         cluster.wait_ok()
+        load.wait_for(lambda: health() == health_pb2.HealthCheckResponse.SERVING)
         before = len(load.acked)
         load.wait_for(lambda: len(load.acked) >= before + 4)  # and succeed again
         print(f"outage {t1 - t0:.1f} s, back to ok and 4 more acks in {time.monotonic() - t1:.1f} s")
@@ -211,6 +222,7 @@ def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
         load.stop.set()
         for t in threads:
             t.join(60)
+        health_channel.close()
     print(f"{len(load.acked)} inserts acknowledged, {len(load.codes)} failed")
     # Every failure during the outage told the caller to retry; none was INTERNAL.
     assert set(load.codes) == {grpc.StatusCode.UNAVAILABLE}, load.codes

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
+import redis
 
 from lookalike_server import errors
 from lookalike_server.store.redis_connection import RedisConnection
@@ -42,7 +43,10 @@ class RedisEmbeddingCache(RedisConnection):
             keys = [self._cache_key(model_key, s) for s in shas]
             # Cache keys have no hash tag: on a cluster they span slots, which
             # one MGET refuses; mget_nonatomic sends one MGET per slot group.
-            values = self._redis.mget_nonatomic(keys) if self.cluster else self._redis.mget(keys)
+            if isinstance(self._redis, redis.RedisCluster):
+                values = self._redis.mget_nonatomic(keys)
+            else:
+                values = self._redis.mget(keys)
         except Exception as exc:
             self._raise(exc, "cache_get_many")
         # copy(): frombuffer views the immutable bytes; callers may normalise in place.
