@@ -107,6 +107,7 @@ def test_record_keys_share_one_slot_and_cache_keys_spread_over_every_master(
         store.cache_put_many("m:1", shas, vectors)
         masters = {client.get_node_from_key(store._cache_key("m:1", s)).name for s in shas}
         assert len(masters) == 3  # the bulk of the bytes is not pinned to one master
+        assert len(list(client.scan_iter(match=config.key_prefix + "emb:*"))) == 60  # SCAN walks every master
         got = store.cache_get_many("m:1", [*shas, "missing"])
         assert all(v is not None and v.tolist() == [1.0] * 4 for v in got[:-1]) and got[-1] is None
         store.cache_drop(["m:1"], "s7")

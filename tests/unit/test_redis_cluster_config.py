@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from redis.crc import key_slot
 
+from lookalike_server import errors
 from lookalike_server.config_loading import load_config
 from lookalike_server.errors import ConfigError
 from lookalike_server.logging_setup import config_secrets
 from lookalike_server.store.addresses import ClusterURL, is_cluster_url, parse_cluster_url, redact_uri
+from lookalike_server.store.redis_connection import translate
 from lookalike_server.store.redis_records import KeyLayout
 
 
@@ -93,3 +96,26 @@ def test_cluster_layout_puts_every_record_key_in_one_slot_and_leaves_the_cache_u
     assert len({key_slot(k.encode()) for k in cache}) > 1
     # Another prefix on the same cluster: its own slot (most likely) and never the same keys.
     assert key_slot(KeyLayout("other:", cluster=True).next_id.encode()) != key_slot(keys.next_id.encode())
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.1:7000"), errors.Unavailable),
+        (redis.exceptions.TimeoutError("Timeout reading from socket"), errors.Unavailable),
+        (redis.exceptions.ClusterDownError("The cluster is down"), errors.Unavailable),
+        (redis.exceptions.MasterDownError("Link with MASTER is down"), errors.Unavailable),
+        (redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"), errors.Unavailable),
+        (redis.exceptions.SlotNotCoveredError("Slot 42 is not covered by the cluster"), errors.Unavailable),
+        (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), errors.Unavailable),
+        (redis.exceptions.ResponseError("ERR Error running script"), errors.InternalError),
+        (
+            redis.exceptions.RedisClusterException("EVALSHA - all keys must map to the same key slot"),
+            errors.InternalError,
+        ),
+    ],
+)
+def test_cluster_outages_are_retriable_and_bugs_are_internal(exc: BaseException, kind: type) -> None:
+    out = translate(exc, "claim")
+    assert type(out) is kind
+    assert "10.0.0.1" not in str(out)  # the caller never learns where Redis lives

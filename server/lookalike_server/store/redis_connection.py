@@ -44,6 +44,18 @@ _UNAVAILABLE = (
 )
 
 
+def translate(exc: BaseException, action: str) -> errors.ServiceError:
+    """The server's error for a redis-py exception raised by ``action``.
+
+    Outages (lost or refused connections, timeouts, a cluster that is down or
+    failing over) are :class:`errors.Unavailable`; anything else (a script
+    error, a cross-slot command: bugs) is :class:`errors.InternalError`.
+    """
+    if isinstance(exc, _UNAVAILABLE):
+        return errors.Unavailable(f"Redis is unavailable ({action}); retriable")
+    return errors.InternalError(f"Redis failed ({action}); the server log has the details")
+
+
 def _connect_cluster(config: RedisConfig) -> redis.RedisCluster:
     """A ``RedisCluster`` client on the seeds of ``config.url`` (it connects now).
 
@@ -129,9 +141,7 @@ class RedisConnection:
         # The caller's message names the dependency, never its address or the
         # driver's text (which carries host:port); the operator's log has both.
         log.warning("Redis at %s: %s failed: %s", self._where, action, exc)
-        if isinstance(exc, _UNAVAILABLE):
-            raise errors.Unavailable(f"Redis is unavailable ({action}); retriable") from exc
-        raise errors.InternalError(f"Redis failed ({action}); the server log has the details") from exc
+        raise translate(exc, action) from exc
 
     def _check_open(self) -> None:
         if self._closed:
