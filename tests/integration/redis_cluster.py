@@ -1,11 +1,16 @@
-"""A real Redis Cluster on loopback, for the tests: three masters, started and stopped here.
+"""A real Redis Cluster on loopback, for the tests: three masters (and replicas), started and stopped here.
 
 Each node is a ``redis-server --cluster-enabled yes`` on a free port with its
-own directory; ``redis-cli --cluster create`` assigns the 16384 slots. Nodes
-keep an append-only file fsynced on every write (``appendfsync always``, as
-an operator would run the metadata store), so a node that is SIGKILLed and
-restarted comes back with every write it acknowledged, and rejoins the
-cluster from its ``nodes.conf``.
+own directory; ``redis-cli --cluster create`` assigns the 16384 slots (and
+with ``replicas=1`` a replica to each master). Nodes keep an append-only file
+fsynced on every write (``appendfsync always``, as an operator would run the
+metadata store), so a node that is SIGKILLed and restarted comes back with
+every write it acknowledged, and rejoins the cluster from its ``nodes.conf``.
+
+Replicas never promote themselves (``cluster-replica-no-failover``): a killed
+master stays down until restarted, and a test moves a master to its replica
+only on purpose, by a manual ``CLUSTER FAILOVER`` (which waits for the
+replica to catch up, so no acknowledged write is lost by Redis).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -70,6 +76,7 @@ class ClusterNode:
         """The command line that starts (or restarts) this node."""
         return [
             server,
+            "--cluster-replica-no-failover", "yes",
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.workdir),
@@ -86,10 +93,11 @@ class ClusterNode:
 
 @dataclass
 class RedisClusterProcesses:
-    """A running three-master cluster on loopback.
+    """A running cluster on loopback.
 
     Attributes:
-        nodes: The master nodes, in the order their slot ranges were assigned.
+        nodes: Every node, masters first (as ``redis-cli --cluster create``
+            assigns roles: the first ``masters`` nodes get the slots).
     """
 
     server: str
@@ -112,6 +120,30 @@ class RedisClusterProcesses:
         while not _answers(node.port):
             if time.monotonic() > deadline or node.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on port {node.port} did not start")
+            time.sleep(0.05)
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """A replica of ``master`` whose replication link is up (waits for one)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                info = _info(node.port, "replication")
+                if (
+                    info.get("role") == "slave"
+                    and int(info.get("master_port", 0)) == master.port
+                    and info.get("master_link_status") == "up"
+                ):
+                    return node
+            time.sleep(0.1)
+        raise RuntimeError(f"master {master.port} has no replica in sync")
+
+    def failover(self, replica: ClusterNode) -> None:
+        """Promotes ``replica`` by a manual ``CLUSTER FAILOVER`` and waits until it is master."""
+        redis.Redis(port=replica.port, socket_timeout=5).execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + 30
+        while _info(replica.port, "replication").get("role") != "master":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {replica.port} was not promoted")
             time.sleep(0.05)
 
     def kill(self, node: ClusterNode) -> None:
@@ -172,6 +204,13 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _info(port: int, section: str) -> dict[str, Any]:
+    try:
+        return dict(redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1).info(section))
+    except redis.exceptions.RedisError:
+        return {}
+
+
 def _cluster_ok(port: int) -> bool:
     try:
         info = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1).cluster("info")
@@ -180,8 +219,8 @@ def _cluster_ok(port: int) -> bool:
     return info.get("cluster_state") == "ok" and int(info.get("cluster_slots_ok", 0)) == 16384
 
 
-def start_cluster(base: Path, masters: int = 3) -> RedisClusterProcesses:
-    """Starts ``masters`` cluster-enabled redis-servers in ``base`` and joins them.
+def start_cluster(base: Path, masters: int = 3, replicas: int = 0) -> RedisClusterProcesses:
+    """Starts ``masters * (1 + replicas)`` cluster-enabled redis-servers in ``base`` and joins them.
 
     Raises:
         RuntimeError: redis-server/redis-cli are missing, or the cluster did not form.
@@ -191,14 +230,22 @@ def start_cluster(base: Path, masters: int = 3) -> RedisClusterProcesses:
         raise RuntimeError("redis-server and redis-cli are needed for a Redis Cluster")
     cluster = RedisClusterProcesses(*found)
     try:
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             workdir = base / f"node{i}"
             workdir.mkdir(parents=True)
             node = ClusterNode(_free_port(), workdir)
             cluster.nodes.append(node)
             cluster.start_node(node)
         create = subprocess.run(
-            [cluster.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes), "--cluster-yes"],
+            [
+                cluster.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

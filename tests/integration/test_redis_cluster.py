@@ -1,10 +1,11 @@
-"""The server on a real Redis Cluster: the key layout, the whole gRPC stack, and a master killed mid-insert.
+"""The server on a real Redis Cluster: the key layout, the gRPC stack, a master killed and one failed over mid-insert.
 
-The cluster (three masters, AOF fsynced on every write) and the server
-(mobilenet_v2, Milvus Lite in a temp dir, a ``redis+cluster://`` URL naming
-all three seeds) are this module's own, so killing a master cannot disturb
-another test. The store's own tests also run on the session cluster
-(``redis_store[cluster]`` in ``test_redis_store.py``).
+The cluster (three masters with a replica each, AOF fsynced on every write,
+replicas that never promote themselves) and the server (mobilenet_v2, Milvus
+Lite in a temp dir, a ``redis+cluster://`` URL naming every node as a seed)
+are this module's own, so killing a master cannot disturb another test. The
+layout test and the store's own tests (``redis_store[cluster]`` in
+``test_redis_store.py``) use the session's three-master cluster.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def distinct_image(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_processes.RedisClusterProcesses]:
-    """This module's own three-master cluster (a test kills one of its masters)."""
+    """This module's own cluster: three masters, a replica each (a test kills a master, another fails one over)."""
     if cluster_processes.binaries() is None:
         pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
-    running = cluster_processes.start_cluster(tmp_path_factory.mktemp("own-redis-cluster"))
+    running = cluster_processes.start_cluster(tmp_path_factory.mktemp("own-redis-cluster"), replicas=1)
     try:
         yield running
     finally:
@@ -143,7 +144,7 @@ def test_insert_search_get_delete_through_the_server(stub: pb_grpc.LookalikeStub
 
 
 class _Inserter:
-    """Inserts fresh images in a loop, noting each acknowledged id and each error's status code."""
+    """Two threads inserting fresh images, noting each acknowledged id and each error's status code."""
 
     def __init__(self, stub: pb_grpc.LookalikeStub) -> None:
         self._stub = stub
@@ -151,16 +152,27 @@ class _Inserter:
         self.acked: dict[str, int] = {}
         self.failed: dict[str, bytes] = {}
         self.codes: list[grpc.StatusCode] = []
-        self.stop = threading.Event()
+        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._n = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
 
-    def run(self) -> None:
-        while not self.stop.is_set():
+    def __enter__(self) -> _Inserter:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
             with self._lock:
                 self._n += 1
                 n = self._n
-            key = f"chaos-{n}"
+            key = f"load-{self._seed}-{n}"
             image = distinct_image(self._seed + n)
             try:
                 res = self._stub.Insert(pb.InsertRequest(items=[pb.InsertItem(key=key, image=image)]), timeout=30)
@@ -179,65 +191,33 @@ class _Inserter:
             assert time.monotonic() < deadline, f"timed out: {len(self.acked)} acked, codes {self.codes[-5:]}"
             time.sleep(0.05)
 
+    def acked_more(self, n: int) -> None:
+        """Waits until ``n`` more inserts than now are acknowledged."""
+        before = len(self.acked)
+        self.wait_for(lambda: len(self.acked) >= before + n)
 
-def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
-    live: LiveServer, cluster: cluster_processes.RedisClusterProcesses, stub: pb_grpc.LookalikeStub
-) -> None:
-    service: Any = live.server.service  # type: ignore[attr-defined]
-    store: RedisStore = service.redis
-    # The master that holds every record, index and lease: the worst one to lose.
-    victim = cluster.node_of_key(store._keys.next_id)
-    # A cache key a surviving master serves: while the cluster is failed, it answers CLUSTERDOWN.
-    elsewhere = next(s for s in map(str, range(100)) if cluster.node_of_key(store._cache_key("m:1", s)) is not victim)
-    load = _Inserter(stub)
-    health_channel = grpc.insecure_channel(live.target)
 
-    def health() -> int:
+def _health(live: LiveServer) -> int:
+    with grpc.insecure_channel(live.target) as channel:
         request = health_pb2.HealthCheckRequest()
-        return int(health_pb2_grpc.HealthStub(health_channel).Check(request, timeout=10).status)
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status)
 
-    assert health() == health_pb2.HealthCheckResponse.SERVING
-    threads = [threading.Thread(target=load.run, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        load.wait_for(lambda: len(load.acked) >= 4)
-        t0 = time.monotonic()
-        cluster.kill(victim)
-        # Down longer than the node timeout: the survivors declare the cluster
-        # failed and answer CLUSTERDOWN, not just refused connections.
-        cluster.wait_state(next(n for n in cluster.nodes if n is not victim), "fail")
-        with pytest.raises(errors.Unavailable, match="retriable") as info:
-            store.cache_get_many("m:1", [elsewhere])
-        assert isinstance(info.value.__cause__, redis.exceptions.ClusterDownError)
-        load.wait_for(lambda: len(load.codes) >= 2)  # inserts fail while it is down
-        load.wait_for(lambda: health() == health_pb2.HealthCheckResponse.NOT_SERVING)
-        t1 = time.monotonic()
-        cluster.start_node(victim)  # back from its AOF
-        cluster.wait_ok()
-        load.wait_for(lambda: health() == health_pb2.HealthCheckResponse.SERVING)
-        before = len(load.acked)
-        load.wait_for(lambda: len(load.acked) >= before + 4)  # and succeed again
-        print(f"outage {t1 - t0:.1f} s, back to ok and 4 more acks in {time.monotonic() - t1:.1f} s")
-    finally:
-        load.stop.set()
-        for t in threads:
-            t.join(60)
-        health_channel.close()
+
+def _assert_write_invariant(service: Any, stub: pb_grpc.LookalikeStub, load: _Inserter) -> None:
+    """The write protocol's invariant after the repair sweep (docs/integrity.md)."""
     print(f"{len(load.acked)} inserts acknowledged, {len(load.codes)} failed")
-    # Every failure during the outage told the caller to retry; none was INTERNAL.
-    assert set(load.codes) == {grpc.StatusCode.UNAVAILABLE}, load.codes
-
+    # Every failure told the caller to retry; none was INTERNAL.
+    assert set(load.codes) <= {grpc.StatusCode.UNAVAILABLE}, load.codes
+    store: RedisStore = service.redis
     service.repair(verify=True)  # what the periodic sweep does
     # No acknowledged item lost: each is complete, under its id, and found first by its own vector.
     for key, item_id in load.acked.items():
-        got = stub.Get(pb.GetRequest(key=key), timeout=30)
-        assert got.id == item_id
+        assert stub.Get(pb.GetRequest(key=key), timeout=30).id == item_id
         rec = store.get(item_id)
         assert rec is not None and rec.state == STATE_COMPLETE and rec.models
         hits = stub.Search(pb.SearchRequest(id=item_id, top_k=1), timeout=30).results[0].hits
         assert hits[0].id == item_id
-    # Nothing half-written: no unfinished record, and rows exactly for complete records.
+    # Nothing half-written: no unfinished record, and rows exactly for the complete records.
     assert store.list_unfinished() == []
     complete = {r.id for batch in store.scan_complete() for r in batch}
     collection = service.collections[MODEL]
@@ -250,3 +230,52 @@ def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
     }
     assert len(set(retried.values())) == len(retried)
     assert service.milvus.count(collection) == len(complete | set(retried.values()))
+
+
+def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
+    live: LiveServer, cluster: cluster_processes.RedisClusterProcesses, stub: pb_grpc.LookalikeStub
+) -> None:
+    service: Any = live.server.service  # type: ignore[attr-defined]
+    store: RedisStore = service.redis
+    # The master that holds every record, index and lease: the worst one to lose.
+    victim = cluster.node_of_key(store._keys.next_id)
+    # A cache key a surviving master serves: while the cluster is failed, it answers CLUSTERDOWN.
+    elsewhere = next(s for s in map(str, range(100)) if cluster.node_of_key(store._cache_key("m:1", s)) is not victim)
+    assert _health(live) == health_pb2.HealthCheckResponse.SERVING
+    with _Inserter(stub) as load:
+        load.acked_more(4)
+        t0 = time.monotonic()
+        cluster.kill(victim)
+        # Down longer than the node timeout: the survivors declare the cluster
+        # failed and answer CLUSTERDOWN, not just refused connections.
+        cluster.wait_state(next(n for n in cluster.nodes if n is not victim), "fail")
+        with pytest.raises(errors.Unavailable, match="retriable") as info:
+            store.cache_get_many("m:1", [elsewhere])
+        assert isinstance(info.value.__cause__, redis.exceptions.ClusterDownError)
+        load.wait_for(lambda: len(load.codes) >= 2)  # inserts fail while it is down
+        load.wait_for(lambda: _health(live) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        t1 = time.monotonic()
+        cluster.start_node(victim)  # back from its AOF
+        cluster.wait_ok()
+        load.wait_for(lambda: _health(live) == health_pb2.HealthCheckResponse.SERVING)
+        load.acked_more(4)  # and inserts succeed again
+        print(f"outage {t1 - t0:.1f} s, back to ok and 4 more acks in {time.monotonic() - t1:.1f} s")
+    assert load.codes, "no insert failed: the outage was not exercised"
+    _assert_write_invariant(service, stub, load)
+
+
+def test_a_failover_to_a_replica_during_inserts_loses_nothing_acknowledged(
+    live: LiveServer, cluster: cluster_processes.RedisClusterProcesses, stub: pb_grpc.LookalikeStub
+) -> None:
+    service: Any = live.server.service  # type: ignore[attr-defined]
+    store: RedisStore = service.redis
+    master = cluster.node_of_key(store._keys.next_id)
+    replica = cluster.replica_of(master)
+    with _Inserter(stub) as load:
+        load.acked_more(4)
+        cluster.failover(replica)  # the records' slot moves to another node mid-load
+        cluster.wait_ok()
+        load.acked_more(4)  # the client followed the slot to its new master
+    # The new slot owner as the cluster reports it (gossip may take a moment to reach every node).
+    load.wait_for(lambda: cluster.node_of_key(store._keys.next_id) is replica, timeout_s=10)
+    _assert_write_invariant(service, stub, load)
