@@ -93,7 +93,7 @@ def test_record_keys_share_one_slot_and_cache_keys_spread_over_every_master(
     store = RedisStore(config, str(tmp_path))
     client = store.client
     try:
-        assert store.cluster
+        assert store.cluster and isinstance(client, redis.RedisCluster)
         owner = uuid.uuid4().hex
         store.renew_lease(owner, 30)
         _, rec = store.claim("k", "sha", {"a": "1"}, "content", owner=owner, token=f"{owner}.1")
