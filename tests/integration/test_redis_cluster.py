@@ -232,6 +232,7 @@ def _assert_write_invariant(service: Any, stub: pb_grpc.LookalikeStub, load: _In
     assert service.milvus.count(collection) == len(complete | set(retried.values()))
 
 
+@pytest.mark.slow  # ~13 s: the cluster needs its node timeout to declare the master failed
 def test_a_master_killed_during_inserts_loses_nothing_acknowledged(
     live: LiveServer, cluster: cluster_processes.RedisClusterProcesses, stub: pb_grpc.LookalikeStub
 ) -> None:
