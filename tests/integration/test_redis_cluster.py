@@ -280,3 +280,23 @@ def test_a_failover_to_a_replica_during_inserts_loses_nothing_acknowledged(
     # The new slot owner as the cluster reports it (gossip may take a moment to reach every node).
     load.wait_for(lambda: cluster.node_of_key(store._keys.next_id) is replica, timeout_s=10)
     _assert_write_invariant(service, stub, load)
+
+
+def test_a_cluster_with_no_node_left_is_unavailable_not_internal(
+    live: LiveServer, cluster: cluster_processes.RedisClusterProcesses, stub: pb_grpc.LookalikeStub, photos: list[Path]
+) -> None:
+    # Last in this module: it takes the module's cluster down for good.
+    for node in cluster.nodes:
+        cluster.kill(node)
+    for call in (
+        lambda: stub.Get(pb.GetRequest(key="c2"), timeout=30),
+        lambda: stub.Insert(pb.InsertRequest(items=[pb.InsertItem(key="x", image=photos[0].read_bytes())]), timeout=30),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert "127.0.0.1" not in info.value.details()
+    deadline = time.monotonic() + 30
+    while _health(live) != health_pb2.HealthCheckResponse.NOT_SERVING:
+        assert time.monotonic() < deadline, "health stayed SERVING with no Redis node up"
+        time.sleep(0.1)

@@ -108,6 +108,14 @@ def test_cluster_layout_puts_every_record_key_in_one_slot_and_leaves_the_cache_u
         (redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"), errors.Unavailable),
         (redis.exceptions.SlotNotCoveredError("Slot 42 is not covered by the cluster"), errors.Unavailable),
         (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), errors.Unavailable),
+        (
+            redis.exceptions.RedisClusterUnreachableError("Redis Cluster cannot be connected. Please provide..."),
+            errors.Unavailable,
+        ),
+        (
+            redis.exceptions.RedisClusterException("Redis Cluster cannot be connected. Please provide..."),
+            errors.Unavailable,
+        ),
         (redis.exceptions.ResponseError("ERR Error running script"), errors.InternalError),
         (
             redis.exceptions.RedisClusterException("EVALSHA - all keys must map to the same key slot"),

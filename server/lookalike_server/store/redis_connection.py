@@ -29,12 +29,19 @@ log = logging.getLogger(__name__)
 
 #: redis-py errors that mean "the cluster (or the master of a slot) cannot
 #: answer now": a master down or failing over, slots not covered, a write that
-#: reached a master just demoted to replica. Retriable, like a lost connection.
+#: reached a master just demoted to replica, no node reachable at all.
+#: Retriable, like a lost connection.
 _CLUSTER_OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.ReadOnlyError,
+    # redis-py >= 7 names "no node answers"; older ones raise its base class.
+    *(
+        (redis.exceptions.RedisClusterUnreachableError,)
+        if hasattr(redis.exceptions, "RedisClusterUnreachableError")
+        else ()
+    ),
 )
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,
@@ -47,11 +54,13 @@ _UNAVAILABLE = (
 def translate(exc: BaseException, action: str) -> errors.ServiceError:
     """The server's error for a redis-py exception raised by ``action``.
 
-    Outages (lost or refused connections, timeouts, a cluster that is down or
-    failing over) are :class:`errors.Unavailable`; anything else (a script
-    error, a cross-slot command: bugs) is :class:`errors.InternalError`.
+    Outages (lost or refused connections, timeouts, a cluster that is down,
+    failing over or not reachable at all) are :class:`errors.Unavailable`;
+    anything else (a script error, a cross-slot command: bugs) is
+    :class:`errors.InternalError`.
     """
-    if isinstance(exc, _UNAVAILABLE):
+    unreachable = isinstance(exc, redis.exceptions.RedisClusterException) and "cannot be connected" in str(exc)
+    if isinstance(exc, _UNAVAILABLE) or unreachable:
         return errors.Unavailable(f"Redis is unavailable ({action}); retriable")
     return errors.InternalError(f"Redis failed ({action}); the server log has the details")
 
