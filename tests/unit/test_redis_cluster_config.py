@@ -105,6 +105,7 @@ def test_cluster_layout_puts_every_record_key_in_one_slot_and_leaves_the_cache_u
         (redis.exceptions.TimeoutError("Timeout reading from socket"), errors.Unavailable),
         (redis.exceptions.ClusterDownError("The cluster is down"), errors.Unavailable),
         (redis.exceptions.MasterDownError("Link with MASTER is down"), errors.Unavailable),
+        (redis.exceptions.ClusterError("TTL exhausted."), errors.Unavailable),
         (redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"), errors.Unavailable),
         (redis.exceptions.SlotNotCoveredError("Slot 42 is not covered by the cluster"), errors.Unavailable),
         (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), errors.Unavailable),

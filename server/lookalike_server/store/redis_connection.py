@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 #: redis-py errors that mean "the cluster (or the master of a slot) cannot
 #: answer now": a master down or failing over, slots not covered, a write that
-#: reached a master just demoted to replica, no node reachable at all.
-#: Retriable, like a lost connection.
+#: reached a master just demoted to replica, no node reachable at all, a slot
+#: that kept moving (redirections exhausted while slots migrate). Retriable,
+#: like a lost connection.
 _CLUSTER_OUTAGES: tuple[type[BaseException], ...] = (
-    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError, "TTL exhausted"
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.ReadOnlyError,
