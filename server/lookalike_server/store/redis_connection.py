@@ -1,9 +1,14 @@
-"""The Redis client (a configured Redis, or the embedded one), and its errors translated.
+"""The Redis client (a configured Redis, a Redis Cluster, or the embedded one), and its errors translated.
 
 Every redis-py exception is translated here into the server's error family
 (:mod:`lookalike_server.errors`). Callers learn which dependency failed, never
 its address or the driver's text (which carries host:port); the operator's
 log has both.
+
+A ``redis+cluster://`` URL gets redis-py's ``RedisCluster`` (which follows
+MOVED/ASK redirections and re-reads the slot map when a master changes) and a
+key layout whose multi-key scripts stay in one slot (see
+:mod:`.redis_records`). The store code is the same for both clients.
 """
 
 from __future__ import annotations
@@ -17,10 +22,65 @@ import redis
 from lookalike_server import errors
 from lookalike_server.config import RedisConfig
 from lookalike_server.store import embedded_redis
-from lookalike_server.store.addresses import redact_uri
+from lookalike_server.store.addresses import is_cluster_url, parse_cluster_url, redact_uri
 from lookalike_server.store.redis_records import KeyLayout
 
 log = logging.getLogger(__name__)
+
+#: redis-py errors that mean "the cluster (or the master of a slot) cannot
+#: answer now": a master down or failing over, slots not covered, a write that
+#: reached a master just demoted to replica, no node reachable at all, a slot
+#: that kept moving (redirections exhausted while slots migrate). Retriable,
+#: like a lost connection.
+_CLUSTER_OUTAGES: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError, "TTL exhausted"
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+    # redis-py >= 7 names "no node answers"; older ones raise its base class.
+    *(
+        (redis.exceptions.RedisClusterUnreachableError,)
+        if hasattr(redis.exceptions, "RedisClusterUnreachableError")
+        else ()
+    ),
+)
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    *_CLUSTER_OUTAGES,
+)
+
+
+def translate(exc: BaseException, action: str) -> errors.ServiceError:
+    """The server's error for a redis-py exception raised by ``action``.
+
+    Outages (lost or refused connections, timeouts, a cluster that is down,
+    failing over or not reachable at all) are :class:`errors.Unavailable`;
+    anything else (a script error, a cross-slot command: bugs) is
+    :class:`errors.InternalError`.
+    """
+    unreachable = isinstance(exc, redis.exceptions.RedisClusterException) and "cannot be connected" in str(exc)
+    if isinstance(exc, _UNAVAILABLE) or unreachable:
+        return errors.Unavailable(f"Redis is unavailable ({action}); retriable")
+    return errors.InternalError(f"Redis failed ({action}); the server log has the details")
+
+
+def _connect_cluster(config: RedisConfig) -> redis.RedisCluster:
+    """A ``RedisCluster`` client on the seeds of ``config.url`` (it connects now).
+
+    Raises:
+        redis.exceptions.RedisError, redis.exceptions.RedisClusterException:
+            No seed answers, or they are not a (healthy) cluster.
+    """
+    parsed = parse_cluster_url(config.url)
+    return redis.RedisCluster.from_url(
+        parsed.url,
+        startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in parsed.seeds[1:]],
+        socket_timeout=config.timeout_s,
+        socket_connect_timeout=config.timeout_s,
+        health_check_interval=30,
+    )
 
 
 class RedisConnection:
@@ -41,11 +101,21 @@ class RedisConnection:
 
     def __init__(self, config: RedisConfig, data_dir: str) -> None:
         self._config = config
-        self._keys = KeyLayout(config.key_prefix)
+        self.cluster = bool(config.url) and is_cluster_url(config.url)
+        self._keys = KeyLayout(config.key_prefix, cluster=self.cluster)
         self._lite: embedded_redis.EmbeddedRedis | None = None
-        if config.url:
+        self._redis: redis.Redis | redis.RedisCluster
+        if self.cluster:
             self._where = redact_uri(config.url)
-            self._redis: redis.Redis = redis.Redis.from_url(
+            try:
+                self._redis = _connect_cluster(config)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+                # Unlike redis.Redis, RedisCluster reads the slot map at once.
+                log.warning("Redis Cluster at %s: connecting failed: %s", self._where, exc)
+                raise errors.Unavailable("Redis Cluster is unavailable (connect); retriable") from exc
+        elif config.url:
+            self._where = redact_uri(config.url)
+            self._redis = redis.Redis.from_url(
                 config.url,
                 socket_timeout=config.timeout_s,
                 socket_connect_timeout=config.timeout_s,
@@ -70,7 +140,7 @@ class RedisConnection:
         return self._where
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | redis.RedisCluster:
         """The underlying redis-py client (tests and admin tools)."""
         return self._redis
 
@@ -81,9 +151,7 @@ class RedisConnection:
         # The caller's message names the dependency, never its address or the
         # driver's text (which carries host:port); the operator's log has both.
         log.warning("Redis at %s: %s failed: %s", self._where, action, exc)
-        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
-            raise errors.Unavailable(f"Redis is unavailable ({action}); retriable") from exc
-        raise errors.InternalError(f"Redis failed ({action}); the server log has the details") from exc
+        raise translate(exc, action) from exc
 
     def _check_open(self) -> None:
         if self._closed:
@@ -97,9 +165,14 @@ class RedisConnection:
         """
         self._check_open()
         try:
-            self._redis.ping()
+            if self.cluster:
+                # PING answers on a node even while the cluster refuses every
+                # key; a read routed to the records' slot shows what inserts see.
+                self._redis.exists(self._keys.next_id)
+            else:
+                self._redis.ping()
         except Exception as exc:
-            if isinstance(exc, redis.exceptions.RedisError):
+            if isinstance(exc, (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)):
                 raise errors.Unavailable(f"Redis at {self._where} failed a health check: {exc}; retriable") from exc
             self._raise(exc, "ping")
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
+import redis
 
 from lookalike_server import errors
 from lookalike_server.store.redis_connection import RedisConnection
@@ -26,7 +27,7 @@ class RedisEmbeddingCache(RedisConnection):
         return self._keys.embedding(model_key, sha)
 
     def cache_get_many(self, model_key: str, shas: Sequence[str]) -> list[np.ndarray | None]:
-        """Cached embeddings by content hash (one MGET).
+        """Cached embeddings by content hash (one MGET; on a cluster, one per master).
 
         Args:
             model_key: Model name and version, e.g. ``"resnet50:1"``.
@@ -39,7 +40,13 @@ class RedisEmbeddingCache(RedisConnection):
             return [None] * len(shas)
         self._check_open()
         try:
-            values = self._redis.mget([self._cache_key(model_key, s) for s in shas])
+            keys = [self._cache_key(model_key, s) for s in shas]
+            # Cache keys have no hash tag: on a cluster they span slots, which
+            # one MGET refuses; mget_nonatomic sends one MGET per slot group.
+            if isinstance(self._redis, redis.RedisCluster):
+                values = self._redis.mget_nonatomic(keys)
+            else:
+                values = self._redis.mget(keys)
         except Exception as exc:
             self._raise(exc, "cache_get_many")
         # copy(): frombuffer views the immutable bytes; callers may normalise in place.
@@ -72,7 +79,7 @@ class RedisEmbeddingCache(RedisConnection):
             self._raise(exc, "cache_put_many")
 
     def cache_drop(self, model_keys: Sequence[str], sha: str) -> None:
-        """Removes one content hash's cached embeddings under each model key (one DEL).
+        """Removes one content hash's cached embeddings under each model key (one DEL; per slot on a cluster).
 
         Args:
             model_keys: Model names and versions.

@@ -15,9 +15,17 @@ Layout (``P`` = ``RedisConfig.key_prefix``)::
 Every multi-key change runs as one Lua script
 (:mod:`lookalike_server.store.redis_scripts`), which Redis executes atomically
 (no other command runs between its steps), so concurrent servers never see a
-half-written record and never both allocate an id for the same content. On
-Redis Cluster the scripts need all keys in one slot: use a key prefix with a
-hash tag, e.g. ``{lookalike}:``.
+half-written record and never both allocate an id for the same content.
+
+On Redis Cluster (a ``redis+cluster://`` URL) a script may only touch keys of
+one hash slot, and the claim script touches the indexes, the counter, the
+pending set, a lease and the record it creates. So every key above except the
+embedding cache carries the hash tag ``{T}`` (``T`` = the prefix without its
+trailing ``:``), chosen here, never by the user: ``P{T}:item:<id>``,
+``P{T}:idx:sha``... All of them live in one slot, on one master, and every
+record transition stays one atomic script. The embedding cache (the bulk of
+the bytes: a vector per model per image) has no tag, so its keys spread over
+every master. A standalone Redis keeps the untagged layout above unchanged.
 
 The record's ``state`` carries the insert protocol (see
 :mod:`lookalike_server.ingest` for the invariant it keeps):
@@ -79,15 +87,33 @@ class ItemRecord:
     token: str = ""
 
 
+def cluster_hash_tag(prefix: str) -> str:
+    """The hash tag of the records, indexes and leases on Redis Cluster.
+
+    The prefix itself (less a trailing ``:``), so two deployments with other
+    prefixes on one cluster get their own slots; ``lookalike`` for an empty one.
+    """
+    return "{" + (prefix.rstrip(":") or "lookalike") + "}"
+
+
 class KeyLayout:
     """The names of the keys above, under one prefix.
 
     Args:
         prefix: ``RedisConfig.key_prefix``, prepended to every key.
+        cluster: Redis Cluster: the record keys (everything but the embedding
+            cache) also carry :func:`cluster_hash_tag` after the prefix, so
+            the scripts' keys share one slot.
+
+    Attributes:
+        prefix: What precedes the name of every record key (``P`` standalone,
+            ``P{T}:`` on a cluster).
+        cache_prefix: What precedes the name of every embedding cache key (``P``).
     """
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, prefix: str, cluster: bool = False) -> None:
+        self.cache_prefix = prefix
+        self.prefix = f"{prefix}{cluster_hash_tag(prefix)}:" if cluster else prefix
 
     def key(self, *parts: str | int) -> str:
         """``prefix`` followed by ``parts`` joined with ``:``."""
@@ -102,8 +128,11 @@ class KeyLayout:
         return self.key("lease", owner)
 
     def embedding(self, model_key: str, sha: str) -> str:
-        """The cached embedding of content ``sha`` under ``model_key``."""
-        return self.key("emb", model_key, sha)
+        """The cached embedding of content ``sha`` under ``model_key``.
+
+        Never hash-tagged: on a cluster, cache entries spread over every master.
+        """
+        return f"{self.cache_prefix}emb:{model_key}:{sha}"
 
     @property
     def next_id(self) -> str:

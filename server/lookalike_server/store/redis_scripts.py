@@ -3,6 +3,13 @@
 Redis runs each script atomically (no other command between its steps), which
 is what makes every record transition of the write protocol race-free. Key
 layout and record states: see :mod:`lookalike_server.store.redis_records`.
+
+Two scripts build a key name from what they read (CLAIM and GET_BY_KEY the
+record ``ARGV[1] .. id``, CLAIM the owner's lease ``ARGV[9] .. owner``), so it
+cannot be passed in KEYS. On Redis Cluster that is allowed only for a key of
+the slot the script runs in; the cluster layout (``KeyLayout(cluster=True)``)
+guarantees it by giving the record, lease and index keys one hash tag. Every
+KEYS list here therefore maps to one slot too.
 """
 
 # KEYS: idx:sha, idx:key, next_id, pending, attrs
