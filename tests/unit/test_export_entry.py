@@ -11,8 +11,7 @@ import pytest
 from lookalike_export.entry import upsert_entry
 from lookalike_export.fidelity import check_fidelity, fidelity_report, known_departures
 from lookalike_export.parity import compare, find_photos, photo_batch, preprocess_image
-from lookalike_server.errors import ModelLoadError
-from lookalike_server.errors import ConfigError
+from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.registry import ModelEntry, read_entries
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "export"
