@@ -29,6 +29,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -91,9 +92,9 @@ def main() -> None:
             with Image.open(p) as im:
                 sizes[p.name] = f"{im.size[0]}x{im.size[1]}"
         reports = {d: measure(args.arch, d, photos, Path(td) / d) for d in ("fast", "exact")}
-    for r in reports.values():
-        print(r)
-    rows = [
+    for report in reports.values():
+        print(report)
+    rows: list[dict[str, Any]] = [
         {
             "photo": p.name,
             "size": sizes[p.name],
