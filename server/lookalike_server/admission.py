@@ -44,6 +44,8 @@ _WINDOW_S = 5.0  # throughput is measured over this many recent seconds
 _MIN_SPAN_S = 0.5  # and only once the model has been busy this long
 _MIN_SAMPLES = 8  # images finished in the window before the estimate is trusted
 _ALWAYS_ADMIT = 4  # images in flight below which the wait estimate is not applied
+# A model admission has no spec for is counted as decoded at full size (the safe side).
+_FULL_DECODE = PreprocessSpec(jpeg_draft=False)
 
 
 @dataclass
@@ -137,8 +139,7 @@ class Admission:
 
     def draft_sizes(self, models: Sequence[str]) -> list[tuple[int, int] | None]:
         """The JPEG draft hint of each decode ``models`` need (None: full size)."""
-        full = PreprocessSpec(jpeg_draft=False)
-        return [p.draft_size for p in plan_decodes({m: self.specs.get(m, full) for m in models})]
+        return [p.draft_size for p in plan_decodes({m: self.specs.get(m, _FULL_DECODE) for m in models})]
 
     def probe(self, images: Sequence[bytes]) -> list[ImageHeader]:
         """Headers of every image, each limit a header decides applied.
