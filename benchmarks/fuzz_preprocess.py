@@ -41,7 +41,7 @@ from lookalike_server.preprocess import PRESETS, PreprocessSpec, decode_image, t
 
 LIMITS = LimitsConfig()
 SPECS = [PreprocessSpec(**PRESETS[name], preset=name) for name in ("imagenet", "caffe")]  # type: ignore[arg-type]
-ADMISSION = Admission(LIMITS, {"m": 64}, (256, 256))
+ADMISSION = Admission(LIMITS, {"m": 64}, {"m": SPECS[0]})
 
 MODES = {
     "PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"],

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lookalike_export.parity import find_photos, load_rgb, preprocess_image
+from lookalike_export.parity import find_photos, photo_batch
 from lookalike_export.quantize import (
     _has_gpu,
     embed,
@@ -88,7 +88,7 @@ def main() -> int:
         for name in args.models:
             entry = entry_from_registry(registry, name)
             src = registry.parent / entry.path
-            batch = np.stack([preprocess_image(load_rgb(p), entry) for p in paths])
+            batch = photo_batch(paths, entry)
             variants = {"fp32": src}
             for mode in ("int8-dynamic", "int8-static", "fp16"):
                 dst = Path(td) / f"{name}_{mode}.onnx"

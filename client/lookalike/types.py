@@ -45,7 +45,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model turns decoded pixels into its input tensor (see the proto for each field)."""
+    """How a model turns decoded pixels into its input tensor (see the proto for each field).
+
+    ``decode`` is ``"fast"``, ``"exact"`` or ``"custom"`` (the two flags
+    mixed); ``""`` from a server too old to report its decoding.
+    """
 
     preset: str
     height: int
@@ -58,6 +62,9 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     pooling: str
+    decode: str = ""
+    jpeg_draft: bool = False
+    exif_orientation: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,6 +344,9 @@ def _preprocessing(p: pb.Preprocessing) -> Preprocessing:
         mean=tuple(p.mean),
         std=tuple(p.std),
         pooling=p.pooling,
+        decode=p.decode,
+        jpeg_draft=p.jpeg_draft,
+        exif_orientation=p.exif_orientation,
     )
 
 

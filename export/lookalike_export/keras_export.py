@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 import lookalike_server
-from lookalike_export.parity import ParityReport, compare, load_rgb, photo_batch
+from lookalike_export.fidelity import FidelityReport, check_fidelity, fidelity_report
+from lookalike_export.parity import compare, photo_batch
 from lookalike_export.result import ExportResult
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.registry import ModelEntry, file_sha256
@@ -66,8 +67,15 @@ def keras_python() -> str | None:
     return str(local.absolute()) if local.exists() else None
 
 
-def keras_entry(arch: str, name: str, onnx_file: str, pooling: str, weights_label: str) -> ModelEntry:
-    """Registry entry for a Keras export: Keras' "caffe" preprocessing, NHWC."""
+def keras_entry(
+    arch: str, name: str, onnx_file: str, pooling: str, weights_label: str, decode: str = "fast"
+) -> ModelEntry:
+    """Registry entry for a Keras export: Keras' "caffe" preprocessing, NHWC.
+
+    ``decode = "exact"`` makes the server decode as ``keras.utils.load_img``
+    does (every JPEG pixel, EXIF tag ignored); the caffe preset already has its
+    straight NEAREST resize.
+    """
     _, dim, desc = KERAS_ARCHS[arch]
     return ModelEntry.from_preset(
         "caffe",
@@ -79,6 +87,7 @@ def keras_entry(arch: str, name: str, onnx_file: str, pooling: str, weights_labe
         height=224,
         width=224,
         pooling="none",  # Keras' pooling= is inside the graph
+        decode=decode,
     )
 
 
@@ -144,14 +153,17 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         out["ref"] = str(Path(job["out_dir"]) / "ref.npy")
         np.save(out["ref"], ref.astype(np.float32))
     if job["photos"]:
-        # Keras' own preprocessing of the same photos: load_img (straight NEAREST
-        # resize) + preprocess_input ("caffe"). The driver compares it with the
-        # registry-driven preprocessing the server applies.
+        # Keras' own path for the same photos: load_img (full decode, no EXIF
+        # transpose, convert("RGB"), straight NEAREST resize) + preprocess_input
+        # ("caffe"), then the model. The driver compares tensors and vectors with
+        # the server's (lookalike_server.preprocess + ONNX Runtime).
         module = keras.applications.resnet50 if arch == "resnet50" else keras.applications.vgg16
         arrays = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(224, 224))) for p in job["photos"]]
-        native = module.preprocess_input(np.stack(arrays))
+        native = np.asarray(module.preprocess_input(np.stack(arrays)), np.float32)
         out["native"] = str(Path(job["out_dir"]) / "native.npy")
-        np.save(out["native"], np.asarray(native, np.float32))
+        np.save(out["native"], native)
+        out["native_ref"] = str(Path(job["out_dir"]) / "native_ref.npy")
+        np.save(out["native_ref"], model.predict(native, batch_size=8, verbose=0).astype(np.float32))
     return out
 
 
@@ -192,7 +204,8 @@ def export_keras(
     atol: float = 1e-4,
     python: str | None = None,
     timeout_s: float = 900,
-) -> tuple[ExportResult, ParityReport | None]:
+    decode: str = "fast",
+) -> tuple[ExportResult, FidelityReport | None]:
     """Exports a Keras application to ONNX, checks parity, returns its entry.
 
     Args:
@@ -201,19 +214,25 @@ def export_keras(
         out_dir: Output folder.
         name: Model name (file stem); defaults to ``keras_<arch>``.
         pooling: ``max`` (the original system) or ``avg``.
-        photos: Real photos for parity (ONNX vs Keras, and preprocessing vs Keras').
+        photos: Real photos for parity (ONNX vs Keras on the server's
+            tensors) and fidelity (the server's vectors vs Keras' own
+            ``load_img`` + ``preprocess_input`` + model).
         seed: Seed of random weights.
         atol: Parity tolerance.
         python: Interpreter with TensorFlow; found by :func:`keras_python` if None.
         timeout_s: Limit for the worker.
+        decode: The entry's decode preset: ``fast`` (the server's default) or
+            ``exact`` (decode as Keras' ``load_img`` does).
 
     Returns:
-        The export result (its ``parity`` is ONNX vs Keras) and the
-        preprocessing report (registry preprocessing vs Keras' own, on the
-        photos without transparency), or None without photos.
+        The export result (its ``parity`` is ONNX vs Keras) and the fidelity
+        report (the server's vector of each photo vs Keras' own path, known
+        departures explained), or None without photos.
 
     Raises:
-        ModelLoadError: One line naming the model and the problem.
+        ModelLoadError: One line naming the model and the problem: ONNX
+            differs from Keras, or a photo's server preprocessing differs from
+            Keras' for no known reason.
         ConfigError: No TensorFlow environment found.
     """
     t0 = time.perf_counter()
@@ -240,7 +259,7 @@ def export_keras(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}.onnx"
-    entry = keras_entry(arch, name, final.name, pooling, weights_label)
+    entry = keras_entry(arch, name, final.name, pooling, weights_label, decode)
     with tempfile.TemporaryDirectory(prefix="lookalike-keras-") as td:
         work = Path(td)
         batch_path = ""
@@ -249,7 +268,6 @@ def export_keras(
             batch = photo_batch(photos, entry)
             batch_path = str(work / "batch.npy")
             np.save(batch_path, batch)
-        opaque = [p for p in photos or [] if load_rgb(p).mode == "RGB" and not _has_alpha(p)]
         job = {
             "arch": arch,
             "pooling": pooling,
@@ -257,7 +275,7 @@ def export_keras(
             "seed": seed,
             "onnx": str(work / "model.onnx"),
             "batch": batch_path,
-            "photos": [str(p) for p in opaque],
+            "photos": [str(p) for p in photos or []],
             "out_dir": str(work),
         }
         info = _run_worker(python, job, name, timeout_s)
@@ -272,8 +290,8 @@ def export_keras(
                 f"tf2onnx {info.get('tf2onnx')} opset {OPSET}",
             },
         )
-        report = pre_report = None
-        if batch is not None:
+        report = fidelity = None
+        if batch is not None and photos:
             from lookalike_export.parity import run_onnx
 
             ref = np.load(info["ref"])
@@ -283,24 +301,20 @@ def export_keras(
             report = compare(ref, got)
             if not report.ok(atol):
                 raise ModelLoadError(f"{name}: ONNX output differs from Keras beyond {atol}: {report}")
-        if opaque and "native" in info:
-            native = np.load(info["native"])
-            mine = photo_batch(opaque, entry)
-            pre_report = compare(native.reshape(len(opaque), -1), mine.reshape(len(opaque), -1))
-            if pre_report.max_abs_diff > 1e-3:
-                raise ModelLoadError(
-                    f"{name}: registry preprocessing differs from Keras' preprocess_input: {pre_report}"
-                )
+            fidelity = check_fidelity(
+                fidelity_report(
+                    photos,
+                    entry.preprocess_spec(),
+                    server_tensors=batch,
+                    framework_tensors=np.load(info["native"]),
+                    server_vectors=got,
+                    framework_vectors=np.load(info["native_ref"]),
+                ),
+                name=name,
+            )
         _copy(tmp_onnx, final)  # the temp dir may be on another file system
     entry.sha256 = file_sha256(final)
-    return ExportResult(final, entry, report, time.perf_counter() - t0), pre_report
-
-
-def _has_alpha(path: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    return ExportResult(final, entry, report, time.perf_counter() - t0), fidelity
 
 
 def _copy(src: Path, dst: Path) -> None:

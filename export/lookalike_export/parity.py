@@ -1,11 +1,10 @@
 """Parity between a framework model and its ONNX export, on real photos.
 
-The reference preprocessing here follows the registry entry exactly as the
-server applies it (``lookalike_server.preprocess``): EXIF transpose, RGB
-(transparency composited on white), torchvision ``Resize(int)`` +
-``CenterCrop`` arithmetic or a straight resize, scale, colour order,
-``(x - mean) / std``, layout. It is written again here, on purpose, so the
-exporter runs without the serving stack and a test can compare the two.
+The photos are preprocessed by the server's own code
+(:func:`lookalike_server.preprocess.preprocess`, with the entry's decode
+settings: JPEG draft, EXIF orientation), not by a copy of it, so the check
+covers what the server will really feed the model. How those tensors compare
+with the framework's own loading is :mod:`lookalike_export.fidelity`.
 """
 
 from __future__ import annotations
@@ -15,62 +14,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lookalike_server.errors import ModelLoadError
+from lookalike_server.preprocess import preprocess, to_tensor
 from lookalike_server.registry import ModelEntry
 
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# The exporter checks the photos it is given, whatever their size: the server's
+# byte and pixel limits are the server's business, not the parity check's.
+_NO_LIMIT = 1 << 40
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Opens an image as the server does: EXIF orientation, RGB, alpha on white."""
-    with Image.open(path) as opened:
-        im: Image.Image = ImageOps.exif_transpose(opened)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return im.convert("RGB")
-
-
-def preprocess_image(img: Image.Image, entry: ModelEntry) -> np.ndarray:
-    """Turns an RGB image into one input tensor (no batch axis) per ``entry``.
+def preprocess_file(path: Path, entry: ModelEntry) -> np.ndarray:
+    """One photo as the server turns it into ``entry``'s input tensor (no batch axis).
 
     Args:
-        img: An RGB image.
-        entry: The registry entry that says how.
+        path: An image file.
+        entry: The registry entry (its preprocessing and decode settings).
 
     Returns:
         float32, (3, H, W) for NCHW or (H, W, 3) for NHWC.
+
+    Raises:
+        ModelLoadError: The server could not decode the photo.
     """
-    resample = _FILTERS[entry.interpolation]
-    if entry.resize_shorter:
-        w, h = img.size
-        short, long_ = (w, h) if w <= h else (h, w)
-        # torchvision Resize(int): the long side is truncated, not rounded.
-        new_short, new_long = entry.resize_shorter, int(entry.resize_shorter * long_ / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), resample)
-        # torchvision CenterCrop: offsets rounded half to even (Python round).
-        top = round((new_h - entry.height) / 2.0)
-        left = round((new_w - entry.width) / 2.0)
-        img = img.crop((left, top, left + entry.width, top + entry.height))
-    elif img.size != (entry.width, entry.height):
-        img = img.resize((entry.width, entry.height), resample)
-    x: np.ndarray = np.asarray(img, dtype=np.float32) * np.float32(entry.scale)
-    if entry.color_order == "BGR":
-        x = x[..., ::-1]
-    x = (x - np.asarray(entry.mean, np.float32)) / np.asarray(entry.std, np.float32)
-    if entry.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    try:
+        return preprocess(path.read_bytes(), entry.preprocess_spec(), max_bytes=_NO_LIMIT, max_pixels=_NO_LIMIT)
+    except Exception as exc:  # InvalidArgument/TooLarge from the server's decoder, OSError
+        raise ModelLoadError(f"{entry.name}: parity photo {path.name}: {exc}") from exc
+
+
+def preprocess_image(img: Image.Image, entry: ModelEntry) -> np.ndarray:
+    """Resize/crop and normalise an already decoded RGB image, with the server's code."""
+    return to_tensor(img.convert("RGB"), entry.preprocess_spec())
 
 
 def find_photos(folder: Path) -> list[Path]:
@@ -79,10 +56,10 @@ def find_photos(folder: Path) -> list[Path]:
 
 
 def photo_batch(paths: Sequence[Path], entry: ModelEntry) -> np.ndarray:
-    """Preprocesses photos into one (N, …) float32 batch."""
+    """Preprocesses photos into one (N, …) float32 batch, exactly as the server would."""
     if not paths:
         raise ModelLoadError(f"{entry.name}: no photos to check parity on")
-    return np.stack([preprocess_image(load_rgb(p), entry) for p in paths])
+    return np.stack([preprocess_file(p, entry) for p in paths])
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from lookalike_export.parity import l2_normalise, load_rgb, preprocess_image
+from lookalike_export.parity import l2_normalise, photo_batch
 from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.preprocess import PRESETS
-from lookalike_server.registry import ModelEntry, file_sha256, read_entries
+from lookalike_server.registry import ModelEntry, file_sha256, read_entries, resolve_decode
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def entry_from_registry(registry: Path, name: str) -> ModelEntry:
         raise ConfigError(f"{name}: no entry of that name in {registry}")
     fields: dict[str, Any] = dict(PRESETS.get(str(raw.get("preset", "")), {}))
     fields.update(raw)
+    fields.update(resolve_decode(raw))  # decode = "exact" without its flags written out
     for k in ("mean", "std"):
         fields[k] = tuple(float(v) for v in fields[k]) if k in fields else getattr(ModelEntry, k, None)
     known = set(ModelEntry.__dataclass_fields__)
@@ -144,7 +145,7 @@ def make_variant(src: Path, dst: Path, mode: str, entry: ModelEntry, calibration
                 return
             if not calibration:
                 raise ConfigError(f"{entry.name}: int8-static needs calibration photos")
-            batch = np.stack([preprocess_image(load_rgb(p), entry) for p in calibration])
+            batch = photo_batch(calibration, entry)
             quantize_static(
                 str(pre),
                 str(dst),
@@ -247,7 +248,7 @@ def quantize_model(
         else:
             paths, labels = list(calibration), []
         if paths:
-            batch = np.stack([preprocess_image(load_rgb(p), base) for p in paths])
+            batch = photo_batch(paths, base)
             a = embed(session(src, providers=providers), batch, base)
             b = embed(session(tmp, providers=providers), batch, base)
             cos, n = float(np.min(np.sum(a * b, axis=1))), len(paths)

@@ -33,7 +33,13 @@ OUTPUT_NAME = "embedding"
 
 
 def torch_entry(
-    arch: str, name: str, onnx_file: str, pooling: Pooling, weights_label: str, size: int = 224
+    arch: str,
+    name: str,
+    onnx_file: str,
+    pooling: Pooling,
+    weights_label: str,
+    size: int = 224,
+    decode: str = "fast",
 ) -> ModelEntry:
     """The registry entry a torch export of ``arch`` needs.
 
@@ -44,6 +50,8 @@ def torch_entry(
         pooling: Global pooling baked into the graph.
         weights_label: Where the weights came from (for the description).
         size: Input height and width.
+        decode: ``fast`` or ``exact`` (decode as torchvision's ``ImageFolder``
+            loader does: every pixel, EXIF tag ignored).
     """
     spec = ARCHS[arch]
     extra: dict[str, object] = {"interpolation": spec.interpolation}
@@ -66,6 +74,7 @@ def torch_entry(
         width=size,
         resize_shorter=resize_shorter,
         pooling="none",  # pooling is inside the graph: the output is already (N, dim)
+        decode=decode,
         **extra,
     )
 
@@ -127,6 +136,7 @@ def export_torch(
     size: int = 224,
     seed: int = 0,
     atol: float = 1e-4,
+    decode: str = "fast",
 ) -> ExportResult:
     """Exports one architecture to ``out_dir/<name>.onnx`` and checks parity.
 
@@ -141,6 +151,8 @@ def export_torch(
         size: Input height and width.
         seed: Seed of random weights.
         atol: Parity tolerance.
+        decode: The entry's decode preset, ``fast`` or ``exact``. The parity
+            photos go through the server's preprocessing with it.
 
     Returns:
         The result, with the registry entry ready to write.
@@ -178,7 +190,7 @@ def export_torch(
                 "lookalike.exporter": f"torch {torch.__version__} dynamo opset {OPSET}",
             },
         )
-        entry = torch_entry(arch, name, final.name, pooling, weights_label, size)
+        entry = torch_entry(arch, name, final.name, pooling, weights_label, size, decode)
         report = None
         if photos:
             batch = photo_batch(photos, entry)

@@ -3,7 +3,11 @@
 A request is admitted or refused *before* any of its images is decoded (TEI's
 rule: take the permit first). Its cost is read from the image headers alone
 (:func:`~lookalike_server.preprocess.probe_image`): the number of images and
-the pixels the decoder will allocate. Three budgets apply at once:
+the pixels the decoder will allocate, per the requested models' decode
+settings: a JPEG counts at its draft scale when every model allows reduced-size
+decoding, at full size for a model with ``jpeg_draft = false``, and once per
+distinct decode (:func:`~lookalike_server.preprocess.plan_decodes`) when
+models disagree. Three budgets apply at once:
 
 * per request: more decoded pixels than ``limits.request_pixels`` can never
   be served, so the request gets INVALID_ARGUMENT (retrying cannot help);
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 from lookalike_server.config import LimitsConfig
 from lookalike_server.errors import Overloaded, ServiceError, TooLarge
-from lookalike_server.preprocess import ImageHeader, probe_image
+from lookalike_server.preprocess import ImageHeader, PreprocessSpec, plan_decodes, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ _WINDOW_S = 5.0  # throughput is measured over this many recent seconds
 _MIN_SPAN_S = 0.5  # and only once the model has been busy this long
 _MIN_SAMPLES = 8  # images finished in the window before the estimate is trusted
 _ALWAYS_ADMIT = 4  # images in flight below which the wait estimate is not applied
+# A model admission has no spec for is counted as decoded at full size (the safe side).
+_FULL_DECODE = PreprocessSpec(jpeg_draft=False)
 
 
 @dataclass
@@ -76,7 +82,8 @@ class Admission:
     Args:
         limits: The limits section of the config.
         model_budgets: Images each model may have in flight.
-        draft_size: Smallest decode size any model needs (JPEG draft scale).
+        specs: Each model's preprocessing, whose decode settings say what a
+            decode costs; a model without one counts at full size.
         clock: Monotonic clock, injectable for tests.
     """
 
@@ -84,12 +91,12 @@ class Admission:
         self,
         limits: LimitsConfig,
         model_budgets: Mapping[str, int],
-        draft_size: tuple[int, int] | None = None,
+        specs: Mapping[str, PreprocessSpec] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
         self.model_budgets = dict(model_budgets)
-        self.draft_size = draft_size
+        self.specs = dict(specs or {})
         self._lock = threading.Lock()
         self._stats = AdmissionStats()
         self._model_inflight = dict.fromkeys(self.model_budgets, 0)
@@ -130,6 +137,10 @@ class Admission:
             rate = self.throughput(model)
             return None if rate is None else (self._model_inflight[model] + images) / rate
 
+    def draft_sizes(self, models: Sequence[str]) -> list[tuple[int, int] | None]:
+        """The JPEG draft hint of each decode ``models`` need (None: full size)."""
+        return [p.draft_size for p in plan_decodes({m: self.specs.get(m, _FULL_DECODE) for m in models})]
+
     def probe(self, images: Sequence[bytes]) -> list[ImageHeader]:
         """Headers of every image, each limit a header decides applied.
 
@@ -146,7 +157,6 @@ class Admission:
                         max_bytes=limits.max_image_bytes,
                         max_pixels=limits.max_pixels,
                         max_aspect_ratio=limits.max_aspect_ratio,
-                        draft_size=self.draft_size,
                     )
                 )
             except ServiceError as exc:
@@ -186,7 +196,8 @@ class Admission:
                 "(use the stream RPC)"
             )
         headers = self.probe(images)
-        pixels = sum(h.decoded_pixels for h in headers)
+        drafts = self.draft_sizes(models)
+        pixels = sum(h.pixels_at(d) for h in headers for d in drafts or [None])
         if pixels > limits.request_pixels:
             raise TooLarge(
                 f"{prefix}the request's images decode to {pixels} pixels in all; the limit per request is "

@@ -140,7 +140,9 @@ class LimitsConfig:
         32.0, "longest side / shortest side an image may have (a 4000x1 PNG is 72 bytes but not a photo)"
     )
     request_pixels: int = _opt(
-        150_000_000, "decoded pixels one request may carry, summed over its images (JPEGs count at draft scale)"
+        150_000_000,
+        "decoded pixels one request may carry, summed over its images (JPEGs count at draft scale, "
+        "at full size for a model with jpeg_draft = false)",
     )
     inflight_images: int = _opt(256, "images admitted server-wide at once (decoding, queued or running)")
     inflight_pixels: int = _opt(400_000_000, "decoded pixels admitted server-wide at once")

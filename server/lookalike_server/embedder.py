@@ -28,7 +28,7 @@ from lookalike_server.config import LimitsConfig
 from lookalike_server.domain import RequestContext, Timing
 from lookalike_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelNotFound, ServiceError
 from lookalike_server.models import OnnxModel
-from lookalike_server.preprocess import decode_image, to_tensor
+from lookalike_server.preprocess import DecodePlan, PreprocessSpec, decode_image, plan_decodes, to_tensor
 from lookalike_server.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,13 @@ class Embedder:
             )
             for name, model in self.models.items()
         }
-        self.draft_size = max((m.spec.preprocess.decode_size for m in self.models.values()), default=None)
         self.admission = Admission(
             limits,
             {
                 name: limits.model_inflight_images or max(2 * model.max_batch_size, limits.max_images_per_request, 1)
                 for name, model in self.models.items()
             },
-            self.draft_size,
+            {name: model.spec.preprocess for name, model in self.models.items()},
         )
 
     def require(self, names: Sequence[str]) -> list[str]:
@@ -198,7 +197,8 @@ class Embedder:
         """
         ctx.check("preprocessing")
         specs = {m: self.models[m].spec.preprocess for m in models}
-        draft = max((s.decode_size for s in specs.values()), default=None)
+        # One decode per distinct decode setting (usually one for all models).
+        plans = plan_decodes(specs)
         # Tell each batcher these images are coming, so it holds a batch open
         # for them rather than for nobody (see MicroBatcher.announce).
         for m in models:
@@ -206,7 +206,7 @@ class Embedder:
         prepared: list[Future[_Prepared]] = []
         for i, data in enumerate(images):
             # Keyed by the request: the pool serves requests round robin.
-            fut = self._pool.submit(ctx, self._prepare, i, data, specs, draft, ctx)
+            fut = self._pool.submit(ctx, self._prepare, i, data, specs, plans, ctx)
             # A task cancelled before it ran never submits: withdraw for it.
             fut.add_done_callback(lambda f: self._withdraw(specs, 1) if f.cancelled() else None)
             prepared.append(ctx.track(fut))
@@ -240,23 +240,28 @@ class Embedder:
         self,
         index: int,
         data: bytes,
-        specs: Mapping[str, object],
-        draft: tuple[int, int] | None,
+        specs: Mapping[str, PreprocessSpec],
+        plans: Sequence[DecodePlan],
         ctx: RequestContext,
     ) -> _Prepared:
-        """Pool task: decode once, make each model's tensor, queue it."""
+        """Pool task: decode once per plan, make each model's tensor, queue it."""
         started = time.perf_counter()
         futures: dict[str, Future[Batched[np.ndarray]]] = {}
         try:
             try:
-                img = decode_image(
-                    data,
-                    max_bytes=self.limits.max_image_bytes,
-                    max_pixels=self.limits.max_pixels,
-                    draft_size=draft,
-                    max_aspect_ratio=self.limits.max_aspect_ratio,
-                )
-                tensors = {m: to_tensor(img, spec) for m, spec in specs.items()}  # type: ignore[arg-type]
+                tensors: dict[str, np.ndarray] = {}
+                for plan in plans:
+                    img = decode_image(
+                        data,
+                        max_bytes=self.limits.max_image_bytes,
+                        max_pixels=self.limits.max_pixels,
+                        draft_size=plan.draft_size,
+                        max_aspect_ratio=self.limits.max_aspect_ratio,
+                        exif_orientation=plan.exif_orientation,
+                    )
+                    tensors.update((m, to_tensor(img, specs[m])) for m in plan.models)
+                # Batchers are fed in request order whatever the plans' order.
+                tensors = {m: tensors[m] for m in specs}
             except ServiceError as exc:
                 # Name the offending image: a request may carry dozens.
                 raise type(exc)(f"image {index}: {exc.message}") from None

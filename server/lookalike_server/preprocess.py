@@ -4,11 +4,14 @@ Two steps, so that a query searched under several models is decoded once:
 
 * :func:`decode_image` sniffs the format, enforces the byte and pixel limits
   *before* decoding (decompression bombs never allocate), applies EXIF
-  orientation, takes a GIF's first frame, composites transparency onto white,
-  and returns an RGB image. For JPEG it asks libjpeg for a reduced-size decode
-  (``draft``) when the image is far larger than any model needs: decoding a
-  12-megapixel photo at 1/4 scale is several times faster and the image is
-  downsampled afterwards anyway.
+  orientation (unless the model says ``exif_orientation = false``), takes a
+  GIF's first frame, composites transparency onto white, and returns an RGB
+  image. For JPEG it asks libjpeg for a reduced-size decode (``draft``) when
+  the image is far larger than any model needs: decoding a 12-megapixel photo
+  at 1/4 scale is several times faster and the image is downsampled
+  afterwards anyway (unless the model says ``jpeg_draft = false``: then every
+  pixel is decoded, as the model's framework does). Which decodes a set of
+  models needs is :func:`~lookalike_server.preprocess_spec.plan_decodes`.
 * :func:`to_tensor` resizes/crops per a model's :class:`PreprocessSpec` and
   normalises into a float32 array in the model's channel order and layout
   (without the batch axis).
@@ -19,7 +22,6 @@ resamplers, and numpy's arithmetic, release the GIL.
 
 from __future__ import annotations
 
-import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -28,47 +30,30 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lookalike_server.errors import InvalidArgument, ServiceError, TooLarge
+from lookalike_server.preprocess_spec import (  # re-exported: callers know them from here
+    DECODE_PRESETS,
+    FILTERS,
+    PRESETS,
+    DecodePlan,
+    PreprocessSpec,
+    plan_decodes,
+)
 
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-PRESETS: dict[str, dict[str, object]] = {
-    # torchvision's ImageNet recipe: Resize(256) + CenterCrop(224) + Normalize.
-    "imagenet": {
-        "resize_shorter": 256,
-        "interpolation": "bilinear",
-        "color_order": "RGB",
-        "layout": "NCHW",
-        "scale": 1 / 255,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-    },
-    # Keras applications' "caffe" mode (ResNet50, VGG16): load_img(target_size)
-    # resizes straight with NEAREST, then BGR with the ImageNet means subtracted.
-    "caffe": {
-        "resize_shorter": 0,
-        "interpolation": "nearest",
-        "color_order": "BGR",
-        "layout": "NHWC",
-        "scale": 1.0,
-        "mean": (103.939, 116.779, 123.68),
-        "std": (1.0, 1.0, 1.0),
-    },
-    # Keras "tf" mode (MobileNet, Inception): scale to [-1, 1].
-    "tf": {
-        "resize_shorter": 0,
-        "interpolation": "bilinear",
-        "color_order": "RGB",
-        "layout": "NHWC",
-        "scale": 1 / 127.5,
-        "mean": (1.0, 1.0, 1.0),
-        "std": (1.0, 1.0, 1.0),
-    },
-}
+__all__ = [
+    "DECODE_PRESETS",
+    "PRESETS",
+    "SUPPORTED_FORMATS",
+    "DecodePlan",
+    "ImageHeader",
+    "PreprocessSpec",
+    "decode_image",
+    "plan_decodes",
+    "preprocess",
+    "probe_image",
+    "resize_and_crop",
+    "sniff_format",
+    "to_tensor",
+]
 
 # Magic numbers of the formats we accept. Sniffing first gives a precise error
 # ("this is text, not an image") instead of Pillow's generic one, and keeps
@@ -87,74 +72,6 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 # any pixel is decoded (decode_image). Pillow's global limit would otherwise
 # fire first with a message quoting *its* limit, not the one the operator set.
 Image.MAX_IMAGE_PIXELS = None
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How one model wants its input. See the README's model-registry section.
-
-    Attributes:
-        height: Input height in pixels.
-        width: Input width in pixels.
-        resize_shorter: Shorter side is resized to this before a centre crop;
-            0 resizes straight to ``height`` x ``width``.
-        interpolation: Pillow filter name.
-        color_order: ``"RGB"`` or ``"BGR"``.
-        layout: ``"NCHW"`` or ``"NHWC"`` (the tensor has no batch axis here).
-        scale: Pixels (0..255) are multiplied by this first.
-        mean: Subtracted per channel (in ``color_order``) after scaling.
-        std: Divides per channel after the mean.
-        preset: Name of the preset the spec came from, for display.
-    """
-
-    height: int = 224
-    width: int = 224
-    resize_shorter: int = 256
-    interpolation: str = "bilinear"
-    color_order: str = "RGB"
-    layout: str = "NCHW"
-    scale: float = 1 / 255
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    preset: str = ""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not (1 <= self.height <= 4096 and 1 <= self.width <= 4096):
-            problems.append(f"input size {self.height}x{self.width} out of 1..4096")
-        if self.resize_shorter and self.resize_shorter < min(self.height, self.width):
-            problems.append(f"resize_shorter {self.resize_shorter} is smaller than the crop")
-        if self.interpolation not in _FILTERS:
-            problems.append(f"interpolation {self.interpolation!r} not in {sorted(_FILTERS)}")
-        if self.color_order not in ("RGB", "BGR"):
-            problems.append(f"color_order {self.color_order!r} must be RGB or BGR")
-        if self.layout not in ("NCHW", "NHWC"):
-            problems.append(f"layout {self.layout!r} must be NCHW or NHWC")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            problems.append("mean and std need 3 values each")
-        elif any(s == 0 for s in self.std):
-            problems.append("std values must be non-zero")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @functools.cached_property
-    def affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(a, b)`` with ``x * a - b == (x * scale - mean) / std``, computed once per model."""
-        std = np.asarray(self.std, dtype=np.float32)
-        return np.float32(self.scale) / std, np.asarray(self.mean, dtype=np.float32) / std
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Tensor shape without the batch axis."""
-        if self.layout == "NCHW":
-            return (3, self.height, self.width)
-        return (self.height, self.width, 3)
-
-    @property
-    def decode_size(self) -> tuple[int, int]:
-        """The smallest (width, height) the image is resized to before any crop."""
-        side = self.resize_shorter or max(self.height, self.width)
-        return (side, side)
 
 
 def sniff_format(data: bytes) -> str:
@@ -198,6 +115,11 @@ class ImageHeader:
     width: int
     height: int
     decoded_pixels: int
+
+    def pixels_at(self, draft_size: tuple[int, int] | None) -> int:
+        """Pixels one decode with this JPEG draft hint allocates (None: full size)."""
+        scale = _draft_scale(self.width, self.height, draft_size) if self.format == "JPEG" else 1
+        return -(-self.width // scale) * -(-self.height // scale)
 
 
 def _draft_scale(width: int, height: int, draft_size: tuple[int, int] | None) -> int:
@@ -261,9 +183,8 @@ def probe_image(
     except Exception as exc:  # a header parser must not turn bad bytes into INTERNAL
         raise _undecodable(fmt, data, exc) from None
     _check_header(fmt, width, height, max_pixels, max_aspect_ratio)
-    scale = _draft_scale(width, height, draft_size) if fmt == "JPEG" else 1
-    decoded = -(-width // scale) * -(-height // scale)
-    return ImageHeader(fmt, width, height, decoded)
+    header = ImageHeader(fmt, width, height, 0)
+    return ImageHeader(fmt, width, height, header.pixels_at(draft_size))
 
 
 def _undecodable(fmt: str, data: bytes, exc: BaseException) -> ServiceError:
@@ -283,6 +204,7 @@ def decode_image(
     max_pixels: int,
     draft_size: tuple[int, int] | None = None,
     max_aspect_ratio: float = float("inf"),
+    exif_orientation: bool = True,
 ) -> Image.Image:
     """Decodes and validates an image, returning it in RGB.
 
@@ -293,11 +215,15 @@ def decode_image(
             before any pixel is decoded.
         draft_size: For JPEG, the smallest (width, height) the caller needs;
             libjpeg may then decode at 1/2, 1/4 or 1/8 scale, keeping at least
-            twice this size so the later resample still has detail.
+            twice this size so the later resample still has detail. None
+            decodes every pixel.
         max_aspect_ratio: Longest side / shortest side accepted.
+        exif_orientation: Turn the image upright per its EXIF orientation
+            tag; False keeps the stored pixel order, as Keras and
+            torchvision load it.
 
     Returns:
-        A loaded RGB image, EXIF orientation applied.
+        A loaded RGB image, EXIF orientation applied if asked.
 
     Raises:
         InvalidArgument: Empty, unsupported, truncated or corrupt input,
@@ -317,7 +243,7 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()  # decode now, inside the try: truncation surfaces here
-            upright: Image.Image = ImageOps.exif_transpose(img) or img
+            upright: Image.Image = (ImageOps.exif_transpose(img) or img) if exif_orientation else img
             if upright.size[0] * upright.size[1] > max_pixels:  # EXIF cannot grow it, but be sure
                 raise TooLarge(f"{fmt} image decodes to {upright.size}; the limit is {max_pixels} pixels")
             return _to_rgb(upright)
@@ -352,7 +278,7 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     Images of ordinary shape keep the two-step path, which is bit-exact with
     torchvision.
     """
-    resample = _FILTERS[spec.interpolation]
+    resample = FILTERS[spec.interpolation]
     if not spec.resize_shorter:
         if img.size != (spec.width, spec.height):
             img = img.resize((spec.width, spec.height), resample)
@@ -397,6 +323,17 @@ def to_tensor(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess(data: bytes, spec: PreprocessSpec, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Decodes one image and prepares it for one model (convenience wrapper)."""
-    img = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, draft_size=spec.decode_size)
+    """Decodes one image and prepares it for one model, with the model's decode settings.
+
+    The server's path for one model (the embedder shares a decode between
+    models whose settings agree, with the same result); the exporter's parity
+    check calls it so that it checks what the server really computes.
+    """
+    img = decode_image(
+        data,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        draft_size=spec.draft_size,
+        exif_orientation=spec.exif_orientation,
+    )
     return to_tensor(img, spec)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike_server.errors import ConfigError
-from lookalike_server.preprocess import PRESETS, PreprocessSpec
+from lookalike_server.preprocess_spec import DECODE_KEYS, DECODE_PRESETS, PRESETS, PreprocessSpec
 
 #: Model names: used in requests, collection names and cache keys.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
@@ -63,6 +63,9 @@ class ModelEntry:
     scale: float = _PRE.scale
     mean: tuple[float, float, float] = _PRE.mean
     std: tuple[float, float, float] = _PRE.std
+    decode: str = _PRE.decode
+    jpeg_draft: bool = _PRE.jpeg_draft
+    exif_orientation: bool = _PRE.exif_orientation
     pooling: str = "none"
     output_layout: str = ""
     batching: dict[str, Any] = field(default_factory=dict)
@@ -73,21 +76,43 @@ class ModelEntry:
 
         Args:
             preset: A key of :data:`lookalike_server.preprocess.PRESETS`.
-            **values: Other fields; explicit ones win over the preset.
+            **values: Other fields; explicit ones win over the preset. A
+                ``decode`` value (``"fast"``/``"exact"``) sets ``jpeg_draft``
+                and ``exif_orientation``.
 
         Raises:
-            ConfigError: Unknown preset or invalid name.
+            ConfigError: Unknown preset or decode, invalid name.
         """
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-        entry = cls(**{**PRESETS[preset], **values, "preset": preset})
+        flags = resolve_decode(values)
+        entry = cls(**{**PRESETS[preset], **values, **flags, "preset": preset})
+        entry.decode = entry.preprocess_spec().decode
         if not NAME_RE.match(entry.name):
             raise ConfigError(f"model name {entry.name!r} {NAME_RULE}")
         return entry
 
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The server's :class:`PreprocessSpec` for this entry (what the server will do).
+
+        Raises:
+            ConfigError: A preprocessing value the server would refuse.
+        """
+        values = {f: getattr(self, f) for f in _PRE_FIELDS}
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        try:
+            return PreprocessSpec(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.name}: preprocessing: {exc}") from None
+
     def to_toml(self) -> str:
         """Renders this entry as a ``[[models]]`` block (ending in a newline)."""
-        lines = ["[[models]]"] + [f"{k} = {toml_value(getattr(self, k))}" for k in SCALAR_KEYS]
+        # ``decode`` is written as what the flags amount to, so the file can never
+        # contradict itself; flags matching no preset stand alone (no decode line).
+        values = {k: getattr(self, k) for k in SCALAR_KEYS} | {"decode": self.preprocess_spec().decode}
+        if values["decode"] not in DECODE_PRESETS:
+            del values["decode"]
+        lines = ["[[models]]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
         if self.batching:
             lines += ["[models.batching]"] + [f"{k} = {toml_value(v)}" for k, v in self.batching.items()]
         return "\n".join(lines) + "\n"
@@ -116,6 +141,9 @@ SCALAR_KEYS: tuple[str, ...] = (
     "scale",
     "mean",
     "std",
+    "decode",
+    "jpeg_draft",
+    "exif_orientation",
     "pooling",
     "output_layout",
 )
@@ -123,6 +151,55 @@ SCALAR_KEYS: tuple[str, ...] = (
 ENTRY_KEYS: frozenset[str] = frozenset(SCALAR_KEYS) | frozenset(TABLE_KEYS)
 # The written order and the dataclass must name the same keys.
 assert {f.name for f in fields(ModelEntry)} == ENTRY_KEYS, "registry schema: key order and ModelEntry disagree"
+
+
+_PRE_FIELDS = tuple(f.name for f in fields(PreprocessSpec))
+
+
+def resolve_decode(entry: dict[str, Any]) -> dict[str, bool]:
+    """The decode flags an entry sets, with its ``decode`` preset resolved.
+
+    ``decode = "fast"`` or ``"exact"`` names both flags at once
+    (:data:`~lookalike_server.preprocess_spec.DECODE_PRESETS`). A flag written
+    beside it must agree: ``decode = "exact"`` is a promise that the model sees
+    its framework's pixels, and a ``jpeg_draft = true`` beside it would
+    silently break it. Without ``decode`` the flags stand alone, each
+    defaulting to today's behaviour (``true``).
+
+    Args:
+        entry: A ``[[models]]`` table (or the exporter's values).
+
+    Returns:
+        The flags the entry sets, explicitly or through ``decode``
+        (absent ones are left to :class:`PreprocessSpec`'s defaults).
+
+    Raises:
+        ConfigError: Unknown ``decode``, a flag that is not a boolean, or a
+            flag that contradicts ``decode``; the message says what to change.
+    """
+    flags: dict[str, bool] = {}
+    for key in DECODE_KEYS:
+        if key in entry:
+            if not isinstance(entry[key], bool):
+                raise ConfigError(f"{key} = {entry[key]!r} must be true or false (a TOML boolean, unquoted)")
+            flags[key] = entry[key]
+    decode = entry.get("decode")
+    if decode is None or decode == "":
+        return flags
+    if decode not in DECODE_PRESETS:
+        raise ConfigError(
+            f"decode = {decode!r} is not one of {sorted(DECODE_PRESETS)} "
+            '("fast": reduced-size JPEG decoding and EXIF orientation; "exact": what the framework decodes), '
+            "or leave it out and set jpeg_draft / exif_orientation one by one"
+        )
+    preset = DECODE_PRESETS[decode]
+    for key, value in flags.items():
+        if value != preset[key]:
+            raise ConfigError(
+                f'decode = "{decode}" means {key} = {str(preset[key]).lower()}, but the entry says '
+                f"{str(value).lower()}: remove {key}, or remove decode to set the flags one by one"
+            )
+    return dict(preset)
 
 
 def toml_value(v: Any) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError
-from lookalike_server.preprocess import PRESETS, PreprocessSpec
-from lookalike_server.registry import ENTRY_KEYS, NAME_RE, NAME_RULE
+from lookalike_server.preprocess_spec import DECODE_KEYS, PRESETS, PreprocessSpec
+from lookalike_server.registry import ENTRY_KEYS, NAME_RE, NAME_RULE, resolve_decode
 from lookalike_server.validation import MAX_DIM
 
 _PREPROCESS_KEYS = {f.name for f in dataclasses.fields(PreprocessSpec)}
@@ -105,8 +105,12 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
     if preset and preset not in PRESETS:
         raise _entry_error(registry, index, name, f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     pre: dict[str, Any] = dict(PRESETS.get(preset, {}))
-    pre.update({k: entry[k] for k in _PREPROCESS_KEYS if k in entry})
+    pre.update({k: entry[k] for k in _PREPROCESS_KEYS - set(DECODE_KEYS) if k in entry})
     pre["preset"] = preset
+    try:
+        pre.update(resolve_decode(entry))
+    except ConfigError as exc:
+        raise _entry_error(registry, index, name, str(exc)) from None
     for k in ("mean", "std"):
         if k in pre:
             pre[k] = tuple(float(v) for v in pre[k])

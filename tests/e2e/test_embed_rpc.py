@@ -51,6 +51,8 @@ def test_list_models_reports_what_was_loaded(embed_server):
         assert list(m.providers_requested)[-1] == "CPUExecutionProvider"
         assert list(m.batch_buckets) == [1, 2, 4, 8, 16, 32]
         assert m.preprocessing.height == 224 and m.preprocessing.layout == "NCHW"
+        pre = m.preprocessing
+        assert (pre.decode, pre.jpeg_draft, pre.exif_orientation) == ("fast", True, True)  # the documented default
         assert len(m.onnx_sha256) == 64
 
 

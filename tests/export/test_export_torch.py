@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not instal
 
 from lookalike_export import archs, torchvision_nets  # noqa: E402
 from lookalike_export.cli import main  # noqa: E402
-from lookalike_export.parity import find_photos, load_rgb, preprocess_image  # noqa: E402
+from lookalike_export.parity import find_photos, photo_batch, preprocess_file  # noqa: E402
 from lookalike_export.quantize import entry_from_registry  # noqa: E402
 from lookalike_export.weights import packaged_weights  # noqa: E402
 from lookalike_server.errors import ModelLoadError  # noqa: E402
@@ -46,7 +46,7 @@ def test_torchvision_mobilenet_v2_pth_loads_strictly_and_classifies_a_cat() -> N
     model = torchvision_nets.MobileNetV2()
     model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     entry = entry_from_registry(PHOTOS.parents[2] / "models" / "models.toml", "mobilenet_v2")
-    x = torch.from_numpy(preprocess_image(load_rgb(PHOTOS / "chelsea.jpg"), entry))[None]
+    x = torch.from_numpy(preprocess_file(PHOTOS / "chelsea.jpg", entry))[None]
     with torch.inference_mode():
         top5 = model.eval()(x).topk(5).indices[0].tolist()
     assert set(top5) & set(range(281, 286)), top5  # ImageNet's domestic cat classes
@@ -61,7 +61,7 @@ def test_efficientnet_lite0_keeps_relu6_and_classifies_a_cat() -> None:
     assert "ReLU6" in acts and not any("Swish" in a for a in acts)
     full = net.trunk.net
     entry = entry_from_registry(PHOTOS.parents[2] / "models" / "models.toml", "efficientnet_lite0")
-    x = torch.from_numpy(preprocess_image(load_rgb(PHOTOS / "chelsea.jpg"), entry))[None]
+    x = torch.from_numpy(preprocess_file(PHOTOS / "chelsea.jpg", entry))[None]
     with torch.inference_mode():
         top5 = full.eval()(x).topk(5).indices[0].tolist()
     assert set(top5) & set(range(281, 286)), top5
@@ -129,7 +129,7 @@ def test_random_weight_exports_are_clean_graphs_with_parity(exported: Path, name
     entry = entry_from_registry(exported / "models.toml", name)
     assert entry.dim == dim and "TEST ONLY" in entry.description
     photos = find_photos(PHOTOS)
-    batch = np.stack([preprocess_image(load_rgb(p), entry) for p in photos])
+    batch = photo_batch(photos, entry)
     got = sess.run(None, {"input": batch})[0]
     assert got.shape == (len(photos), dim)
     net, _ = archs.build_feature_net(name, None, "max", seed=0)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from lookalike_export.entry import upsert_entry
-from lookalike_export.parity import compare, find_photos, load_rgb, preprocess_image
-from lookalike_server.errors import ConfigError
+from lookalike_export.fidelity import check_fidelity, fidelity_report, known_departures
+from lookalike_export.parity import compare, find_photos, photo_batch, preprocess_image
+from lookalike_server.errors import ConfigError, ModelLoadError
 from lookalike_server.registry import ModelEntry, read_entries
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "export"
@@ -63,21 +64,90 @@ def test_bad_names_and_presets_are_config_errors() -> None:
         _entry("ok", preset="pytorch")
 
 
+@pytest.mark.parametrize("decode", ["fast", "exact"])
 @pytest.mark.parametrize("preset", ["imagenet", "caffe", "tf"])
-def test_reference_preprocessing_equals_the_servers(preset: str) -> None:
-    """The exporter's parity inputs are exactly what the server feeds the model."""
-    server = pytest.importorskip("lookalike_server.preprocess", reason="server preprocessing not importable")
-    entry = _entry("p", preset=preset)
-    spec = server.PreprocessSpec(**{**server.PRESETS[preset], "height": 224, "width": 224})
-    photos = find_photos(PHOTOS)
-    assert len(photos) >= 4
-    for p in photos:
-        data = p.read_bytes()
-        theirs = server.preprocess(data, spec, max_bytes=10**8, max_pixels=10**8)
-        mine = preprocess_image(load_rgb(p), entry)
-        assert theirs.shape == mine.shape
-        # Same arithmetic, different association: float32 rounding only.
-        assert float(np.max(np.abs(theirs - mine))) < 1e-4, p.name
+def test_parity_inputs_are_the_servers_own_preprocessing(tmp_path: Path, preset: str, decode: str) -> None:
+    """The exporter's parity inputs are exactly what the server feeds the model, decode settings included."""
+    from PIL import Image
+
+    from lookalike_server.preprocess import preprocess
+
+    entry = _entry("p", preset=preset, decode=decode)
+    spec = entry.preprocess_spec()
+    assert spec.decode == decode and spec.preset == preset
+    big = tmp_path / "big.jpg"  # large enough for the server's draft decode under "fast"
+    with Image.open(PHOTOS / "chelsea.jpg") as im:
+        im.convert("RGB").resize((1920, 1280)).save(big, quality=90)
+    photos = [*find_photos(PHOTOS), big]
+    batch = photo_batch(photos, entry)
+    for p, mine in zip(photos, batch, strict=True):
+        theirs = preprocess(p.read_bytes(), spec, max_bytes=10**8, max_pixels=10**8)
+        assert np.array_equal(theirs, mine), p.name
+
+
+def _exif_and_large_photos(folder: Path) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir()
+    with Image.open(PHOTOS / "coffee.jpg") as im:
+        rgb = im.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.transpose(Image.Transpose.ROTATE_90).save(folder / "rotated.jpg", exif=exif.tobytes())
+    rgb.resize((5640, 3172)).save(folder / "large.jpg", quality=90)
+    (folder / "cutout.png").write_bytes((PHOTOS / "chelsea_cutout.png").read_bytes())
+    (folder / "plain.jpg").write_bytes((PHOTOS / "coffee.jpg").read_bytes())
+    return find_photos(folder)
+
+
+def test_known_departures_name_the_setting_that_removes_them(tmp_path: Path) -> None:
+    photos = {p.name: p.read_bytes() for p in _exif_and_large_photos(tmp_path / "ph")}
+    fast = _entry("k", preset="caffe").preprocess_spec()
+    exact = _entry("k", preset="caffe", decode="exact").preprocess_spec()
+    (large,) = known_departures(photos["large.jpg"], fast)
+    assert large.startswith("JPEG decoded at 1/4 size by the server") and "set jpeg_draft = false" in large
+    (rotated,) = known_departures(photos["rotated.jpg"], fast)
+    assert rotated == (
+        "EXIF orientation 6 applied by the server; Keras ignores it; "
+        'set exif_orientation = false (or decode = "exact") to match'
+    )
+    assert known_departures(photos["plain.jpg"], fast) == []
+    assert known_departures(photos["large.jpg"], exact) == known_departures(photos["rotated.jpg"], exact) == []
+    # Transparency has no setting: the server composites onto white whatever decode says.
+    (alpha,) = known_departures(photos["cutout.png"], exact)
+    assert "drops the alpha channel" in alpha
+
+
+def test_fidelity_passes_explained_departures_and_fails_unexplained_ones(tmp_path: Path) -> None:
+    photos = _exif_and_large_photos(tmp_path / "ph")
+    spec = _entry("k", preset="caffe").preprocess_spec()
+    rng = np.random.default_rng(0)
+    tensors = rng.normal(size=(len(photos), 4)).astype(np.float32)
+    vectors = rng.normal(size=(len(photos), 8)).astype(np.float32)
+    same = fidelity_report(
+        photos,
+        spec,
+        server_tensors=tensors,
+        framework_tensors=tensors,
+        server_vectors=vectors,
+        framework_vectors=vectors,
+    )
+    assert all(p.matches for p in same.photos) and check_fidelity(same, name="k") is same
+    # Every photo differs: three have a known reason, plain.jpg has none.
+    other = fidelity_report(
+        photos,
+        spec,
+        server_tensors=tensors,
+        framework_tensors=tensors + 1,
+        server_vectors=vectors,
+        framework_vectors=-vectors,
+    )
+    assert [p.name for p in other.unexplained] == ["plain.jpg"]
+    text = str(other)
+    assert text.startswith("fidelity vs Keras (decode fast): 0/4 photos match, min cosine -1.0000000")
+    assert "rotated.jpg: cosine -1.0000000, max |tensor diff| 1 — differs: EXIF orientation 6 applied" in text
+    with pytest.raises(ModelLoadError, match="k: the server's preprocessing differs from Keras's for no known"):
+        check_fidelity(other, name="k")
 
 
 def test_preprocessing_follows_torchvision_resize_and_crop_arithmetic() -> None:

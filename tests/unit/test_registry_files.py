@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike_export.parity import find_photos, load_rgb, preprocess_image
+from lookalike_export.parity import find_photos, photo_batch
 from lookalike_export.quantize import entry_from_registry
 from lookalike_server.registry import read_entries
 
@@ -56,7 +56,7 @@ def test_shipped_model_runs_with_a_dynamic_batch(name: str) -> None:
     assert (inp.name, out.name) == ("input", "embedding")
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 224, 224]
     photos = find_photos(ROOT / "tests" / "data" / "export")[:3]
-    batch = np.stack([preprocess_image(load_rgb(p), entry) for p in photos])
+    batch = photo_batch(photos, entry)
     y3 = sess.run(None, {"input": batch})[0]
     y1 = sess.run(None, {"input": batch[:1]})[0]
     assert y3.shape == (3, SHIPPED[name]) and np.isfinite(y3).all()

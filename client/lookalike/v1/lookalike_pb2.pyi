@@ -27,7 +27,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
-    __slots__ = ("preset", "height", "width", "resize_shorter", "interpolation", "color_order", "layout", "scale", "mean", "std", "pooling")
+    __slots__ = ("preset", "height", "width", "resize_shorter", "interpolation", "color_order", "layout", "scale", "mean", "std", "pooling", "decode", "jpeg_draft", "exif_orientation")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,9 @@ class Preprocessing(_message.Message):
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    JPEG_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    EXIF_ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     preset: str
     height: int
     width: int
@@ -50,7 +53,10 @@ class Preprocessing(_message.Message):
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
     pooling: str
-    def __init__(self, preset: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resize_shorter: _Optional[int] = ..., interpolation: _Optional[str] = ..., color_order: _Optional[str] = ..., layout: _Optional[str] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., pooling: _Optional[str] = ...) -> None: ...
+    decode: str
+    jpeg_draft: bool
+    exif_orientation: bool
+    def __init__(self, preset: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resize_shorter: _Optional[int] = ..., interpolation: _Optional[str] = ..., color_order: _Optional[str] = ..., layout: _Optional[str] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., pooling: _Optional[str] = ..., decode: _Optional[str] = ..., jpeg_draft: _Optional[bool] = ..., exif_orientation: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "dim", "preprocessing", "providers_requested", "providers", "batch_buckets", "max_batch_size", "max_delay_ms", "collection", "description", "onnx_sha256")
