@@ -7,25 +7,31 @@ invoke, the request message and the converter for the answer. The shells in
 ``call.convert(stub_method(call.request, timeout=..., metadata=...))``, with or without
 ``await``.
 
-Retries are gRPC's own (the channel's service config ``retryPolicy``, see
-:class:`RetryPolicy`), not a loop in every method: gRPC core retries the codes listed, with
-exponential backoff and full jitter, inside the call's single deadline, and honours the
-server's ``grpc-retry-pushback-ms`` trailer (wait that long; a negative value means "do
-not retry").
+The channel settings themselves (message sizes, :class:`~lookalike.channel.RetryPolicy`,
+balancing over several replicas) are in :mod:`lookalike.channel` and
+:mod:`lookalike.targets`; the names are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
 
+from lookalike.channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_OPTIONS,
+    DEFAULT_TARGET,
+    IDEMPOTENT_METHODS,
+    RetryPolicy,
+    channel_options,
+)
 from lookalike.errors import RETRIABLE_CODES, LookalikeError, ResourceExhaustedError, is_overload
 from lookalike.images import ImageInput, encode_image, is_image_input
 from lookalike.security import ChannelSecurity
+from lookalike.targets import Balancing, resolve_target
 from lookalike.throttle import AdaptiveThrottle, ThrottleSettings
 from lookalike.types import (
     DeleteResult,
@@ -52,110 +58,11 @@ __all__ = [
     "BaseClient",
     "PreparedCall",
     "RetryPolicy",
+    "channel_options",
 ]
-
-DEFAULT_TARGET = "127.0.0.1:50051"
-"""Where the server listens by default (the ``lookalike-server`` default port, on loopback)."""
-
-# Sized for images: a few multi-megabyte photos per request must fit both ways.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
-)
-
-SERVICE = "lookalike.v1.Lookalike"
-HEALTH_SERVICE = "grpc.health.v1.Health"
-
-IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
-    (SERVICE, "ListModels"),
-    (SERVICE, "Embed"),
-    (SERVICE, "Search"),
-    (SERVICE, "Get"),
-    (SERVICE, "GetStats"),
-    # Insert is idempotent on the server: the same content returns the existing id.
-    (SERVICE, "Insert"),
-    (HEALTH_SERVICE, "Check"),
-)
-"""Unary methods gRPC retries. Not ``Delete`` (a retry after a lost answer says NOT_FOUND for
-what was in fact deleted: retry it yourself on ``err.retriable`` if that is fine), and no
-stream (a half-consumed request iterator cannot be replayed)."""
 
 _USE_DEFAULT: Any = object()
 """Sentinel for ``timeout=``: the client's default (``None`` already means "no deadline")."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """gRPC's ``retryPolicy`` for the idempotent methods: exponential backoff, full jitter.
-
-    Before retry ``n`` (1-based) gRPC waits a uniform random time in
-    ``[0, min(max_s, base_s * multiplier**(n-1))]``, so that many clients recovering from
-    the same outage do not retry in lockstep; a server's ``grpc-retry-pushback-ms`` trailer
-    replaces that wait. All attempts share the call's deadline.
-
-    Attributes:
-        retries: Extra attempts after the first one; 0 turns retrying off. At most 4
-            (gRPC caps a call at 5 attempts).
-        base_s: First backoff ceiling in seconds.
-        max_s: Largest backoff ceiling in seconds.
-        multiplier: Growth of the ceiling per retry.
-        codes: Status codes worth retrying (default ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``,
-            ``ABORTED``: see :mod:`lookalike.errors`).
-    """
-
-    retries: int = 3
-    base_s: float = 0.1
-    max_s: float = 2.0
-    multiplier: float = 2.0
-    codes: frozenset[grpc.StatusCode] = RETRIABLE_CODES
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.retries <= 4:
-            raise ValueError(f"retries must be 0..4 (gRPC allows 5 attempts per call), got {self.retries}")
-        if self.base_s <= 0 or self.max_s < self.base_s or self.multiplier < 1:
-            raise ValueError("need 0 < base_s <= max_s and multiplier >= 1")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any retry happens at all."""
-        return self.retries > 0 and bool(self.codes)
-
-    def service_config(self) -> dict[str, Any]:
-        """The channel service config (as a dict; ``json.dumps`` it for the channel option)."""
-        if not self.enabled:
-            return {}
-        return {
-            "methodConfig": [
-                {
-                    "name": [{"service": s, "method": m} for s, m in IDEMPOTENT_METHODS],
-                    "retryPolicy": {
-                        "maxAttempts": self.retries + 1,
-                        "initialBackoff": f"{self.base_s:.3f}s",
-                        "maxBackoff": f"{self.max_s:.3f}s",
-                        "backoffMultiplier": self.multiplier,
-                        "retryableStatusCodes": sorted(c.name for c in self.codes),
-                    },
-                }
-            ],
-            # gRPC's retry budget: every failed attempt costs a token, every success returns
-            # a tenth; below half the tokens nothing is retried. Under overload retries would
-            # multiply the load the server is refusing; this stops them until calls succeed.
-            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-        }
-
-
-def channel_options(options: Sequence[tuple[str, Any]], policy: RetryPolicy) -> list[tuple[str, Any]]:
-    """``options`` plus the retry settings, unless the caller set those keys themselves."""
-    given = {k for k, _ in options}
-    extra: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if policy.enabled else 0)]
-    if policy.enabled:
-        extra.append(("grpc.service_config", json.dumps(policy.service_config())))
-        # gRPC stops retrying a call once its request outgrows this buffer (256 KiB by
-        # default): a few photos would silently make Insert and Embed unretriable.
-        max_send = dict(options).get("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES)
-        extra.append(("grpc.per_rpc_retry_buffer_size", max(int(max_send), 1 << 18)))
-    return list(options) + [(k, v) for k, v in extra if k not in given]
 
 
 @dataclass(frozen=True)
@@ -262,7 +169,9 @@ class BaseClient:
     """Settings and request/response handling shared by the sync and async clients.
 
     Args:
-        target: ``host:port`` of the server.
+        target: Where the server is: ``host:port``; several replicas as ``"h1:p,h2:p"`` or a
+            list of ``host:port``; or a gRPC target URI such as ``dns:///svc:50051`` or
+            ``ipv4:10.0.0.1:50051,10.0.0.2:50051`` (see :mod:`lookalike.targets`).
         timeout: Default deadline in seconds for each unary call, all retries included.
         retries: Extra attempts after a retriable failure (0 disables retrying; at most 4).
         retry_codes: Status codes to retry; default ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``,
@@ -282,13 +191,18 @@ class BaseClient:
         throttle: Client-side adaptive throttling of Embed, Insert and Search while the server
             refuses them as overloaded (:mod:`lookalike.throttle`); ``ThrottleSettings(k=0)``
             turns it off.
+        balancing: ``"round_robin"`` or ``"pick_first"``; by default ``round_robin`` when
+            ``target`` names several replicas or is a ``dns:`` URI, and gRPC's own
+            ``pick_first`` for a single ``host:port``.
+        health_check: With ``round_robin``, send no new calls to a replica whose
+            ``grpc.health.v1`` status is not ``SERVING`` (gRPC client-side health checking).
     """
 
     _grpc: Any = grpc  # the channel factory module: grpc or grpc.aio
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
         retries: int = 3,
@@ -305,8 +219,15 @@ class BaseClient:
         root_certificates: bytes | None = None,
         options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
         throttle: ThrottleSettings | None = None,
+        balancing: Balancing | None = None,
+        health_check: bool = True,
     ) -> None:
-        self.target = target
+        resolved = resolve_target(target, balancing)
+        # As given (comma-joined when several), for messages; the channel dials
+        # channel_target (an ipv4:/ipv6: list when several host names were given).
+        self.target = ",".join(resolved.addresses)
+        self.channel_target = resolved.uri
+        self.balancing = resolved.balancing  # None: gRPC's default pick_first
         self.throttle = AdaptiveThrottle(throttle)
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(retries=retries, codes=frozenset(retry_codes))
@@ -318,20 +239,22 @@ class BaseClient:
             token=token,
             insecure_token=insecure_token,
         )
-        self.security.check(target)
+        for address in resolved.addresses:
+            self.security.check(address)
         self._metadata = self.security.call_metadata or None
-        opts = channel_options(options, self.retry_policy)
+        opts = channel_options(options, self.retry_policy, resolved.service_config(health_check), resolved.authority)
         creds = self.security.channel_credentials()
         if creds is None:
-            self._channel = self._grpc.insecure_channel(target, options=opts)
+            self._channel = self._grpc.insecure_channel(resolved.uri, options=opts)
         else:
-            self._channel = self._grpc.secure_channel(target, creds, options=opts)
+            self._channel = self._grpc.secure_channel(resolved.uri, creds, options=opts)
         self._stub = pb_grpc.LookalikeStub(self._channel)
         self._health_stub: Any = None
 
     @classmethod
-    def from_env(cls, target: str | None = None, **kwargs: Any) -> Any:
-        """A client configured from ``LOOKALIKE_TARGET``, ``LOOKALIKE_TIMEOUT`` and the
+    def from_env(cls, target: str | Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """A client configured from ``LOOKALIKE_TARGET`` (one target or a comma-separated
+        list), ``LOOKALIKE_TIMEOUT`` and the
         ``LOOKALIKE_TLS/CA/CERT/KEY/TOKEN`` variables (see :mod:`lookalike.security`);
         explicit arguments win."""
         import os

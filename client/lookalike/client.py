@@ -148,7 +148,8 @@ class LookalikeClient(BaseClient):
 
     Takes the arguments of :class:`~lookalike._core.BaseClient`: ``target``, ``timeout``,
     ``retries``/``retry_codes``/``retry_policy``, ``tls``/``ca``/``cert``/``key``/``token``
-    /``insecure_token`` (or ``security``) and ``options``. :meth:`from_env` reads them from
+    /``insecure_token`` (or ``security``), ``options``, and ``balancing``/``health_check`` for
+    several replicas (``target`` may be a list). :meth:`from_env` reads them from
     ``LOOKALIKE_*`` variables.
 
     The client owns its channel: use it as a context manager or call :meth:`close`.
@@ -288,7 +289,7 @@ class LookalikeClient(BaseClient):
     def delete(self, id: int, *, timeout: float | None = _USE_DEFAULT) -> DeleteResult:
         """Removes an item from every model's collection and from the metadata store.
 
-        Not retried automatically (see :data:`lookalike._core.IDEMPOTENT_METHODS`).
+        Not retried automatically (see :data:`lookalike.channel.IDEMPOTENT_METHODS`).
 
         Raises:
             NotFoundError: No such item.

@@ -57,8 +57,8 @@ def is_loopback_target(target: str) -> bool:
     """Whether a gRPC target names this machine (so clear text never leaves it).
 
     Args:
-        target: ``host:port``, ``[v6]:port``, ``dns:///host:port``, ``ipv4:``/``ipv6:`` or
-            ``unix:`` forms.
+        target: ``host:port``, ``[v6]:port``, ``dns:///host:port``, ``ipv4:``/``ipv6:``
+            (address lists too: all of them must be local) or ``unix:`` forms.
     """
     t = target.strip()
     if t.startswith(("unix:", "unix-abstract:")):
@@ -67,6 +67,13 @@ def is_loopback_target(target: str) -> bool:
         if t.startswith(scheme):
             t = t[len(scheme) :]
             break
+    if "," in t:  # an address list (ipv4:a:p,b:p): every address must be local
+        return all(_is_loopback_address(a) for a in t.split(","))
+    return _is_loopback_address(t)
+
+
+def _is_loopback_address(t: str) -> bool:
+    t = t.strip()
     if t.startswith("["):  # [v6]:port
         host = t[1 : t.find("]")] if "]" in t else t[1:]
     elif t.count(":") == 1:

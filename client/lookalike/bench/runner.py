@@ -18,6 +18,7 @@ import grpc
 
 from lookalike.bench.load import Driver, LoadPoint, RequestFactory, find_image_dir, load_images
 from lookalike.bench.stats import DEFAULT_IMAGE_DIRS, MAX_MESSAGE_BYTES, METHODS, BenchError
+from lookalike.targets import resolve_target
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
@@ -60,11 +61,22 @@ async def run_series(
     Raises:
         BenchError: The server cannot be reached or the spec is invalid.
     """
-    options = [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
+    try:
+        resolved = resolve_target(spec.target)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    # Several replicas: the same round_robin + health checks as the client (no retries:
+    # the bench counts every failure).
+    balancing = resolved.service_config()
+    if balancing:
+        options.append(("grpc.service_config", json.dumps(balancing)))
+    if resolved.authority:
+        options.append(("grpc.default_authority", resolved.authority))
+    async with grpc.aio.insecure_channel(resolved.uri, options=options) as channel:
         stub = pb_grpc.LookalikeStub(channel)
         try:
             listing = await stub.ListModels(pb.ListModelsRequest(), timeout=spec.connect_timeout_s, wait_for_ready=True)
@@ -229,7 +241,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         points = [LoadPoint(concurrency=c) for c in (args.concurrency or [1, 4, 16])]
     images = load_images(find_image_dir(args.images), args.image_size)
     return BenchSpec(
-        target=args.target,
+        target=args.target if isinstance(args.target, str) else ",".join(args.target),
         method=args.method,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         points=points,

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from lookalike.cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE, CliError
+from lookalike.cli.options import target_text
 from lookalike.cli.parser import build_parser
 from lookalike.client import LookalikeError
 from lookalike.console import silence_stdout
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
         return code
     except LookalikeError as err:
-        print(f"error: {err.code.name}: {err.message} (target {args.target})", file=sys.stderr)
+        print(f"error: {err.code.name}: {err.message} (target {target_text(args.target)})", file=sys.stderr)
         return EXIT_ERROR
     except (CliError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

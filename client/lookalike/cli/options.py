@@ -5,12 +5,34 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from lookalike.cli.exits import CliError
 from lookalike.client import DEFAULT_TARGET, LookalikeClient
 from lookalike.security import add_security_arguments, security_from_args
 
-__all__ = ["add_connection_arguments", "connect", "parse_attrs"]
+__all__ = ["add_connection_arguments", "connect", "parse_attrs", "target_text"]
+
+
+class _TargetAction(argparse.Action):
+    """``--target`` may be repeated: the given values replace the default and accumulate."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, "_targets_given", [])
+        given.append(str(values))
+        namespace._targets_given = given
+        setattr(namespace, self.dest, list(given))
+
+
+def target_text(target: str | Sequence[str]) -> str:
+    """The target(s) as one line for messages."""
+    return target if isinstance(target, str) else ",".join(target)
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +43,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument(
         "--target",
+        action=_TargetAction,
         default=os.environ.get("LOOKALIKE_TARGET", DEFAULT_TARGET),
-        help="server host:port (env LOOKALIKE_TARGET; default %(default)s)",
+        help="server host:port; repeat it or give host1:port,host2:port for several replicas "
+        "(round_robin over the healthy ones), or a gRPC target such as dns:///svc:50051 "
+        "(env LOOKALIKE_TARGET; default %(default)s)",
     )
     parser.add_argument(
         "--timeout",
@@ -34,7 +59,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> LookalikeClient:
-    """Opens a client on the target, deadline and security the flags name.
+    """Opens a client on the target(s), deadline and security the flags name.
 
     Args:
         args: Parsed arguments holding the flags of :func:`add_connection_arguments`.
@@ -43,12 +68,13 @@ def connect(args: argparse.Namespace) -> LookalikeClient:
         A client, to be used as a context manager.
 
     Raises:
-        CliError: The security settings are invalid or unsafe for the target.
+        CliError: A target is malformed or does not resolve, or the security settings are
+            invalid or unsafe for the target.
     """
     security = security_from_args(args)
     try:
         return LookalikeClient(args.target, timeout=args.timeout, security=security)
-    except ValueError as exc:  # bad or unsafe security settings: one line, not a traceback
+    except ValueError as exc:  # bad target or unsafe security settings: one line, not a traceback
         raise CliError(str(exc)) from exc
 
 
