@@ -17,7 +17,12 @@ own process and data dir, one model) and every point dials the first N of them; 
 replicas only run their health monitor. Milvus standalone is started from
 ``scripts/milvus_server.py`` unless ``--milvus-uri`` names one; Redis is ``--redis-url``
 (default the local one) under a unique key prefix, whose keys are deleted at the end.
-Search runs against ``--corpus`` synthetic images inserted first.
+Search runs against ``--corpus`` synthetic images inserted first, with the shipped
+``Bounded`` consistency (``--consistency Strong`` adds Milvus's wait for the newest writes,
+about 200 ms a search on a 2.3 standalone). The machine-wide busy cores (``/proc/stat``)
+are reported too: on a shared machine they show what else ran. The replicas' Redis
+embedding caches are off unless ``--keep-caches``: the query images repeat, so every
+Search after the first round would be a cache hit that embeds nothing.
 
 The measurement (on a quiet machine; about 6 minutes)::
 
@@ -64,6 +69,13 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ processes
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (``/proc/stat``), every process counted."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    return (sum(values[:8]) - values[3] - values[4]) / _TICKS
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,12 +182,17 @@ def server_args(
     prefix: str,
     extra: Sequence[str] = (),
     shutdown_delay_s: float = 1.0,
+    consistency: str = "Strong",
 ) -> list[str]:
-    """Flags for one replica: loopback, a free port, one model, shared stores, a short drain."""
+    """Flags for one replica: loopback, a free port, one model, shared stores, a short drain.
+
+    ``consistency`` is Milvus's: ``Strong`` gives tests read-your-writes across replicas;
+    the benchmark uses the shipped ``Bounded``, which does not wait for the latest writes.
+    """
     return [
         "--host", "127.0.0.1", "--port", "0", "--models-only", MODEL, "--data-dir", str(data_dir),
         "--milvus-uri", milvus_uri, "--milvus-collection-prefix", prefix.replace(":", "_"),
-        "--milvus-consistency-level", "Strong",
+        "--milvus-consistency-level", consistency,
         "--redis-url", redis_url, "--redis-key-prefix", prefix,
         "--shutdown-delay-s", str(shutdown_delay_s), "--grace-s", "5", "--log-level", "WARNING",
         *extra,
@@ -183,10 +200,10 @@ def server_args(
 
 
 @contextlib.contextmanager
-def milvus_standalone(uri: str | None, work: Path) -> Iterator[str]:
-    """The given Milvus URI, or a standalone server started (and stopped) here."""
+def milvus_standalone(uri: str | None, work: Path) -> Iterator[tuple[str, int]]:
+    """The given Milvus URI (pid 0: unknown), or a standalone server started (and stopped) here."""
     if uri:
-        yield uri
+        yield uri, 0
         return
     sys.path.insert(0, str(ROOT / "scripts"))
     import milvus_server  # scripts/milvus_server.py
@@ -194,9 +211,21 @@ def milvus_standalone(uri: str | None, work: Path) -> Iterator[str]:
     base = work / "milvus"
     server = milvus_server.start(base, timeout_s=180)
     try:
-        yield server.uri
+        yield server.uri, server.pid
     finally:
         milvus_server.stop(base, grace_s=2)
+
+
+def redis_pid(redis_url: str) -> int:
+    """The Redis server's pid when it runs on this machine (``INFO``), else 0."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    return pid if Path(f"/proc/{pid}").exists() else 0
 
 
 @contextlib.contextmanager
@@ -208,6 +237,7 @@ def replicas(
     work: Path,
     extra: Sequence[str] = (),
     shutdown_delay_s: float = 1.0,
+    consistency: str = "Strong",
 ) -> Iterator[list[ReplicaProcess]]:
     """``n`` replicas on the same stores, started together, stopped (SIGTERM) at the end."""
     started: list[ReplicaProcess] = []
@@ -215,7 +245,7 @@ def replicas(
         for i in range(n):
             data = work / f"replica{i}"
             data.mkdir(parents=True, exist_ok=True)
-            args = server_args(data, milvus_uri, redis_url, prefix, extra, shutdown_delay_s)
+            args = server_args(data, milvus_uri, redis_url, prefix, extra, shutdown_delay_s, consistency)
             r = ReplicaProcess(args, work / f"replica{i}.log")
             started.append(r)
             r.launch()
@@ -290,6 +320,8 @@ class Point:
     calls_per_replica: list[int]
     replica_cpu_cores: list[float]
     client_cpu_cores: float
+    store_cpu_cores: dict[str, float]
+    machine_busy_cores: float
     error_codes: dict[str, int] = field(default_factory=dict)
 
 
@@ -329,9 +361,26 @@ async def _closed_loop(
 
 
 def measure(
-    dialled: list[ReplicaProcess], method: str, images: list[bytes], concurrency: int, seconds: float, warmup_s: float
+    dialled: list[ReplicaProcess],
+    method: str,
+    images: list[bytes],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    stores: dict[str, int] | None = None,
 ) -> Point:
-    """One point: warm-up, then a closed loop through one round_robin client."""
+    """One point: warm-up, then a closed loop through one round_robin client.
+
+    Args:
+        dialled: The replicas the client dials.
+        method: ``embed`` or ``search``.
+        images: Query images, used in turn.
+        concurrency: Closed-loop callers.
+        seconds: Measured seconds.
+        warmup_s: Unmeasured seconds before, on the same client.
+        stores: Name to pid of store processes on this machine whose CPU to report.
+    """
+    stores = {k: v for k, v in (stores or {}).items() if v}
     targets = [r.target for r in dialled]
     # Counters and CPU times bracket the measured loop only: the warm-up runs on the same
     # client (so every connection is up) before the first reading.
@@ -343,6 +392,8 @@ def measure(
         counts_before[:] = [served_counts(t) for t in targets]
         cpu_before[:] = [cpu_seconds(r.pid) for r in dialled]
         result["client_cpu0"] = time.process_time()
+        result["stores0"] = {k: cpu_seconds(pid) for k, pid in stores.items()}
+        result["machine0"] = machine_busy_seconds()
 
     async def run_bracketed() -> tuple[list[float], dict[str, int], float]:
         async with AsyncLookalikeClient(targets, timeout=30) as client:
@@ -353,6 +404,8 @@ def measure(
             elapsed = time.perf_counter() - t0
             result["cpu_after"] = [cpu_seconds(r.pid) for r in dialled]
             result["client_cpu1"] = time.process_time()
+            result["stores1"] = {k: cpu_seconds(pid) for k, pid in stores.items()}
+            result["machine1"] = machine_busy_seconds()
             return lat, errs, elapsed
 
     latencies, errors, elapsed = asyncio.run(run_bracketed())
@@ -372,6 +425,8 @@ def measure(
         calls_per_replica=[a.get(rpc, 0) - b.get(rpc, 0) for a, b in zip(counts_after, counts_before, strict=True)],
         replica_cpu_cores=[round((a - b) / elapsed, 3) for a, b in zip(result["cpu_after"], cpu_before, strict=True)],
         client_cpu_cores=round((result["client_cpu1"] - result["client_cpu0"]) / elapsed, 3),
+        store_cpu_cores={k: round((result["stores1"][k] - result["stores0"][k]) / elapsed, 3) for k in stores},
+        machine_busy_cores=round((result["machine1"] - result["machine0"]) / elapsed, 3),
         error_codes=errors,
     )
 
@@ -391,6 +446,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=32, help="distinct query images (default %(default)s)")
     p.add_argument("--milvus-uri", default="", help="a running Milvus server; default: start a standalone one")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis (default %(default)s)")
+    p.add_argument(
+        "--consistency",
+        default="Bounded",
+        choices=["Strong", "Bounded", "Session", "Eventually"],
+        help="the replicas' Milvus consistency level (default %(default)s, as shipped)",
+    )
+    p.add_argument(
+        "--keep-caches",
+        action="store_true",
+        help="leave the replicas' Redis embedding caches on (default off: the few query images "
+        "would be cache hits after the first round, and Search would measure the cache)",
+    )
     p.add_argument("--server-arg", action="append", default=[], help="extra lookalike-server flag (repeatable)")
     p.add_argument("--workdir", default="", help="where data dirs and logs go (default a temp dir)")
     p.add_argument("--out", default="", help="write the results as JSON here")
@@ -401,12 +468,15 @@ def table(points: Sequence[Point]) -> str:
     """The results as a Markdown table."""
     head = (
         "| replicas | method | conc. | calls/s | p50 ms | p99 ms | errors | calls per replica "
-        "| CPU cores per replica | client CPU |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| CPU cores per replica | client CPU | stores CPU | machine busy cores |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {p.replicas} | {p.method} | {p.concurrency} | {p.throughput_rps:.1f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} "
         f"| {p.errors} | {' / '.join(map(str, p.calls_per_replica))} "
-        f"| {' / '.join(f'{c:.2f}' for c in p.replica_cpu_cores)} | {p.client_cpu_cores:.2f} |"
+        f"| {' / '.join(f'{c:.2f}' for c in p.replica_cpu_cores)} | {p.client_cpu_cores:.2f} "
+        f"| {', '.join(f'{k} {v:.2f}' for k, v in p.store_cpu_cores.items()) or '-'} "
+        f"| {p.machine_busy_cores:.2f} of {os.cpu_count()} |"
         for p in points
     ]
     return "\n".join([head, *rows])
@@ -418,16 +488,22 @@ def run(args: argparse.Namespace) -> list[Point]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not counts or counts[0] < 1 or any(m not in ("embed", "search") for m in methods):
         raise SystemExit("--replicas takes counts >= 1; --methods takes embed and/or search")
-    prefix = f"bench-replicas-{uuid.uuid4().hex[:8]}:"
+    prefix = f"benchrep{uuid.uuid4().hex[:8]}:"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="replicas-"))
     images = [make_image(1_000_000 + i) for i in range(args.images)]
     points: list[Point] = []
     with contextlib.ExitStack() as stack:
-        milvus_uri = stack.enter_context(milvus_standalone(args.milvus_uri or None, work))
+        milvus_uri, milvus_pid = stack.enter_context(milvus_standalone(args.milvus_uri or None, work))
+        stores = {"milvus": milvus_pid, "redis": redis_pid(args.redis_url)}
         if args.milvus_uri:  # a server that outlives the run: leave it as found
             stack.callback(drop_milvus_prefix, milvus_uri, prefix)
         stack.callback(drop_redis_prefix, args.redis_url, prefix)
-        started = stack.enter_context(replicas(counts[-1], milvus_uri, args.redis_url, prefix, work, args.server_arg))
+        extra = list(args.server_arg)
+        if not args.keep_caches:
+            extra = ["--redis-embedding-cache", "false", "--redis-query-cache-ttl-s", "0", *extra]
+        started = stack.enter_context(
+            replicas(counts[-1], milvus_uri, args.redis_url, prefix, work, extra, consistency=args.consistency)
+        )
         if "search" in methods:
             with LookalikeClient([r.target for r in started], timeout=120) as c:
                 for i in range(0, args.corpus, 16):
@@ -435,7 +511,7 @@ def run(args: argparse.Namespace) -> list[Point]:
                     c.insert(batch)
         for n in counts:
             for method in methods:
-                point = measure(started[:n], method, images, args.concurrency, args.seconds, args.warmup_s)
+                point = measure(started[:n], method, images, args.concurrency, args.seconds, args.warmup_s, stores)
                 print(table([point]).splitlines()[-1], flush=True)
                 points.append(point)
     return points

@@ -3,7 +3,8 @@
 Start-up order, and why:
 
 1. The gRPC server is built and bound first, with the health service saying
-   NOT_SERVING, so orchestrators can probe the process while models load.
+   NOT_SERVING, so orchestrators can probe the process while models load (the
+   ``liveness`` health name says SERVING from here to shutdown: the process answers).
 2. :meth:`LookalikeServer.load` loads every model, warms every batch bucket,
    connects Milvus and Redis (creating collections with their index before any
    data), sweeps items a crash left half-written, then flips health to SERVING.
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name
+LIVENESS_SERVICE = "liveness"
+"""A health service name that says only "this process answers gRPC": SERVING from start to
+shutdown, whatever the models and stores do. For a Kubernetes liveness probe, which must not
+restart replicas because Milvus or Redis is away (``""`` and the service name say that)."""
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -169,6 +174,7 @@ class LookalikeServer:
             ],
         )
         await self._set_health_async(_NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, _SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         self.grpc_server.add_generic_rpc_handlers((self.servicer.method_handlers(),))
         if self.config.reflection:
