@@ -252,3 +252,14 @@ def test_tls_over_a_list_of_host_names_checks_the_first_name(pki: Path) -> None:
             names, ca=str(pki / "ca.pem"), cert=str(pki / "client.pem"), key=str(pki / "client.key"), timeout=5
         ) as client:
             _until(lambda: all(n > 0 for n in _spread(client, [a, b], 2)), "both TLS replicas answer")
+        # An ipv4: URI as written: the name to check is the caller's to give.
+        uri = "ipv4:" + ",".join(s.target for s in (a, b))
+        with LookalikeClient(
+            uri,
+            ca=str(pki / "ca.pem"),
+            cert=str(pki / "client.pem"),
+            key=str(pki / "client.key"),
+            timeout=5,
+            options=[*DEFAULT_OPTIONS, ("grpc.default_authority", "localhost")],
+        ) as client:
+            _until(lambda: all(n > 0 for n in _spread(client, [a, b], 2)), "both TLS replicas answer (ipv4: URI)")
