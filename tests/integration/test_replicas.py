@@ -91,6 +91,19 @@ def test_what_one_replica_writes_the_other_reads(two_replicas: list[Any], photos
             assert ids[photos[1].name] not in [h.id for h in r.hits]
 
 
+def test_the_benchmark_measures_through_both_replicas(two_replicas: list[Any]) -> None:
+    # benchmarks/replicas.py's measuring step, briefly: its counts must add up.
+    images = [bench.make_image(i, size=64) for i in range(4)]
+    point = bench.measure(two_replicas, "embed", images, concurrency=2, seconds=1.0, warmup_s=0.5)
+    assert point.replicas == 2 and point.errors == 0 and point.calls > 0
+    # Every measured call is one OK Embed on exactly one replica, and both got some.
+    assert sum(point.calls_per_replica) == point.calls
+    assert all(n > 0 for n in point.calls_per_replica)
+    assert len(point.replica_cpu_cores) == 2 and all(c > 0 for c in point.replica_cpu_cores)
+    assert point.machine_busy_cores > 0 and point.p50_ms <= point.p99_ms
+    assert bench.table([point]).count("\n") == 2
+
+
 def _work_done(stats: Any) -> int:
     """Calls of the test's load a replica answered (its ``GetStats`` counters)."""
     return sum(v for k, v in stats.requests_by_status.items() if k.split(":")[0] in ("Get", "Search", "ListModels"))
