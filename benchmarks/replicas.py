@@ -6,11 +6,13 @@ The server keeps no state of its own, so replicas scale out behind client-side
 machine: a closed-loop load (``--concurrency`` callers, each sending its next call as
 soon as the last one answered) of ``Embed`` and ``Search`` through one
 :class:`~lookalike.aio.AsyncLookalikeClient` dialling the first N replicas, for each N in
-``--replicas``. Per point it reports throughput, p50/p99 latency, errors, how the calls
+``--replicas``. Per point it reports throughput, p50/p99 latency of answered calls, calls
+the servers refused as overloaded (``RESOURCE_EXHAUSTED``: the client neither retries nor
+throttles, and a refused caller waits the server's pushback hint), other errors, how the calls
 spread over the replicas (each replica's own ``GetStats`` counters) and the CPU each
 replica process used (``/proc/PID/stat``, user + system, as a share of one core), plus the
-load generator's own CPU: on a machine with C cores, N replicas whose models already use
-every core can add no throughput, and the CPU columns show where the cores went.
+load generator's own CPU: whether a replica added on the same machine finds idle cores or
+only splits busy ones is what the CPU columns show.
 
 Set-up: the largest N replicas are started once (``python -m lookalike_server``, each its
 own process and data dir, one model) and every point dials the first N of them; idle
@@ -62,6 +64,7 @@ for _p in (ROOT / "client", ROOT / "server", ROOT):
         sys.path.insert(0, str(_p))
 
 from lookalike import AsyncLookalikeClient, LookalikeClient  # noqa: E402
+from lookalike.throttle import ThrottleSettings  # noqa: E402
 
 MODEL = "mobilenet_v2"
 _READY = re.compile(r"lookalike-server ready on (\S+)")
@@ -317,6 +320,7 @@ class Point:
     throughput_rps: float
     p50_ms: float
     p99_ms: float
+    refused: int
     calls_per_replica: list[int]
     replica_cpu_cores: list[float]
     client_cpu_cores: float
@@ -334,7 +338,12 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 async def _closed_loop(
     client: AsyncLookalikeClient, method: str, images: list[bytes], concurrency: int, seconds: float
 ) -> tuple[list[float], dict[str, int]]:
-    """``concurrency`` callers for ``seconds``; latencies (ms) of successes and error codes."""
+    """``concurrency`` callers for ``seconds``; latencies (ms) of successes and error codes.
+
+    A caller the server refuses as overloaded (``RESOURCE_EXHAUSTED``) waits the server's
+    pushback hint (or 50 ms) before its next call, as a well-behaved client would, instead
+    of spinning on refusals.
+    """
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop_at = time.monotonic() + seconds
@@ -353,6 +362,8 @@ async def _closed_loop(
             except Exception as exc:  # counted, not fatal: the point reports them
                 name = getattr(getattr(exc, "code", None), "name", type(exc).__name__)
                 errors[name] = errors.get(name, 0) + 1
+                if name == "RESOURCE_EXHAUSTED":
+                    await asyncio.sleep(getattr(exc, "retry_after_s", None) or 0.05)
                 continue
             latencies.append((time.perf_counter() - t0) * 1000)
 
@@ -396,7 +407,9 @@ def measure(
         result["machine0"] = machine_busy_seconds()
 
     async def run_bracketed() -> tuple[list[float], dict[str, int], float]:
-        async with AsyncLookalikeClient(targets, timeout=30) as client:
+        # No retries and no client-side throttling: every server refusal is counted, and
+        # the load is what the callers send, not what a throttle lets through.
+        async with AsyncLookalikeClient(targets, timeout=30, retries=0, throttle=ThrottleSettings(k=0)) as client:
             await _closed_loop(client, method, images, concurrency, warmup_s)
             await asyncio.to_thread(bracket_start)
             t0 = time.perf_counter()
@@ -418,7 +431,8 @@ def measure(
         concurrency=concurrency,
         seconds=round(elapsed, 3),
         calls=len(lat),
-        errors=sum(errors.values()),
+        errors=sum(v for k, v in errors.items() if k != "RESOURCE_EXHAUSTED"),
+        refused=errors.get("RESOURCE_EXHAUSTED", 0),
         throughput_rps=round(len(lat) / elapsed, 2),
         p50_ms=round(_percentile(lat, 0.50), 2),
         p99_ms=round(_percentile(lat, 0.99), 2),
@@ -467,13 +481,13 @@ def parser() -> argparse.ArgumentParser:
 def table(points: Sequence[Point]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| replicas | method | conc. | calls/s | p50 ms | p99 ms | errors | calls per replica "
+        "| replicas | method | conc. | calls/s | p50 ms | p99 ms | refused | errors | calls per replica "
         "| CPU cores per replica | client CPU | stores CPU | machine busy cores |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {p.replicas} | {p.method} | {p.concurrency} | {p.throughput_rps:.1f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} "
-        f"| {p.errors} | {' / '.join(map(str, p.calls_per_replica))} "
+        f"| {p.refused} | {p.errors} | {' / '.join(map(str, p.calls_per_replica))} "
         f"| {' / '.join(f'{c:.2f}' for c in p.replica_cpu_cores)} | {p.client_cpu_cores:.2f} "
         f"| {', '.join(f'{k} {v:.2f}' for k, v in p.store_cpu_cores.items()) or '-'} "
         f"| {p.machine_busy_cores:.2f} of {os.cpu_count()} |"
