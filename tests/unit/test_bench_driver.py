@@ -213,3 +213,29 @@ def test_cli_run_writes_report(tmp_path) -> None:
 
     bench_report.render(tmp_path / "out", plots=False)
     assert "| embed | c=2 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_target_list_spreads_the_load_over_every_server() -> None:
+    # Two fakes without a health service: gRPC then treats them as healthy (UNIMPLEMENTED).
+    async def go():
+        servers, fakes, targets = [], [], []
+        for _ in range(2):
+            server = grpc.aio.server()
+            fake = FakeLookalike()
+            pb_grpc.add_LookalikeServicer_to_server(fake, server)
+            targets.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+            await server.start()
+            servers.append(server)
+            fakes.append(fake)
+        try:
+            series, _ = await bench.run_series(_spec(",".join(targets), points=[bench.LoadPoint(concurrency=4)]))
+            return series, fakes
+        finally:
+            for server in servers:
+                await server.stop(None)
+
+    series, fakes = asyncio.run(go())
+    (point,) = series["points"]
+    assert point["requests"] == point["ok"] > 0
+    served = [f.counts["Embed/OK"] for f in fakes]  # warm-up calls included
+    assert all(n > 0 for n in served) and sum(served) >= point["requests"]
