@@ -144,6 +144,25 @@ def test_cli_target_repeats_and_comma_lists() -> None:
     assert resolve_target(many.target).uri == "ipv4:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
 
 
+def test_cli_bad_target_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from lookalike import cli
+
+    assert cli.main(["--target", "127.0.0.1:1,nohostport", "stats"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected host:port" in err and "Traceback" not in err
+
+
+def test_cli_stats_over_two_replicas(replicas: list[FakeServer], capsys: pytest.CaptureFixture[str]) -> None:
+    from lookalike import cli
+
+    argv = ["--target", replicas[0].target, "--target", replicas[1].target, "--timeout", "5", "stats"]
+    for _ in range(4):
+        assert cli.main(argv) == 0
+    # A fresh channel per command: its first call goes to whichever connection is ready
+    # first, so only that every call was answered by one of the two is certain.
+    assert _calls(replicas[0]) + _calls(replicas[1]) == 4 and _calls(replicas[2]) == 0
+
+
 # ---------------------------------------------------------------- balancing
 
 
