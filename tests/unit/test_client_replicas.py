@@ -144,6 +144,13 @@ def test_cli_target_repeats_and_comma_lists() -> None:
     assert resolve_target(many.target).uri == "ipv4:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
 
 
+def test_env_target_may_list_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOKALIKE_TARGET", "127.0.0.1:5001,127.0.0.1:5002")
+    with LookalikeClient.from_env() as client:
+        assert (client.channel_target, client.balancing) == ("ipv4:127.0.0.1:5001,127.0.0.1:5002", "round_robin")
+        assert client.target == "127.0.0.1:5001,127.0.0.1:5002"
+
+
 def test_cli_bad_target_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from lookalike import cli
 
