@@ -26,14 +26,14 @@ are reported too: on a shared machine they show what else ran. The replicas' Red
 embedding caches are off unless ``--keep-caches``: the query images repeat, so every
 Search after the first round would be a cache hit that embeds nothing.
 
-The measurement (on a quiet machine; about 6 minutes)::
+The measurement (on a quiet machine, nothing else running; about 5 minutes)::
 
-    nice -n 0 python benchmarks/replicas.py --replicas 1,2,3 --methods embed,search \\
+    .venv/bin/python benchmarks/replicas.py --replicas 1,2,3 --methods embed,search \\
         --concurrency 8 --seconds 30 --out benchmarks/results/replicas-$(date +%F).json
 
-A short structural run (what ``tests/integration/test_replicas.py`` does not cover)::
+A short structural run (``tests/integration/test_replicas.py`` runs one measuring step)::
 
-    nice -n 19 python benchmarks/replicas.py --replicas 1,2 --seconds 3
+    nice -n 19 .venv/bin/python benchmarks/replicas.py --replicas 1,2,3 --seconds 3
 """
 
 from __future__ import annotations
