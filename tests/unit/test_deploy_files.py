@@ -1,7 +1,8 @@
 """The deployment files: yamllint-clean, and consistent with the server and with each other.
 
 No Docker engine or Kubernetes cluster runs these tests, so what is checked is what can be
-checked without one: the YAML is well-formed and lint-clean (``.yamllint.yaml``), the image
+checked without one: the YAML is well-formed and lint-clean (``.yamllint.yaml``), the
+manifests match the Kubernetes API schema (``kubernetes-validate``, strict), the image
 is the one the Dockerfile builds, the probes ask for health names the server serves (that
 they answer SERVING on a live server: ``tests/e2e/test_probes.py``), the Service selects the
 Deployment's pods, and every Secret key the Deployment reads exists.
@@ -52,6 +53,19 @@ def test_yamllint_passes_on_compose_and_deploy() -> None:
         f"{f.relative_to(ROOT)}:{p.line}:{p.column} {p.message}" for f in files for p in linter.run(f.open(), conf)
     ]
     assert problems == []
+
+
+# The oldest Kubernetes the manifests are meant for: gRPC probes are GA since 1.27.
+K8S_VERSION = "1.29"
+
+
+def test_k8s_manifests_match_the_kubernetes_api_schema() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the dev extra")
+    manifests = [d for p in sorted(K8S.glob("*.yaml")) for d in _docs(p) if "apiVersion" in d]
+    assert {d["kind"] for d in manifests} == {"Deployment", "PodDisruptionBudget", "Service", "Secret"}
+    for doc in manifests:
+        # strict: a misspelt field is an error, not silently dropped by the API server.
+        kv.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_compose_runs_two_replicas_on_shared_stores() -> None:
