@@ -165,14 +165,16 @@ class LookalikeServer:
     async def _build(self) -> int:
         """Creates and binds the aio server (on its loop); returns the port."""
         mb = self.config.max_message_mb * 1024 * 1024
-        self.grpc_server = grpc.aio.server(
-            interceptors=self.interceptors,
-            options=[
-                ("grpc.max_receive_message_length", mb),
-                ("grpc.max_send_message_length", mb),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", mb),
+            ("grpc.max_send_message_length", mb),
+            ("grpc.so_reuseport", 0),
+        ]
+        if self.config.max_connection_age_s:
+            # GOAWAY after this age; no max_connection_age_grace, so calls and streams already
+            # on the connection run to their end. Clients re-resolve when they reconnect.
+            options.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_s * 1000)))
+        self.grpc_server = grpc.aio.server(interceptors=self.interceptors, options=options)
         await self._set_health_async(_NOT_SERVING)
         await self.health.set(LIVENESS_SERVICE, _SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

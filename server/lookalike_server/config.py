@@ -353,6 +353,11 @@ class Config:
     shutdown_delay_s: float = _opt(
         0.0, "seconds to keep serving after health turns NOT_SERVING at shutdown, so balancers drain first"
     )
+    max_connection_age_s: float = _opt(
+        0.0,
+        "close each client connection this many seconds after it opened (GOAWAY: calls and streams on "
+        "it finish, new calls reconnect), so clients re-resolve DNS and find replicas added since; 0 = never",
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
     stores: bool = _opt(True, "connect Milvus and Redis; false = an embed-only server")
@@ -371,6 +376,7 @@ class Config:
         _require(0 <= self.port <= 65535, "port", "must be in 0..65535")
         _require(self.max_workers >= 1, "max_workers", "must be >= 1")
         _require(1 <= self.max_message_mb <= 2047, "max_message_mb", "must be in 1..2047")
+        _require(self.max_connection_age_s >= 0, "max_connection_age_s", "must be >= 0 (0 = never)")
         _require(self.grace_s >= 0, "grace_s", "must be >= 0")
         _require(0 <= self.shutdown_delay_s <= 300, "shutdown_delay_s", "must be in 0..300")
         _require(self.health_interval_s > 0, "health_interval_s", "must be > 0")

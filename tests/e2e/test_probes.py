@@ -6,12 +6,16 @@
 * The probe names in ``deploy/k8s/deployment.yaml`` and the health check command of
   ``docker-compose.yml`` work on a server that is up (``tests/unit/test_deploy_files.py``
   checks the files themselves).
+* ``max_connection_age_s``, which both files set so that clients reconnect and re-resolve
+  the replicas' DNS name, recycles connections without failing a call.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -81,3 +85,36 @@ def test_deployment_probe_names_and_compose_healthcheck_on_a_serving_server(
         assert subprocess.run(argv, capture_output=True, timeout=60).returncode != 0
     finally:
         server._set_health(SERVING)
+
+
+def test_max_connection_age_recycles_connections_without_failing_calls() -> None:
+    """The server closes each connection after ``max_connection_age_s`` (GOAWAY): the client
+    reconnects, which is when gRPC re-resolves a ``dns:`` target and finds new replicas."""
+    from lookalike import LookalikeClient
+
+    config = replace(
+        load_config(["--port", "0", "--max-connection-age-s", "0.5"], {}),
+        stores=False,
+        models=ModelsConfig(only=("mobilenet_v2",)),
+    )
+    server, port = build_server(config)
+    server.start()
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        with LookalikeClient(f"127.0.0.1:{port}", timeout=10, retries=0) as client:
+            client.channel.subscribe(states.append)
+            deadline = time.monotonic() + 3.0
+            calls = 0
+            while time.monotonic() < deadline:
+                assert client.list_models()  # raises on any failure: none may fail
+                calls += 1
+                time.sleep(0.05)
+        # READY, then back to IDLE each time the server closed the connection by age.
+        reconnects = sum(
+            1
+            for a, b in itertools.pairwise(states)
+            if (a, b) == (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE)
+        )
+        assert calls > 20 and reconnects >= 2, states
+    finally:
+        server.stop(0)

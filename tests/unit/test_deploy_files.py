@@ -102,6 +102,8 @@ def test_k8s_deployment_probes_image_and_secrets() -> None:
 
     env = {e["name"]: e for e in container["env"]}
     drain = float(env["LOOKALIKE_SHUTDOWN_DELAY_S"]["value"]) + float(env["LOOKALIKE_GRACE_S"]["value"])
+    # Clients must reconnect now and then to find pods a scale-up added (docs/deployment.md).
+    assert float(env["LOOKALIKE_MAX_CONNECTION_AGE_S"]["value"]) > 0
     assert pod["spec"]["terminationGracePeriodSeconds"] > drain
 
     secret = _k8s("Secret", "lookalike-secrets")
