@@ -171,8 +171,9 @@ class LookalikeServer:
             ("grpc.so_reuseport", 0),
         ]
         if self.config.max_connection_age_s:
-            # GOAWAY after this age; no max_connection_age_grace, so calls and streams already
-            # on the connection run to their end. Clients re-resolve when they reconnect.
+            # GOAWAY after this age. No max_connection_age_grace: gRPC's default is unlimited,
+            # so what already runs on the connection is not cut. Clients re-resolve when
+            # they reconnect.
             options.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_s * 1000)))
         self.grpc_server = grpc.aio.server(interceptors=self.interceptors, options=options)
         await self._set_health_async(_NOT_SERVING)

@@ -355,8 +355,9 @@ class Config:
     )
     max_connection_age_s: float = _opt(
         0.0,
-        "close each client connection this many seconds after it opened (GOAWAY: calls and streams on "
-        "it finish, new calls reconnect), so clients re-resolve DNS and find replicas added since; 0 = never",
+        "close each client connection this many seconds after it opened (GOAWAY, no time limit for the "
+        "calls already on it; new calls reconnect), so clients re-resolve DNS and find replicas added since; "
+        "0 = never",
     )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     reflection: bool = _opt(True, "serve gRPC server reflection (grpcurl, Postman)")
