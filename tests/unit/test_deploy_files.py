@@ -116,6 +116,11 @@ def test_k8s_deployment_probes_image_and_secrets() -> None:
     ]
     assert refs and all(r["name"] == "lookalike-secrets" for r in refs)
     assert {r["key"] for r in refs} <= set(secret["stringData"])
+    # The example store URLs pass the server's own validation (RedisConfig checks the scheme
+    # and, for redis+cluster://, the seed list and database).
+    from lookalike_server.config import RedisConfig
+
+    assert RedisConfig(url=secret["stringData"]["redis-url"]).url.startswith("redis+cluster://")
     token_dir = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "auth")
     assert env["LOOKALIKE_SECURITY_TOKEN_FILE"]["value"] == f"{token_dir}/tokens"
 
