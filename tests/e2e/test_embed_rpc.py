@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,11 +50,40 @@ def test_list_models_reports_what_was_loaded(embed_server):
         assert m.dim == 1280
         assert m.providers == ["CPUExecutionProvider"]  # no GPU here; the truth, not the wish
         assert list(m.providers_requested)[-1] == "CPUExecutionProvider"
-        assert list(m.batch_buckets) == [1, 2, 4, 8, 16, 32]
         assert m.preprocessing.height == 224 and m.preprocessing.layout == "NCHW"
         pre = m.preprocessing
         assert (pre.decode, pre.jpeg_draft, pre.exif_orientation) == ("fast", True, True)  # the documented default
         assert len(m.onnx_sha256) == 64
+        # Batching was tuned at warm-up: every candidate was measured, the
+        # buckets kept are a subset starting at 1, and the reason is given.
+        assert [c.batch_size for c in m.bucket_costs] == [1, 2, 4, 8, 16, 32]
+        assert all(
+            c.ms_per_run > 0 and c.ms_per_image == pytest.approx(c.ms_per_run / c.batch_size) for c in m.bucket_costs
+        )
+        assert m.batch_buckets[0] == 1 and set(m.batch_buckets) <= {1, 2, 4, 8, 16, 32}
+        assert m.max_batch_size == max(m.batch_buckets)
+        assert (m.max_delay_ms == 0) == (m.max_batch_size == 1)
+        assert m.batching_reason
+        assert m.threads.cores == len(os.sched_getaffinity(0))
+        assert m.threads.preprocess_threads >= 1 and m.threads.intra_op_threads >= 1 and m.threads.batch_workers >= 1
+        assert m.threads.reason
+
+
+def test_list_models_reports_explicit_batching_and_threads_as_set():
+    live = start_server(
+        stores=False,
+        batching=BatchingConfig(max_batch_size=4, max_delay_ms=3.0),
+        models=replace(ModelsConfig(), only=("mobilenet_v2",), intra_op_threads=1, preprocess_threads=2),
+    )
+    try:
+        (m,) = stub_for(live.target).ListModels(pb.ListModelsRequest()).models
+        assert list(m.batch_buckets) == [1, 2, 4] and m.max_batch_size == 4 and m.max_delay_ms == 3.0
+        assert [c.batch_size for c in m.bucket_costs] == [1, 2, 4]
+        assert "max batch 4 set by config" in m.batching_reason and "delay 3 ms set by config" in m.batching_reason
+        assert (m.threads.intra_op_threads, m.threads.preprocess_threads) == (1, 2)
+        assert "set by config: preprocess_threads=2, intra_op_threads=1" in m.threads.reason
+    finally:
+        live.server.stop(0)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("model", MODELS)
