@@ -9,8 +9,8 @@ different days):
 2. the same server with ``--batching-max-batch-size 1`` (*no batching*);
 3. the *ceiling*: the server's preprocessing and ONNX session in this process
    (:mod:`benchmarks.baselines`), every batch size;
-4. the notebook's *original pipeline* (new session per image, Keras-style
-   preprocessing, sequential);
+4. the notebook's *original pipeline* (new session per image, the photo files
+   as they are on disk, Keras' ``load_img`` + ``preprocess_input``, sequential);
 5. the *peer*: the same model behind Triton's dynamic batcher (PyTriton,
    ``benchmarks/triton_peer.py`` in ``.venv-triton``), the same closed loop;
 6. *search*: a server with Milvus Lite + embedded Redis prefilled with
@@ -430,7 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_series.append(found["ceiling"])
         if "original" not in skip:
             log("original pipeline: new session per image")
-            found["original"] = baselines.original_pipeline(model.spec.path, images, providers=providers)
+            # The notebook read each photo from disk as it is (not resized or re-encoded).
+            found["original"] = baselines.original_pipeline(
+                model.spec, baselines.image_paths(args.images_dir), providers=providers
+            )
+            log(f"original pipeline preprocessing: {found['original']['preprocessing']}")
             log(bench.format_point("original", found["original"]["points"][0]))
             all_series.append(found["original"])
         del model
