@@ -170,9 +170,8 @@ class OnnxModel:
             ModelLoadError: The output, after pooling, is not ``spec.dim`` wide.
         """
         started = time.perf_counter()
-        costs_ms: dict[int, float] = {}
-        for b in self.buckets:
-            x = np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32)
+        inputs = {b: np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32) for b in self.buckets}
+        for b, x in inputs.items():
             out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
                 raise ModelLoadError(
@@ -180,15 +179,16 @@ class OnnxModel:
                     f"embeddings of shape {out.shape[1:]} after pooling {self.spec.pooling!r}, "
                     f"but the registry says dim = {self.spec.dim}"
                 )
-            times = []
-            for _ in range(timed_runs):
+        times: dict[int, list[float]] = {b: [] for b in inputs}
+        # Round robin over the buckets, so a burst of other work on a shared
+        # machine slows one run of several buckets, not every run of one.
+        for _ in range(timed_runs):
+            for b, x in inputs.items():
                 t0 = time.perf_counter()
                 self._infer(x, b)
-                times.append((time.perf_counter() - t0) * 1e3)
-            if times:
-                costs_ms[b] = median(times)
-        if costs_ms:
-            self.plan = self._plan(costs_ms)
+                times[b].append((time.perf_counter() - t0) * 1e3)
+        if timed_runs > 0:
+            self.plan = self._plan({b: median(t) for b, t in times.items()})
         return time.perf_counter() - started
 
     def _plan(self, costs_ms: dict[int, float]) -> BatchPlan:
