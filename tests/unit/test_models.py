@@ -229,3 +229,28 @@ def test_registry_batching_overrides_win_over_the_measurements(tmp_path):
     assert model.plan.buckets == (1, 2, 4) and model.max_batch_size == 4
     assert model.plan.max_delay_ms == 7.5 and model.plan.items_to_take(3) == 3
     assert "set by config" in model.plan.reason
+
+
+def test_load_models_logs_the_costs_the_choice_and_applies_the_budget(tmp_path, caplog):
+    import logging
+
+    from lookalike_server.app import load_models
+    from lookalike_server.config_loading import load_config
+    from lookalike_server.thread_budget import thread_budget
+
+    shutil.copy(ROOT / "models" / "mobilenet_v2.onnx", tmp_path / "m.onnx")
+    reg = write_registry(tmp_path, entry(name='"m"', path='"m.onnx"'))
+    cfg = load_config(
+        [
+            "--models-registry", str(reg), "--batching-auto-max-batch-size", "2",
+            "--models-providers", "CPUExecutionProvider",
+        ],
+        {},
+    )  # fmt: skip
+    budget = thread_budget(2)
+    with caplog.at_level(logging.INFO, logger="lookalike_server.app"):
+        (model,) = load_models(cfg, budget).values()
+    assert model.threads == budget and model.intra_op_threads == 1 and model.inter_op_threads == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model m ")]
+    assert "ms/image by bucket 1:" in line and f"max batch {model.max_batch_size}" in line
+    assert model.plan.reason in line
