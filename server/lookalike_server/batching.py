@@ -258,33 +258,35 @@ class MicroBatcher(Generic[T, R]):
     def _next_batch(self) -> list[_Request[T, R]] | None:
         """Blocks until a batch is due; None when closing with an empty queue."""
         with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            # The oldest item sets the clock; under load it has usually waited
-            # long enough already and we leave without sleeping.
-            flush_at = self._queue[0].enqueued + self.max_delay_s
-            # Wait only while announced items are still on their way: with
-            # none coming, waiting would add latency and merge nothing.
-            while (
-                len(self._queue) < self.max_batch_size
-                and not self._closing
-                and (self._announced > 0 or not self.adaptive)
-            ):
-                remaining = flush_at - self._clock()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            n = min(self.max_batch_size, len(self._queue))
-            if self._take is not None:
-                n = max(1, min(n, self._take(n)))
-            batch = [self._queue.popleft() for _ in range(n)]
-            if self._queue:
-                # Items left behind (by the take rule, or past a full batch)
-                # are another worker's next batch, or this one's.
-                self._cond.notify()
-            return batch
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                # The oldest item sets the clock; under load it has usually
+                # waited long enough already and we leave without sleeping.
+                # Wait only while announced items are still on their way:
+                # with none coming, waiting would add latency and merge nothing.
+                if (
+                    len(self._queue) < self.max_batch_size
+                    and not self._closing
+                    and (self._announced > 0 or not self.adaptive)
+                ):
+                    remaining = self._queue[0].enqueued + self.max_delay_s - self._clock()
+                    if remaining > 0:
+                        self._cond.wait(remaining)
+                        # Look again from the top: with several workers,
+                        # another may have taken the queue meanwhile.
+                        continue
+                n = min(self.max_batch_size, len(self._queue))
+                if self._take is not None:
+                    n = max(1, min(n, self._take(n)))
+                batch = [self._queue.popleft() for _ in range(n)]
+                if self._queue:
+                    # Items left behind (by the take rule, or past a full
+                    # batch) are another worker's next batch, or this one's.
+                    self._cond.notify()
+                return batch
 
     def _loop(self) -> None:
         if self._thread_init is not None:

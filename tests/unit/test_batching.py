@@ -327,3 +327,27 @@ def test_two_workers_run_batches_side_by_side():
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers"):
         MicroBatcher("test", lambda items: items, max_batch_size=1, max_delay_s=0.0, queue_size=1, workers=0)
+
+
+def test_workers_waiting_for_the_same_batch_do_not_trip_over_each_other():
+    # Both workers wait out the delay for the same lone item; the one that
+    # loses the race must go back to waiting, not take from an empty queue.
+    b = MicroBatcher(
+        "test",
+        lambda items: items,
+        max_batch_size=8,
+        max_delay_s=0.02,
+        queue_size=10,
+        workers=2,
+        adaptive=False,
+        take=lambda n: n,
+    )
+    try:
+        for i in range(5):
+            # The second submit wakes the second worker into the same wait.
+            pair = [b.submit(2 * i), b.submit(2 * i + 1)]
+            assert [f.result(5).value for f in pair] == [2 * i, 2 * i + 1]
+        assert all(w.is_alive() for w in b._workers)
+        assert b.stats().items == 10
+    finally:
+        b.close()
