@@ -76,17 +76,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(args: Sequence[str], log_path: Path, ready_timeout: float = 300.0) -> Iterator[str]:
+def running_server(
+    args: Sequence[str], log_path: Path, ready_timeout: float = 300.0, pid_out: list[int] | None = None
+) -> Iterator[str]:
     """Starts ``lookalike-server`` with ``args`` and yields its target.
 
     Waits for the "ready on" line (printed once models are warm and stores
-    open), and stops the process with SIGTERM (graceful) on exit.
+    open), and stops the process with SIGTERM (graceful) on exit. The
+    process id is appended to ``pid_out`` when given.
     """
     port = free_port()
     cmd = [sys.executable, "-m", "lookalike_server", "--port", str(port), "--grace-s", "1", *args]
     log(f"server: {' '.join(cmd[2:])}")
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        if pid_out is not None:
+            pid_out.append(proc.pid)
         try:
             deadline = time.monotonic() + ready_timeout
             while "ready on" not in log_path.read_text():

@@ -113,16 +113,17 @@ def test_budget_on_one_core() -> None:
     assert (b.preprocess_threads, b.intra_op_threads, b.inter_op_threads, b.batch_workers) == (1, 1, 1, 1)
 
 
-def test_budget_on_two_cores_gives_one_core_to_decoding_and_one_to_inference() -> None:
+def test_budget_on_two_cores_runs_single_threaded_inference_on_each_core_beside_decoding() -> None:
     b = thread_budget(2)
     assert (b.cores, b.preprocess_threads, b.intra_op_threads, b.inter_op_threads, b.batch_workers) == (
         2,
         1,
         1,
         1,
-        1,
+        2,
     )
     assert "CPU inference" in b.reason
+    assert thread_budget(4).batch_workers == 4 and thread_budget(4).intra_op_threads == 1
 
 
 def test_budget_on_sixteen_cores_runs_batches_side_by_side() -> None:
@@ -140,7 +141,10 @@ def test_budget_on_a_gpu_gives_the_cores_to_decoding() -> None:
 
 def test_explicit_thread_settings_win_and_are_named() -> None:
     b = thread_budget(2, intra_op_threads=2, preprocess_threads=3)
+    # Explicit intra-op threads: workers fill the inference cores with them.
     assert (b.preprocess_threads, b.intra_op_threads, b.batch_workers) == (3, 2, 1)
+    assert thread_budget(16, intra_op_threads=2).batch_workers == 6
+    assert thread_budget(2, intra_op_threads=2, batch_workers=2).batch_workers == 2
     assert "set by config: preprocess_threads=3, intra_op_threads=2" in b.reason
 
 
