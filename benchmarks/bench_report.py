@@ -151,6 +151,15 @@ def machine_markdown(machine: Mapping[str, Any]) -> str:
             f"- model `{name}` v{m.get('version')}: providers {m.get('providers')}, "
             f"max batch {m.get('max_batch_size')}, max delay {m.get('max_delay_ms')} ms"
         )
+        if m.get("ms_per_image_by_bucket"):
+            costs = ", ".join(f"b={b}: {c} ms" for b, c in m["ms_per_image_by_bucket"].items())
+            lines.append(f"  - measured at warm-up, per image: {costs}; chosen: {m.get('batching_reason')}")
+        if m.get("threads"):
+            t = m["threads"]
+            lines.append(
+                f"  - threads: {t['preprocess_threads']} decoding, {t['batch_workers']} batch worker(s) x "
+                f"{t['intra_op_threads']} ORT intra-op, {t['inter_op_threads']} inter-op ({t['reason']})"
+            )
     return "\n".join(lines)
 
 

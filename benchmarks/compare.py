@@ -9,8 +9,8 @@ different days):
 2. the same server with ``--batching-max-batch-size 1`` (*no batching*);
 3. the *ceiling*: the server's preprocessing and ONNX session in this process
    (:mod:`benchmarks.baselines`), every batch size;
-4. the notebook's *original pipeline* (new session per image, Keras-style
-   preprocessing, sequential);
+4. the notebook's *original pipeline* (new session per image, the photo files
+   as they are on disk, Keras' ``load_img`` + ``preprocess_input``, sequential);
 5. the *peer*: the same model behind Triton's dynamic batcher (PyTriton,
    ``benchmarks/triton_peer.py`` in ``.venv-triton``), the same closed loop;
 6. *search*: a server with Milvus Lite + embedded Redis prefilled with
@@ -76,17 +76,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(args: Sequence[str], log_path: Path, ready_timeout: float = 300.0) -> Iterator[str]:
+def running_server(
+    args: Sequence[str], log_path: Path, ready_timeout: float = 300.0, pid_out: list[int] | None = None
+) -> Iterator[str]:
     """Starts ``lookalike-server`` with ``args`` and yields its target.
 
     Waits for the "ready on" line (printed once models are warm and stores
-    open), and stops the process with SIGTERM (graceful) on exit.
+    open), and stops the process with SIGTERM (graceful) on exit. The
+    process id is appended to ``pid_out`` when given.
     """
     port = free_port()
     cmd = [sys.executable, "-m", "lookalike_server", "--port", str(port), "--grace-s", "1", *args]
     log(f"server: {' '.join(cmd[2:])}")
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        if pid_out is not None:
+            pid_out.append(proc.pid)
         try:
             deadline = time.monotonic() + ready_timeout
             while "ready on" not in log_path.read_text():
@@ -430,7 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_series.append(found["ceiling"])
         if "original" not in skip:
             log("original pipeline: new session per image")
-            found["original"] = baselines.original_pipeline(model.spec.path, images, providers=providers)
+            # The notebook read each photo from disk as it is (not resized or re-encoded).
+            found["original"] = baselines.original_pipeline(
+                model.spec, baselines.image_paths(args.images_dir), providers=providers
+            )
+            log(f"original pipeline preprocessing: {found['original']['preprocessing']}")
             log(bench.format_point("original", found["original"]["points"][0]))
             all_series.append(found["original"])
         del model

@@ -18,6 +18,7 @@ from lookalike.v1 import lookalike_pb2 as pb
 
 __all__ = [
     "BatcherStats",
+    "BucketCost",
     "DeleteResult",
     "FusedHit",
     "Fusion",
@@ -37,6 +38,7 @@ __all__ = [
     "SearchStreamResult",
     "ServerTiming",
     "Stats",
+    "ThreadBudget",
     "vector_norm",
 ]
 
@@ -68,6 +70,27 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class BucketCost:
+    """One batch bucket's cost, measured by the server at warm-up."""
+
+    batch_size: int
+    ms_per_run: float
+    ms_per_image: float
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """How the server split its cores between decoding and inference (see the proto)."""
+
+    cores: int
+    preprocess_threads: int
+    intra_op_threads: int
+    inter_op_threads: int
+    batch_workers: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model the server has loaded."""
 
@@ -83,6 +106,9 @@ class ModelInfo:
     collection: str
     description: str
     onnx_sha256: str
+    bucket_costs: tuple[BucketCost, ...] = ()
+    batching_reason: str = ""
+    threads: ThreadBudget | None = None
 
 
 @dataclass(frozen=True)
@@ -364,6 +390,20 @@ def _model_info(m: pb.ModelInfo) -> ModelInfo:
         collection=m.collection,
         description=m.description,
         onnx_sha256=m.onnx_sha256,
+        bucket_costs=tuple(BucketCost(c.batch_size, c.ms_per_run, c.ms_per_image) for c in m.bucket_costs),
+        batching_reason=m.batching_reason,
+        threads=_thread_budget(m.threads) if m.HasField("threads") else None,
+    )
+
+
+def _thread_budget(t: Any) -> ThreadBudget:
+    return ThreadBudget(
+        cores=t.cores,
+        preprocess_threads=t.preprocess_threads,
+        intra_op_threads=t.intra_op_threads,
+        inter_op_threads=t.inter_op_threads,
+        batch_workers=t.batch_workers,
+        reason=t.reason,
     )
 
 

@@ -41,11 +41,13 @@ from lookalike_server import auth, lite_socket, tls
 from lookalike_server.config import Config
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import ModelLoadError, ServiceError, ShuttingDown, Unavailable
+from lookalike_server.execution_providers import usable_providers
 from lookalike_server.fileperms import private_dir
 from lookalike_server.models import OnnxModel
 from lookalike_server.registry_reader import load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
+from lookalike_server.thread_budget import ThreadBudget, thread_budget, usable_cores
 
 if TYPE_CHECKING:
     from lookalike_server.store.milvus import MilvusStore
@@ -63,15 +65,34 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def load_models(config: Config) -> dict[str, OnnxModel]:
-    """Loads and warms every model in the registry.
+def budget_for(config: Config) -> ThreadBudget:
+    """The thread budget for this process's cores and first usable provider; explicit settings win."""
+    on_gpu = usable_providers(config.models.providers)[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    m = config.models
+    return thread_budget(
+        usable_cores(),
+        on_gpu=on_gpu,
+        preprocess_threads=m.preprocess_threads,
+        intra_op_threads=m.intra_op_threads,
+        inter_op_threads=m.inter_op_threads,
+        batch_workers=m.batch_workers,
+    )
+
+
+def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str, OnnxModel]:
+    """Loads and warms every model in the registry, tuning each one's batching plan.
 
     A model marked ``optional`` that fails to load is logged and skipped; any
     other failure stops start-up with a message naming the model.
 
+    Args:
+        config: The server's configuration.
+        budget: Threads for each session (default: :func:`budget_for`).
+
     Raises:
         ModelLoadError: A required model failed, or none loaded.
     """
+    budget = budget or budget_for(config)
     specs = load_registry(config.models.registry, config.batching, config.models.only)
     cache_dir = Path(config.data_dir) / "cache"
     models: dict[str, OnnxModel] = {}
@@ -80,11 +101,12 @@ def load_models(config: Config) -> dict[str, OnnxModel]:
             model = OnnxModel(
                 spec,
                 config.models.providers,
-                config.models.intra_op_threads,
+                budget.intra_op_threads,
                 cache_dir,
                 session_per_bucket=config.models.session_per_bucket,
                 spin_wait=config.models.spin_wait,
                 worker_nice=config.models.worker_nice,
+                inter_op_threads=budget.inter_op_threads,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:
@@ -92,14 +114,22 @@ def load_models(config: Config) -> dict[str, OnnxModel]:
                 log.error("skipping optional model: %s", exc)
                 continue
             raise
+        model.threads = budget
+        plan = model.plan
+        costs = ", ".join(f"{b}:{c / b:.2f}" for b, c in plan.costs_ms.items()) or "not measured"
         log.info(
-            "model %s v%s: dim %d, providers %s, buckets %s, warm-up %.2fs",
+            "model %s v%s: dim %d, providers %s, warm-up %.2fs; ms/image by bucket %s; buckets %s, "
+            "max batch %d, max delay %.2f ms (%s)",
             spec.name,
             spec.version,
             spec.dim,
             model.providers,
-            list(model.buckets),
             took,
+            costs,
+            list(plan.buckets),
+            plan.max_batch_size,
+            plan.max_delay_ms,
+            plan.reason,
         )
         models[spec.name] = model
     if not models:
@@ -219,9 +249,22 @@ class LookalikeServer:
             ModelLoadError / ConfigError: Start-up cannot proceed.
             Unavailable: Milvus or Redis cannot be reached.
         """
-        models = load_models(self.config)
+        budget = budget_for(self.config)
+        log.info(
+            "threads: %d decoding, %d batch worker(s) per model, ORT %d intra-op / %d inter-op per session (%s)",
+            budget.preprocess_threads,
+            budget.batch_workers,
+            budget.intra_op_threads,
+            budget.inter_op_threads,
+            budget.reason,
+        )
+        models = load_models(self.config, budget)
         self._embedder = Embedder(
-            models, self.config.limits, self.config.models.preprocess_threads, self.config.models.worker_nice
+            models,
+            self.config.limits,
+            budget.preprocess_threads,
+            self.config.models.worker_nice,
+            batch_workers=budget.batch_workers,
         )
         if self.config.stores:
             from lookalike_server.store.milvus import MilvusStore

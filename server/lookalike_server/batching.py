@@ -21,9 +21,15 @@ and Ray Serve's ``@serve.batch``):
   are dropped before running, so dead work never costs inference time.
 * One exception from ``run_batch`` fails exactly that batch's futures; a result
   count that does not match the batch is such an exception.
-* One worker thread per batcher: an inference session runs one batch at a time
-  anyway (a CUDA session uses one stream), and a single consumer makes the
-  queue logic simple to reason about.
+* How many of the queued items one run takes is ``max_batch_size`` or what is
+  queued, whichever is less, unless a ``take`` rule says fewer (the model's
+  :class:`~lookalike_server.autotune.BatchPlan`: on a CPU, running 4 of 5
+  queued items can cost less per image than padding 5 up to 8).
+* One worker thread per batcher by default: a CUDA session runs one batch at
+  a time anyway. On a CPU with cores to spare, ``workers`` threads take
+  batches from the same queue and run them side by side (ONNX Runtime's
+  ``run`` is thread-safe); every queue decision is made under one lock, so
+  two workers never take the same item.
 
 Padding a batch up to a warmed bucket size is the model's business
 (:func:`lookalike_server.models.bucket_for`, :meth:`OnnxModel.embed_batch`).
@@ -101,6 +107,10 @@ class MicroBatcher(Generic[T, R]):
         queue_size: Items that may wait; more are rejected with ``Overloaded``.
         adaptive: Wait ``max_delay`` only while announced items are on their way.
         clock: Monotonic clock, injectable for tests.
+        thread_init: Called first in each worker thread (e.g. to lower its priority).
+        take: ``take(n)`` = how many of ``n`` queued items (``n <= max_batch_size``)
+            one run takes; None = all of them.
+        workers: Worker threads taking batches from the queue.
     """
 
     def __init__(
@@ -114,9 +124,11 @@ class MicroBatcher(Generic[T, R]):
         adaptive: bool = False,
         clock: Callable[[], float] = time.monotonic,
         thread_init: Callable[[], None] | None = None,
+        take: Callable[[int], int] | None = None,
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
-            raise ValueError("max_batch_size and queue_size must be >= 1, max_delay_s >= 0")
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
+            raise ValueError("max_batch_size, queue_size and workers must be >= 1, max_delay_s >= 0")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -131,8 +143,12 @@ class MicroBatcher(Generic[T, R]):
         self._announced = 0
         self._closing = False
         self._thread_init = thread_init
-        self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._take = take
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"batcher-{name}-{i}", daemon=True) for i in range(workers)
+        ]
+        for w in self._workers:
+            w.start()
 
     # ------------------------------------------------------------ public --
     def announce(self, n: int = 1) -> None:
@@ -228,7 +244,9 @@ class MicroBatcher(Generic[T, R]):
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._worker.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        for w in self._workers:
+            w.join(None if end is None else max(0.0, end - time.monotonic()))
         with self._cond:
             leftovers = list(self._queue)
             self._queue.clear()
@@ -240,26 +258,35 @@ class MicroBatcher(Generic[T, R]):
     def _next_batch(self) -> list[_Request[T, R]] | None:
         """Blocks until a batch is due; None when closing with an empty queue."""
         with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            # The oldest item sets the clock; under load it has usually waited
-            # long enough already and we leave without sleeping.
-            flush_at = self._queue[0].enqueued + self.max_delay_s
-            # Wait only while announced items are still on their way: with
-            # none coming, waiting would add latency and merge nothing.
-            while (
-                len(self._queue) < self.max_batch_size
-                and not self._closing
-                and (self._announced > 0 or not self.adaptive)
-            ):
-                remaining = flush_at - self._clock()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            n = min(self.max_batch_size, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                # The oldest item sets the clock; under load it has usually
+                # waited long enough already and we leave without sleeping.
+                # Wait only while announced items are still on their way:
+                # with none coming, waiting would add latency and merge nothing.
+                if (
+                    len(self._queue) < self.max_batch_size
+                    and not self._closing
+                    and (self._announced > 0 or not self.adaptive)
+                ):
+                    remaining = self._queue[0].enqueued + self.max_delay_s - self._clock()
+                    if remaining > 0:
+                        self._cond.wait(remaining)
+                        # Look again from the top: with several workers,
+                        # another may have taken the queue meanwhile.
+                        continue
+                n = min(self.max_batch_size, len(self._queue))
+                if self._take is not None:
+                    n = max(1, min(n, self._take(n)))
+                batch = [self._queue.popleft() for _ in range(n)]
+                if self._queue:
+                    # Items left behind (by the take rule, or past a full
+                    # batch) are another worker's next batch, or this one's.
+                    self._cond.notify()
+                return batch
 
     def _loop(self) -> None:
         if self._thread_init is not None:

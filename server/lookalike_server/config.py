@@ -55,8 +55,16 @@ def _require(cond: bool, setting: str, message: str) -> None:
 class BatchingConfig:
     """Micro-batching defaults; a model's registry entry may override them."""
 
-    max_batch_size: int = _opt(32, "largest batch one inference run takes; 1 turns batching off")
-    max_delay_ms: float = _opt(2.0, "how long the oldest queued item waits for company before its batch runs")
+    max_batch_size: int = _opt(
+        0,
+        "largest batch one inference run takes; 1 turns batching off; 0 = auto: chosen at warm-up from "
+        "each bucket's measured cost per image (docs/performance.md)",
+    )
+    max_delay_ms: float = _opt(
+        -1.0,
+        "how long the oldest queued item waits for company before its batch runs; -1 = auto: 0 when no "
+        "batch size pays on this machine, else min(2 ms, one image's run alone)",
+    )
     queue_size: int = _opt(512, "items a model's queue holds; beyond that requests get RESOURCE_EXHAUSTED")
     adaptive_delay: bool = _opt(
         True,
@@ -66,22 +74,50 @@ class BatchingConfig:
     buckets: tuple[int, ...] = _opt(
         (), "batch sizes to pad to and warm at start; empty = powers of two up to max_batch_size"
     )
+    auto_max_batch_size: int = _opt(
+        32, "with max_batch_size = 0: the largest bucket warmed and measured as a candidate"
+    )
+    auto_epsilon: float = _opt(
+        0.1,
+        "with max_batch_size = 0: a bucket is kept only if it costs at least this fraction less per image "
+        "than the best smaller bucket kept",
+    )
 
     def __post_init__(self) -> None:
-        _require(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in 1..4096")
-        _require(0 <= self.max_delay_ms <= 10_000, "batching.max_delay_ms", "must be in 0..10000")
+        _require(0 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in 0..4096 (0 = auto)")
+        _require(
+            self.max_delay_ms == -1 or 0 <= self.max_delay_ms <= 10_000,
+            "batching.max_delay_ms",
+            "must be in 0..10000, or -1 for auto",
+        )
         _require(self.queue_size >= 1, "batching.queue_size", "must be >= 1")
         _require(all(b >= 1 for b in self.buckets), "batching.buckets", "sizes must be >= 1")
+        _require(1 <= self.auto_max_batch_size <= 4096, "batching.auto_max_batch_size", "must be in 1..4096")
+        _require(0 <= self.auto_epsilon < 1, "batching.auto_epsilon", "must be in [0, 1)")
+
+    @property
+    def auto_batch_size(self) -> bool:
+        """The largest batch is chosen at warm-up (``max_batch_size`` = 0)."""
+        return self.max_batch_size == 0
+
+    @property
+    def auto_delay(self) -> bool:
+        """The delay is chosen at warm-up (``max_delay_ms`` = -1)."""
+        return self.max_delay_ms < 0
 
     def resolved_buckets(self) -> tuple[int, ...]:
-        """The padding buckets: configured ones (plus max_batch_size) or powers of two."""
+        """The candidate buckets: configured ones (plus the largest) or powers of two up to the largest.
+
+        The largest is ``max_batch_size``, or ``auto_max_batch_size`` when that is auto.
+        """
+        top = self.max_batch_size or self.auto_max_batch_size
         if self.buckets:
-            return tuple(sorted({*(b for b in self.buckets if b <= self.max_batch_size), self.max_batch_size}))
+            return tuple(sorted({*(b for b in self.buckets if b <= top), top}))
         out, b = [], 1
-        while b < self.max_batch_size:
+        while b < top:
             out.append(b)
             b *= 2
-        out.append(self.max_batch_size)
+        out.append(top)
         return tuple(out)
 
 
@@ -95,8 +131,12 @@ class ModelsConfig:
     )
     only: tuple[str, ...] = _opt((), "load only these models from the registry (default: all)")
     providers: tuple[str, ...] = _opt(DEFAULT_PROVIDERS, "ONNX Runtime execution providers, in priority order")
-    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = ORT's default")
-    preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = number of CPUs")
+    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session; 0 = from the thread budget")
+    inter_op_threads: int = _opt(0, "ONNX Runtime inter-op threads per session; 0 = from the thread budget (1)")
+    preprocess_threads: int = _opt(0, "threads decoding/resizing images; 0 = from the thread budget")
+    batch_workers: int = _opt(
+        0, "threads running each model's batches side by side on its session; 0 = from the thread budget"
+    )
     spin_wait: bool = _opt(
         False,
         "ONNX Runtime's intra-op threads busy-wait for work between runs; off leaves the cores "
@@ -122,6 +162,8 @@ class ModelsConfig:
         _require(bool(self.providers), "models.providers", "at least one provider is needed")
         _require(self.intra_op_threads >= 0, "models.intra_op_threads", "must be >= 0")
         _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
+        _require(self.inter_op_threads >= 0, "models.inter_op_threads", "must be >= 0")
+        _require(self.batch_workers >= 0, "models.batch_workers", "must be >= 0")
         _require(0 <= self.worker_nice <= 19, "models.worker_nice", "must be 0..19")
         _require(self.session_per_bucket in ("on", "off", "auto"), "models.session_per_bucket", "on, off or auto")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from lookalike_server.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from lookalike_server.models import OnnxModel
 from lookalike_server.preprocess import DecodePlan, PreprocessSpec, decode_image, plan_decodes, to_tensor
 from lookalike_server.priority import lower_this_thread
+from lookalike_server.thread_budget import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,11 @@ class Embedder:
     Args:
         models: Loaded models by name.
         limits: Byte/pixel limits applied when decoding.
-        preprocess_threads: Pool size; 0 = number of CPUs.
+        preprocess_threads: Pool size; 0 = number of usable cores.
         worker_nice: How much lower than the front door the decoding and
             batching threads run (see :mod:`lookalike_server.priority`).
+        batch_workers: Threads running each model's batches side by side
+            (see :mod:`lookalike_server.thread_budget`).
     """
 
     def __init__(
@@ -139,20 +141,25 @@ class Embedder:
         limits: LimitsConfig,
         preprocess_threads: int = 0,
         worker_nice: int = 0,
+        batch_workers: int = 1,
     ) -> None:
         self.models = dict(models)
         self.limits = limits
         lowered = functools.partial(lower_this_thread, worker_nice) if worker_nice else None
-        self._pool = FairExecutor(preprocess_threads or (os.cpu_count() or 2), "preprocess", lowered)
+        self._pool = FairExecutor(preprocess_threads or usable_cores(), "preprocess", lowered)
+        # Each model's batcher follows the plan its warm-up measured
+        # (lookalike_server.autotune): largest batch, delay, how many to take.
         self.batchers: dict[str, MicroBatcher[np.ndarray, np.ndarray]] = {
             name: MicroBatcher(
                 name,
                 model.embed_batch,
-                max_batch_size=model.max_batch_size,
-                max_delay_s=model.spec.batching.max_delay_ms / 1000.0,
+                max_batch_size=model.plan.max_batch_size,
+                max_delay_s=model.plan.max_delay_ms / 1000.0,
                 queue_size=model.spec.batching.queue_size,
                 adaptive=model.spec.batching.adaptive_delay,
                 thread_init=lowered,
+                take=model.plan.items_to_take,
+                workers=batch_workers,
             )
             for name, model in self.models.items()
         }

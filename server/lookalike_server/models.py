@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from lookalike_server.autotune import BatchPlan, choose_plan, median
 from lookalike_server.errors import ModelLoadError
 from lookalike_server.execution_providers import provider_options, usable_providers
 from lookalike_server.priority import run_lowered
 from lookalike_server.registry import file_sha256
 from lookalike_server.registry_reader import ModelSpec
+from lookalike_server.thread_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class OnnxModel:
         spec: The registry entry.
         providers: Execution providers to ask for, in priority order.
         intra_op_threads: ORT intra-op threads (0 = ORT's default).
+        inter_op_threads: ORT inter-op threads (0 = ORT's default).
         cache_dir: Where TensorRT may cache engines; None = no cache.
         session_per_bucket: "on", "off" or "auto" (a session per batch bucket on CUDA/TensorRT).
         spin_wait: Let ORT's intra-op threads busy-wait for work between runs.
@@ -55,12 +58,15 @@ class OnnxModel:
         session_per_bucket: str = "auto",
         spin_wait: bool = False,
         worker_nice: int = 0,
+        inter_op_threads: int = 0,
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
         self.spec = spec
         self.buckets = spec.batching.resolved_buckets()
-        self.max_batch_size = spec.batching.max_batch_size
+        # An explicit max batch (config or registry entry) wins over tuning.
+        self._explicit_max: int | None = None if spec.batching.auto_batch_size else spec.batching.max_batch_size
+        self.max_batch_size = max(self.buckets)
         where = f"model {spec.name!r} ({spec.path})"
         if not spec.path.is_file():
             raise ModelLoadError(f"{where}: ONNX file does not exist")
@@ -73,6 +79,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
         # ORT's intra-op threads spin after each run by default. Under load
         # that spinning takes the cores from the decoding pool and the gRPC
         # front door (whose rejections must stay fast); off by default.
@@ -109,6 +117,9 @@ class OnnxModel:
             b: (self.session if i == 0 or not per_bucket else new_session()) for i, b in enumerate(self.buckets)
         }
         self.session_per_bucket = per_bucket
+        self.plan = self._plan({})
+        # Set by the loader (lookalike_server.app.load_models); shown by ListModels.
+        self.threads: ThreadBudget | None = None
 
     def _check_io(self, where: str) -> None:
         """Resolves the input/output names and checks them against the spec (a fixed batch axis narrows buckets)."""
@@ -139,9 +150,18 @@ class OnnxModel:
             log.warning("model %s: batch axis is fixed at %d; batching limited to it", self.spec.name, batch_dim)
             self.buckets = (batch_dim,)
             self.max_batch_size = batch_dim
+            self._explicit_max = batch_dim
 
-    def warmup(self) -> float:
-        """Runs every bucket once so no new shape is met under load.
+    def warmup(self, timed_runs: int = 3) -> float:
+        """Runs every bucket so no new shape is met under load, times each, and tunes the batcher.
+
+        Each bucket runs once untimed (ONNX Runtime plans the shape), then
+        ``timed_runs`` times; the median cost per bucket feeds
+        :func:`lookalike_server.autotune.choose_plan`, whose plan replaces
+        :attr:`plan`, :attr:`buckets` and :attr:`max_batch_size`.
+
+        Args:
+            timed_runs: Timed runs per bucket (0 = warm only, keep the untuned plan).
 
         Returns:
             Seconds spent.
@@ -150,8 +170,8 @@ class OnnxModel:
             ModelLoadError: The output, after pooling, is not ``spec.dim`` wide.
         """
         started = time.perf_counter()
-        for b in self.buckets:
-            x = np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32)
+        inputs = {b: np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32) for b in self.buckets}
+        for b, x in inputs.items():
             out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
                 raise ModelLoadError(
@@ -159,7 +179,32 @@ class OnnxModel:
                     f"embeddings of shape {out.shape[1:]} after pooling {self.spec.pooling!r}, "
                     f"but the registry says dim = {self.spec.dim}"
                 )
+        times: dict[int, list[float]] = {b: [] for b in inputs}
+        # Round robin over the buckets, so a burst of other work on a shared
+        # machine slows one run of several buckets, not every run of one.
+        for _ in range(timed_runs):
+            for b, x in inputs.items():
+                t0 = time.perf_counter()
+                self._infer(x, b)
+                times[b].append((time.perf_counter() - t0) * 1e3)
+        if timed_runs > 0:
+            self.plan = self._plan({b: median(t) for b, t in times.items()})
         return time.perf_counter() - started
+
+    def _plan(self, costs_ms: dict[int, float]) -> BatchPlan:
+        """The batching plan for these costs; applies it to :attr:`buckets` and :attr:`max_batch_size`."""
+        b = self.spec.batching
+        plan = choose_plan(
+            costs_ms,
+            self.buckets,
+            max_batch_size=self._explicit_max,
+            max_delay_ms=None if b.auto_delay else b.max_delay_ms,
+            epsilon=b.auto_epsilon,
+        )
+        self.buckets, self.max_batch_size = plan.buckets, plan.max_batch_size
+        # A dropped bucket's own session (CUDA) would only hold memory.
+        self.sessions = {k: v for k, v in self.sessions.items() if k in plan.buckets} or {plan.buckets[0]: self.session}
+        return plan
 
     def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
         """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""

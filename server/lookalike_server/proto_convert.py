@@ -30,6 +30,7 @@ from lookalike_server.rpc_calls import error_message, status_code
 if TYPE_CHECKING:
     from lookalike_server.batching import BatcherStats
     from lookalike_server.service import ModelView
+    from lookalike_server.thread_budget import ThreadBudget
 
 
 # ------------------------------------------------------------ requests --
@@ -182,10 +183,27 @@ def model_info_pb(view: ModelView) -> pb.ModelInfo:
         providers=model.providers,
         batch_buckets=list(model.buckets),
         max_batch_size=model.max_batch_size,
-        max_delay_ms=spec.batching.max_delay_ms,
+        max_delay_ms=model.plan.max_delay_ms,
         collection=view.collection,
         description=spec.description,
         onnx_sha256=model.sha256,
+        bucket_costs=[
+            pb.BucketCost(batch_size=b, ms_per_run=c, ms_per_image=c / b) for b, c in model.plan.costs_ms.items()
+        ],
+        batching_reason=model.plan.reason,
+        threads=None if model.threads is None else thread_budget_pb(model.threads),
+    )
+
+
+def thread_budget_pb(t: ThreadBudget) -> pb.ThreadBudget:
+    """The server's thread budget → proto."""
+    return pb.ThreadBudget(
+        cores=t.cores,
+        preprocess_threads=t.preprocess_threads,
+        intra_op_threads=t.intra_op_threads,
+        inter_op_threads=t.inter_op_threads,
+        batch_workers=t.batch_workers,
+        reason=t.reason,
     )
 
 

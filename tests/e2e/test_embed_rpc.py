@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,11 +50,44 @@ def test_list_models_reports_what_was_loaded(embed_server):
         assert m.dim == 1280
         assert m.providers == ["CPUExecutionProvider"]  # no GPU here; the truth, not the wish
         assert list(m.providers_requested)[-1] == "CPUExecutionProvider"
-        assert list(m.batch_buckets) == [1, 2, 4, 8, 16, 32]
         assert m.preprocessing.height == 224 and m.preprocessing.layout == "NCHW"
         pre = m.preprocessing
         assert (pre.decode, pre.jpeg_draft, pre.exif_orientation) == ("fast", True, True)  # the documented default
         assert len(m.onnx_sha256) == 64
+        # Batching was tuned at warm-up: every candidate was measured, the
+        # buckets kept are a subset starting at 1, and the reason is given.
+        assert [c.batch_size for c in m.bucket_costs] == [1, 2, 4, 8, 16, 32]
+        assert all(
+            c.ms_per_run > 0 and c.ms_per_image == pytest.approx(c.ms_per_run / c.batch_size) for c in m.bucket_costs
+        )
+        assert m.batch_buckets[0] == 1 and set(m.batch_buckets) <= {1, 2, 4, 8, 16, 32}
+        assert m.max_batch_size == max(m.batch_buckets)
+        assert (m.max_delay_ms == 0) == (m.max_batch_size == 1)
+        assert m.batching_reason
+        assert m.threads.cores == len(os.sched_getaffinity(0))
+        assert m.threads.preprocess_threads >= 1 and m.threads.intra_op_threads >= 1 and m.threads.batch_workers >= 1
+        assert m.threads.reason
+
+
+@pytest.fixture(scope="module")
+def explicit_server():
+    """MobileNetV2 with batching and threads set by config (not tuned)."""
+    live = start_server(
+        stores=False,
+        batching=BatchingConfig(max_batch_size=4, max_delay_ms=3.0),
+        models=replace(ModelsConfig(), only=("mobilenet_v2",), intra_op_threads=1, preprocess_threads=2),
+    )
+    yield live
+    live.server.stop(0)  # type: ignore[attr-defined]
+
+
+def test_list_models_reports_explicit_batching_and_threads_as_set(explicit_server):
+    (m,) = stub_for(explicit_server.target).ListModels(pb.ListModelsRequest()).models
+    assert list(m.batch_buckets) == [1, 2, 4] and m.max_batch_size == 4 and m.max_delay_ms == 3.0
+    assert [c.batch_size for c in m.bucket_costs] == [1, 2, 4]
+    assert "max batch 4 set by config" in m.batching_reason and "delay 3 ms set by config" in m.batching_reason
+    assert (m.threads.intra_op_threads, m.threads.preprocess_threads) == (1, 2)
+    assert "set by config: preprocess_threads=2, intra_op_threads=1" in m.threads.reason
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -83,8 +117,9 @@ def test_two_crops_of_one_photo_are_nearer_than_different_photos(embed_server, p
     assert same < min(different), (same, different)
 
 
-def test_concurrent_requests_are_merged_into_batches(embed_server, photos):
-    stub = stub_for(embed_server.target)
+def test_concurrent_requests_are_merged_into_batches(explicit_server, photos):
+    # An explicit max batch: the tuned default may turn batching off on this machine.
+    stub = stub_for(explicit_server.target)
     data = photos[0].read_bytes()
     stub.GetStats(pb.GetStatsRequest(reset=True))
     with ThreadPoolExecutor(24) as pool:

@@ -77,7 +77,7 @@ def test_busy_port_is_one_line_and_exit_2() -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--batching-max-batch-size", "0"], "max_batch_size"),
+        (["--batching-max-batch-size", "-1"], "max_batch_size"),
         (["--models-registry", "/nonexistent/models.toml"], "does not exist"),
     ],
 )

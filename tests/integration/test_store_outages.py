@@ -151,7 +151,7 @@ def test_unreachable_milvus_stops_startup_with_one_clear_line(tmp_path):
 
 def test_bad_config_exits_2_naming_the_setting(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lookalike_server", "--batching-max-batch-size", "0"],
+        [sys.executable, "-m", "lookalike_server", "--batching-max-batch-size", "-1"],
         capture_output=True,
         text=True,
         timeout=60,

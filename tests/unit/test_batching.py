@@ -282,3 +282,72 @@ def test_stats_reset_moves_the_window_but_totals_stay_monotonic():
         assert totals.items == 4 and totals.batch_sizes == {1: 4}
     finally:
         b.close()
+
+
+def test_take_rule_runs_fewer_than_queued_and_the_rest_next():
+    runner = GatedRunner()
+    runner.gate.clear()
+    # As a CPU plan with buckets (1, 4): of 5 queued, run 4, then 1.
+    b = make(runner, max_batch_size=4, max_delay_s=0.0, take=lambda n: 4 if n >= 4 else 1)
+    try:
+        first = b.submit(0)
+        assert runner.entered.wait(5)
+        futures = [b.submit(i) for i in range(1, 6)]
+        runner.gate.set()
+        assert first.result(5).value == 0
+        assert [f.result(5).value for f in futures] == [10, 20, 30, 40, 50]
+        assert runner.batches == [[0], [1, 2, 3, 4], [5]]
+    finally:
+        b.close()
+
+
+def test_two_workers_run_batches_side_by_side():
+    both_inside = threading.Barrier(2, timeout=10)
+    seen: list[list[int]] = []
+    lock = threading.Lock()
+
+    def run(items: list[int]) -> list[int]:
+        # Returns only once two batches are inside at the same time: with a
+        # single worker this would time out and fail the batch.
+        both_inside.wait()
+        with lock:
+            seen.append(list(items))
+        return items
+
+    b = MicroBatcher("test", run, max_batch_size=1, max_delay_s=0.0, queue_size=10, workers=2)
+    try:
+        futures = [b.submit(i) for i in range(2)]
+        assert sorted(f.result(10).value for f in futures) == [0, 1]
+        assert sorted(seen) == [[0], [1]]
+        assert b.stats().batches == 2
+    finally:
+        b.close()
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher("test", lambda items: items, max_batch_size=1, max_delay_s=0.0, queue_size=1, workers=0)
+
+
+def test_workers_waiting_for_the_same_batch_do_not_trip_over_each_other():
+    # Both workers wait out the delay for the same lone item; the one that
+    # loses the race must go back to waiting, not take from an empty queue.
+    b = MicroBatcher(
+        "test",
+        lambda items: items,
+        max_batch_size=8,
+        max_delay_s=0.02,
+        queue_size=10,
+        workers=2,
+        adaptive=False,
+        take=lambda n: n,
+    )
+    try:
+        for i in range(5):
+            # The second submit wakes the second worker into the same wait.
+            pair = [b.submit(2 * i), b.submit(2 * i + 1)]
+            assert [f.result(5).value for f in pair] == [2 * i, 2 * i + 1]
+        assert all(w.is_alive() for w in b._workers)
+        assert b.stats().items == 10
+    finally:
+        b.close()

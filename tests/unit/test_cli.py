@@ -39,9 +39,12 @@ def test_models_table_and_json(server: FakeServer, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "alpha" in out and "beta" in out and f"dim={DIM}" in out
     assert "collection=lookalike_alpha" in out
+    assert "ms/image 1:4.00 2:4.00 4:4.00" in out and "why: no batch size beat 1 by 10%" in out
+    assert "threads: 2 cores, 1 decoding, 1 worker(s) x 1 intra-op" in out
     assert run(server, "models", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in data] == ["alpha", "beta"] and data[0]["dim"] == DIM
+    assert data[0]["threads"]["cores"] == 2 and data[0]["bucket_costs"][1]["ms_per_run"] == 8.0
 
 
 def test_target_from_env(server: FakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

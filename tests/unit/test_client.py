@@ -86,6 +86,9 @@ def test_list_models_typed(client: LookalikeClient) -> None:
     assert [m.name for m in models] == ["alpha", "beta"]
     assert models[0].dim == DIM
     assert models[0].batch_buckets == (1, 2, 4)
+    assert [c.batch_size for c in models[0].bucket_costs] == [1, 2, 4] and models[0].bucket_costs[2].ms_per_run == 16.0
+    assert models[0].batching_reason.endswith("batching off")
+    assert models[0].threads is not None and models[0].threads.intra_op_threads == 1
     assert models[0].preprocessing is not None and models[0].preprocessing.height == 224
 
 

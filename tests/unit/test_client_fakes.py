@@ -81,6 +81,11 @@ class FakeServicer(pb_grpc.LookalikeServicer):
                     max_batch_size=4,
                     collection=f"lookalike_{m}",
                     preprocessing=pb.Preprocessing(height=224, width=224, mean=[0.5] * 3, std=[0.5] * 3),
+                    bucket_costs=[pb.BucketCost(batch_size=b, ms_per_run=4.0 * b, ms_per_image=4.0) for b in (1, 2, 4)],
+                    batching_reason="no batch size beat 1 by 10%: batching off",
+                    threads=pb.ThreadBudget(
+                        cores=2, preprocess_threads=1, intra_op_threads=1, inter_op_threads=1, batch_workers=1
+                    ),
                 )
                 for m in MODELS
             ]

@@ -11,7 +11,8 @@ from lookalike_server.errors import ConfigError
 
 def test_defaults_are_valid():
     c = load_config([], {})
-    assert c.port == 50051 and c.batching.max_batch_size == 32
+    # Batching is tuned at warm-up by default: the candidates go up to 32.
+    assert c.port == 50051 and c.batching.auto_batch_size and c.batching.auto_delay
     assert c.batching.resolved_buckets() == (1, 2, 4, 8, 16, 32)
     assert c.milvus_uri.endswith("milvus.db")
 
@@ -39,7 +40,10 @@ def test_lists_and_booleans_from_strings():
     ("argv", "match"),
     [
         (["--port", "70000"], "port"),
-        (["--batching-max-batch-size", "0"], "batching.max_batch_size"),
+        (["--batching-max-batch-size", "-1"], "batching.max_batch_size"),
+        (["--batching-max-delay-ms", "-2"], "batching.max_delay_ms"),
+        (["--batching-auto-epsilon", "1"], "batching.auto_epsilon"),
+        (["--models-batch-workers", "-1"], "models.batch_workers"),
         (["--milvus-index-type", "ANNOY"], "milvus.index_type"),
         (["--redis-url", "http://x"], "redis.url"),
         (["--models-providers", "FooExecutionProvider"], "unknown provider"),

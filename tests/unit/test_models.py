@@ -202,3 +202,55 @@ def test_intra_op_spinning_is_off_unless_asked(tmp_path: Path) -> None:
     key = "session.intra_op.allow_spinning"
     assert OnnxModel(spec, CPU).session.get_session_options().get_session_config_entry(key) == "0"
     assert OnnxModel(spec, CPU, spin_wait=True).session.get_session_options().get_session_config_entry(key) == "1"
+
+
+def test_warmup_measures_every_bucket_and_applies_a_plan(tmp_path):
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=4))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, inter_op_threads=1)
+    assert model.plan.costs_ms == {} and "not measured" in model.plan.reason
+    model.warmup(timed_runs=1)
+    plan = model.plan
+    assert set(plan.costs_ms) == {1, 2, 4} and all(c > 0 for c in plan.costs_ms.values())
+    # Whatever this machine measured, the model runs the plan it chose.
+    assert plan.buckets[0] == 1 and set(plan.buckets) <= {1, 2, 4}
+    assert model.buckets == plan.buckets and model.max_batch_size == plan.max_batch_size == max(plan.buckets)
+    assert set(model.sessions) == set(plan.buckets)
+    assert plan.max_delay_ms == 0.0 if plan.max_batch_size == 1 else 0.0 < plan.max_delay_ms <= 2.0
+    x = [np.zeros((3, 224, 224), np.float32)] * 3
+    assert len(model.embed_batch(x)) == 3  # 3 pads to a kept bucket, or runs as is past the largest
+
+
+def test_registry_batching_overrides_win_over_the_measurements(tmp_path):
+    body = entry() + "[models.batching]\nmax_batch_size = 4\nmax_delay_ms = 7.5\n"
+    (spec,) = load_registry(write_registry(tmp_path, body), BatchingConfig())
+    model = OnnxModel(spec, CPU, intra_op_threads=1)
+    model.warmup(timed_runs=1)
+    assert set(model.plan.costs_ms) == {1, 2, 4}  # still measured and reported
+    assert model.plan.buckets == (1, 2, 4) and model.max_batch_size == 4
+    assert model.plan.max_delay_ms == 7.5 and model.plan.items_to_take(3) == 3
+    assert "set by config" in model.plan.reason
+
+
+def test_load_models_logs_the_costs_the_choice_and_applies_the_budget(tmp_path, caplog):
+    import logging
+
+    from lookalike_server.app import load_models
+    from lookalike_server.config_loading import load_config
+    from lookalike_server.thread_budget import thread_budget
+
+    shutil.copy(ROOT / "models" / "mobilenet_v2.onnx", tmp_path / "m.onnx")
+    reg = write_registry(tmp_path, entry(name='"m"', path='"m.onnx"'))
+    cfg = load_config(
+        [
+            "--models-registry", str(reg), "--batching-auto-max-batch-size", "2",
+            "--models-providers", "CPUExecutionProvider",
+        ],
+        {},
+    )  # fmt: skip
+    budget = thread_budget(2)
+    with caplog.at_level(logging.INFO, logger="lookalike_server.app"):
+        (model,) = load_models(cfg, budget).values()
+    assert model.threads == budget and model.intra_op_threads == 1 and model.inter_op_threads == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model m ")]
+    assert "ms/image by bucket 1:" in line and f"max batch {model.max_batch_size}" in line
+    assert model.plan.reason in line

@@ -258,6 +258,15 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
     )
 
 
+def _threads(m: Any) -> dict[str, Any] | None:
+    """A ListModels entry's thread budget as a dict (None from a server that reports none)."""
+    if not m.HasField("threads"):
+        return None
+    t = m.threads
+    names = ("cores", "preprocess_threads", "intra_op_threads", "inter_op_threads", "batch_workers", "reason")
+    return {k: getattr(t, k) for k in names}
+
+
 def machine_summary(models: Sequence[Any] = ()) -> dict[str, Any]:
     """What ran the load, cheaply: host, OS, cores, load, versions, and the served models.
 
@@ -285,6 +294,10 @@ def machine_summary(models: Sequence[Any] = ()) -> dict[str, Any]:
                 "max_batch_size": m.max_batch_size,
                 "max_delay_ms": m.max_delay_ms,
                 "batch_buckets": list(m.batch_buckets),
+                # What the server measured at warm-up and why it chose the above.
+                "ms_per_image_by_bucket": {c.batch_size: round(c.ms_per_image, 3) for c in m.bucket_costs},
+                "batching_reason": m.batching_reason,
+                "threads": _threads(m),
             }
             for m in models
         },

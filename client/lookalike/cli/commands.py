@@ -49,6 +49,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
         if m.description:
             print(f"{'':<20} {m.description}")
+        costs = " ".join(f"{c.batch_size}:{c.ms_per_image:.2f}" for c in m.bucket_costs) or "not measured"
+        print(f"{'':<20} batching: max batch {m.max_batch_size}, max delay {m.max_delay_ms:.2f} ms; ms/image {costs}")
+        if m.batching_reason:
+            print(f"{'':<20}   why: {m.batching_reason}")
+        if m.threads is not None:
+            t = m.threads
+            print(
+                f"{'':<20} threads: {t.cores} cores, {t.preprocess_threads} decoding, {t.batch_workers} worker(s) x "
+                f"{t.intra_op_threads} intra-op, {t.inter_op_threads} inter-op"
+            )
     return EXIT_OK
 
 

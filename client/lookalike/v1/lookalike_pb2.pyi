@@ -59,7 +59,7 @@ class Preprocessing(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resize_shorter: _Optional[int] = ..., interpolation: _Optional[str] = ..., color_order: _Optional[str] = ..., layout: _Optional[str] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., pooling: _Optional[str] = ..., decode: _Optional[str] = ..., jpeg_draft: _Optional[bool] = ..., exif_orientation: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "dim", "preprocessing", "providers_requested", "providers", "batch_buckets", "max_batch_size", "max_delay_ms", "collection", "description", "onnx_sha256")
+    __slots__ = ("name", "version", "dim", "preprocessing", "providers_requested", "providers", "batch_buckets", "max_batch_size", "max_delay_ms", "collection", "description", "onnx_sha256", "bucket_costs", "batching_reason", "threads")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,9 @@ class ModelInfo(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COSTS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_REASON_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     dim: int
@@ -84,7 +87,36 @@ class ModelInfo(_message.Message):
     collection: str
     description: str
     onnx_sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dim: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., providers_requested: _Optional[_Iterable[str]] = ..., providers: _Optional[_Iterable[str]] = ..., batch_buckets: _Optional[_Iterable[int]] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., collection: _Optional[str] = ..., description: _Optional[str] = ..., onnx_sha256: _Optional[str] = ...) -> None: ...
+    bucket_costs: _containers.RepeatedCompositeFieldContainer[BucketCost]
+    batching_reason: str
+    threads: ThreadBudget
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dim: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., providers_requested: _Optional[_Iterable[str]] = ..., providers: _Optional[_Iterable[str]] = ..., batch_buckets: _Optional[_Iterable[int]] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., collection: _Optional[str] = ..., description: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., bucket_costs: _Optional[_Iterable[_Union[BucketCost, _Mapping]]] = ..., batching_reason: _Optional[str] = ..., threads: _Optional[_Union[ThreadBudget, _Mapping]] = ...) -> None: ...
+
+class BucketCost(_message.Message):
+    __slots__ = ("batch_size", "ms_per_run", "ms_per_image")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MS_PER_RUN_FIELD_NUMBER: _ClassVar[int]
+    MS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    ms_per_run: float
+    ms_per_image: float
+    def __init__(self, batch_size: _Optional[int] = ..., ms_per_run: _Optional[float] = ..., ms_per_image: _Optional[float] = ...) -> None: ...
+
+class ThreadBudget(_message.Message):
+    __slots__ = ("cores", "preprocess_threads", "intra_op_threads", "inter_op_threads", "batch_workers", "reason")
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    cores: int
+    preprocess_threads: int
+    intra_op_threads: int
+    inter_op_threads: int
+    batch_workers: int
+    reason: str
+    def __init__(self, cores: _Optional[int] = ..., preprocess_threads: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., batch_workers: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "images")
