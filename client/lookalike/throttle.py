@@ -1,9 +1,9 @@
 """Client-side adaptive throttling: refuse locally what the server would refuse anyway.
 
 Google's SRE book (chapter 21, "Handling Overload") describes it: each client
-remembers, over the last couple of minutes, how many calls it *sent*
-(``requests``) and how many the server *accepted* (``accepts``: anything but an
-overload refusal). While the server is healthy the two are equal and nothing
+remembers, over the last couple of minutes, how many calls it made
+(``requests``, counted when they end) and how many the server *accepted*
+(``accepts``: anything but an overload refusal). While the server is healthy the two are equal and nothing
 changes. Once the server starts refusing, the client refuses a new call itself
 with probability::
 
@@ -121,21 +121,29 @@ class AdaptiveThrottle:
         return max(0.0, (req - self.settings.k * acc) / (req + 1))
 
     def admit(self) -> bool:
-        """Counts a call about to be made; False when it should be refused locally instead."""
+        """False when the next call should be refused locally instead of sent.
+
+        A call that is sent is counted when it ends (:meth:`record`), not here: calls still in
+        flight have no outcome yet, and counting them as requests without accepts would
+        throttle a healthy server whose calls are merely slow (at start, before any answer).
+        A local refusal is counted now, as a request the server did not accept.
+        """
         if not self.settings.enabled:
             return True
         with self._lock:
             now = self._clock()
             req, acc = self._totals(now)
             p = max(0.0, (req - self.settings.k * acc) / (req + 1))
-            self._requests[self._bucket(now)] += 1
             if p > 0 and self._rng() < p:
+                self._requests[self._bucket(now)] += 1
                 self.local_refusals += 1
                 return False
             return True
 
     def record(self, accepted: bool) -> None:
         """The outcome of a sent call: ``accepted`` unless the server refused it as overloaded."""
-        if accepted and self.settings.enabled:
+        if self.settings.enabled:
             with self._lock:
-                self._accepts[self._bucket(self._clock())] += 1
+                i = self._bucket(self._clock())
+                self._requests[i] += 1
+                self._accepts[i] += accepted

@@ -79,3 +79,13 @@ def test_off_admits_everything() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ThrottleSettings(**kwargs)
+
+
+def test_calls_in_flight_do_not_count_against_the_server() -> None:
+    # 50 slow calls start before any has answered: nothing has been refused, so none of
+    # them may be refused locally (counting them as requests without accepts would).
+    t = AdaptiveThrottle(rng=lambda: 0.0)
+    assert all(t.admit() for _ in range(50))
+    for _ in range(50):
+        t.record(True)
+    assert t.local_refusals == 0
