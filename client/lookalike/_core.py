@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import grpc
 
+from lookalike.dupes import GroupAssembler, dupes_request
 from lookalike.errors import RETRIABLE_CODES
 from lookalike.images import ImageInput, encode_image, is_image_input
 from lookalike.security import ChannelSecurity
@@ -382,6 +383,20 @@ class BaseClient:
 
     def _stats(self, reset: bool) -> PreparedCall:
         return PreparedCall(self._stub.GetStats, pb.GetStatsRequest(reset=reset), _stats)
+
+    def _find_duplicates(
+        self,
+        model: str | None,
+        threshold: float | None,
+        key_prefix: str | None,
+        attributes: Mapping[str, str] | None,
+        page_size: int,
+        exact_only: bool,
+    ) -> tuple[PreparedCall, GroupAssembler]:
+        """The server-streaming call and the assembler the shell feeds each message to."""
+        req = dupes_request(model, threshold, key_prefix, attributes, page_size, exact_only)
+        assembler = GroupAssembler()
+        return PreparedCall(self._stub.FindDuplicates, req, assembler.feed), assembler
 
     def _health(self, service: str) -> PreparedCall:
         health_pb2, health_pb2_grpc = _health_modules()

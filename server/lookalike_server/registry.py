@@ -65,6 +65,7 @@ class ModelEntry:
     std: tuple[float, float, float] = _PRE.std
     pooling: str = "none"
     output_layout: str = ""
+    dupes_threshold: float = 0.0
     batching: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -118,6 +119,7 @@ SCALAR_KEYS: tuple[str, ...] = (
     "std",
     "pooling",
     "output_layout",
+    "dupes_threshold",
 )
 #: Every key an entry may have: the reader refuses anything else.
 ENTRY_KEYS: frozenset[str] = frozenset(SCALAR_KEYS) | frozenset(TABLE_KEYS)
