@@ -16,6 +16,7 @@ from lookalike.cli.commands import (
     cmd_serve,
     cmd_stats,
 )
+from lookalike.cli.dupes import add_dupes_arguments
 from lookalike.cli.exits import CliError
 from lookalike.cli.index import cmd_index
 from lookalike.cli.options import add_connection_arguments
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to it (never outside it, symlinks included); without it no local file is read",
     )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("dupes", help="find near-duplicate groups in the index (exact copies marked apart)")
+    add_dupes_arguments(p)
 
     p = sub.add_parser("get", help="show a stored item, by id or by key")
     p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")

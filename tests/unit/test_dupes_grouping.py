@@ -1,0 +1,78 @@
+"""The grouping (union-find, leader split), the request checks and the client's page assembler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.dupes import DuplicateGroup, DuplicatesSummary, GroupAssembler
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike_server.dupes_grouping import UnionFind, components, split_component
+from lookalike_server.errors import InvalidArgument
+from lookalike_server.validation import MAX_DUPES_PAGE, check_dupes_request
+
+
+def _unit(v: list[float]) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+def test_union_find_keeps_only_paired_ids_and_orders_sets() -> None:
+    uf = UnionFind()
+    for a, b in [(5, 9), (9, 12), (3, 4)]:
+        uf.union(a, b)
+    assert len(uf) == 5
+    assert uf.sets() == [[3, 4], [5, 9, 12]]
+    assert components([(1, 2), (2, 3), (10, 11)]) == [[1, 2, 3], [10, 11]]
+
+
+def test_split_stops_a_chain() -> None:
+    # Points on a circle 0.3 rad apart: neighbours are within the threshold, the ends are not.
+    angles = [0.0, 0.3, 0.6, 0.9]
+    vectors = {i + 1: _unit([np.cos(a), np.sin(a)]) for i, a in enumerate(angles)}
+    step = float(((vectors[1] - vectors[2]) ** 2).sum())
+    threshold = step * 1.01
+    assert components([(1, 2), (2, 3), (3, 4)]) == [[1, 2, 3, 4]]  # one chained component
+    groups = split_component([1, 2, 3, 4], vectors, threshold)
+    # Leader 1 takes 2 only; leader 3 takes 4: no member is farther than the threshold from its leader.
+    assert [(g.representative, g.members) for g in groups] == [(1, [1, 2]), (3, [3, 4])]
+    for g in groups:
+        assert all(d <= threshold for d in g.distances) and g.distances[0] == 0.0
+
+
+def test_split_orders_members_by_distance_and_drops_missing_ids() -> None:
+    vectors = {7: _unit([1, 0, 0]), 8: _unit([1, 0.3, 0]), 9: _unit([1, 0.1, 0])}
+    (group,) = split_component([9, 8, 7, 42], vectors, 0.2)  # 42 was deleted meanwhile
+    assert group.representative == 7
+    assert group.members == [7, 9, 8]
+    assert group.distances == sorted(group.distances)
+
+
+@pytest.mark.parametrize(("threshold", "page"), [(-0.1, 0), (2.5, 0), (float("nan"), 0), (0.1, MAX_DUPES_PAGE + 1)])
+def test_bad_requests_name_the_field(threshold: float, page: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        check_dupes_request(threshold, page)
+    assert ("threshold" if page == 0 else "page_size") in info.value.message
+
+
+def _page(rep: int, size: int, offset: int, more: bool, ids: list[int]) -> pb.FindDuplicatesResponse:
+    members = [pb.DuplicateMember(id=i, key=f"k{i}", distance=0.0 if i == rep else 0.1) for i in ids]
+    return pb.FindDuplicatesResponse(
+        group=pb.DuplicateGroup(representative_id=rep, size=size, offset=offset, more=more, members=members)
+    )
+
+
+def test_assembler_joins_pages_and_rejects_disorder() -> None:
+    asm = GroupAssembler()
+    assert asm.feed(_page(1, 3, 0, True, [1, 2])) is None
+    group = asm.feed(_page(1, 3, 2, False, [3]))
+    assert isinstance(group, DuplicateGroup)
+    assert [m.id for m in group.members] == [1, 2, 3] and group.representative.id == 1
+    summary = asm.feed(pb.FindDuplicatesResponse(summary=pb.DuplicatesSummary(model="m", groups=1)))
+    assert isinstance(summary, DuplicatesSummary) and summary.groups == 1
+    with pytest.raises(ValueError):
+        GroupAssembler().feed(_page(1, 3, 2, False, [3]))  # starts mid-group
+    bad = GroupAssembler()
+    bad.feed(_page(1, 3, 0, True, [1, 2]))
+    with pytest.raises(ValueError):
+        bad.feed(_page(5, 2, 0, False, [5, 6]))  # another group before the first ended
