@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -58,7 +59,9 @@ def populate(data_dir: Path, n: int, seed: int = 7) -> dict[str, Any]:
     from lookalike_server.store.milvus import MilvusStore
     from lookalike_server.store.redis import RedisStore
 
-    config = load_config(["--data-dir", str(data_dir), "--redis-url", ""])
+    # appendfsync no: the fill is a benchmark set-up, not data to keep (fsync per record
+    # would make 100k items take most of an hour); the server then runs with its defaults.
+    config = load_config(["--data-dir", str(data_dir), "--redis-url", "", "--redis-appendfsync", "no"])
     milvus = MilvusStore(replace(config.milvus, flush_rows=0), str(data_dir / "milvus.db"))
     redis = RedisStore(config.redis, str(data_dir))
     coll = milvus.ensure_collection(MODEL, VERSION, DIM)
@@ -126,9 +129,14 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def walk(data_dir: Path, threshold: float) -> dict[str, Any]:
-    """Starts the server on ``data_dir`` and runs one FindDuplicates over everything."""
+def walk(data_dir: Path, threshold: float, timeout_s: float | None) -> dict[str, Any]:
+    """Starts the server on ``data_dir`` and runs one FindDuplicates over everything.
+
+    A walk that outlives ``timeout_s`` ends with DEADLINE_EXCEEDED (the server
+    stops it) and is reported as not finished, with the time it was given.
+    """
     from lookalike.client import DuplicatesSummary, LookalikeClient
+    from lookalike.errors import DeadlineExceededError
 
     log_path = data_dir / "server.log"
     cmd = [sys.executable, "-m", "lookalike_server", "--port", "0", "--data-dir", str(data_dir)]
@@ -147,15 +155,25 @@ def walk(data_dir: Path, threshold: float) -> dict[str, Any]:
             groups = []
             summary = None
             first_group_s = None
-            for part in client.find_duplicates(MODEL, threshold=threshold):
-                if isinstance(part, DuplicatesSummary):
-                    summary = part
-                else:
-                    first_group_s = first_group_s or time.perf_counter() - t0
-                    groups.append(part)
+            try:
+                for part in client.find_duplicates(MODEL, threshold=threshold, timeout=timeout_s):
+                    if isinstance(part, DuplicatesSummary):
+                        summary = part
+                    else:
+                        first_group_s = first_group_s or time.perf_counter() - t0
+                        groups.append(part)
+            except DeadlineExceededError:
+                return {
+                    "finished": False,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "timeout_s": timeout_s,
+                    "server_peak_rss_mb": peak_rss_mb(proc.pid),
+                    "found": {},
+                }
             wall = time.perf_counter() - t0
         assert summary is not None
         return {
+            "finished": True,
             "wall_s": round(wall, 1),
             "server_elapsed_s": round(summary.elapsed_ms / 1e3, 1),
             "first_group_s": round(first_group_s or 0.0, 1),
@@ -174,37 +192,8 @@ def walk(data_dir: Path, threshold: float) -> dict[str, Any]:
         proc.wait(timeout=60)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--threshold", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories")
-    args = parser.parse_args(argv)
-    rows = []
-    for n in args.sizes:
-        data_dir = Path(tempfile.mkdtemp(prefix=f"dupes-cost-{n}-"))
-        try:
-            print(f"[dupes_cost] populating {n} items in {data_dir}", file=sys.stderr, flush=True)
-            pop = populate(data_dir, n)
-            print(f"[dupes_cost] populated in {pop['populate_s']} s; walking", file=sys.stderr, flush=True)
-            res = walk(data_dir, args.threshold)
-            planted = {int(k): v for k, v in pop["planted"].items()}
-            found = res.pop("found")
-            row = {
-                "items": n,
-                "planted_groups": len(planted),
-                "planted_exact": pop["exact_planted"],
-                "all_planted_found": found == planted,
-                "populate_s": pop["populate_s"],
-                **res,
-            }
-            rows.append(row)
-            print(f"[dupes_cost] {row}", file=sys.stderr, flush=True)
-        finally:
-            if not args.keep:
-                shutil.rmtree(data_dir, ignore_errors=True)
+def write_report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Writes ``dupes-cost-<date>.json`` with the rows so far; returns the report."""
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "backend": "Milvus Lite 3.2.2 (IVF_FLAT, the embedded default) + embedded Redis",
@@ -216,7 +205,46 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dupes-cost-{report['date']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument("--walk-timeout-s", type=float, default=None, help="deadline of each walk (default: none)")
+    args = parser.parse_args(argv)
+    rows = []
+    for n in args.sizes:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"dupes-cost-{n}-"))
+        try:
+            print(f"[dupes_cost] populating {n} items in {data_dir}", file=sys.stderr, flush=True)
+            # In a child process: Milvus Lite holds its file lock until the process
+            # that opened it exits, and the server must open the same file next.
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                pop = pool.apply(populate, (data_dir, n))
+            print(f"[dupes_cost] populated in {pop['populate_s']} s; walking", file=sys.stderr, flush=True)
+            res = walk(data_dir, args.threshold, args.walk_timeout_s)
+            planted = {int(k): v for k, v in pop["planted"].items()}
+            found = res.pop("found")
+            row = {
+                "items": n,
+                "planted_groups": len(planted),
+                "planted_exact": pop["exact_planted"],
+                "all_planted_found": found == planted if res["finished"] else None,
+                "populate_s": pop["populate_s"],
+                **res,
+            }
+            rows.append(row)
+            print(f"[dupes_cost] {row}", file=sys.stderr, flush=True)
+            write_report(args, rows)  # after each size: a long run keeps what it measured
+        finally:
+            if not args.keep:
+                shutil.rmtree(data_dir, ignore_errors=True)
+    print(json.dumps(write_report(args, rows), indent=2))
     return 0
 
 

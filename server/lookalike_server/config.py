@@ -162,7 +162,9 @@ class LimitsConfig:
         1, "FindDuplicates calls walking an index at once (each scans a whole collection); more get RESOURCE_EXHAUSTED"
     )
     dupes_neighbours: int = _opt(
-        64, "FindDuplicates: most neighbours kept per item; an item with more is counted as capped in the summary"
+        16,
+        "FindDuplicates: most neighbours kept per item (more cost Milvus time: IVF probes at least this many cells); "
+        "an item with more is counted as capped in the summary",
     )
 
     def __post_init__(self) -> None:

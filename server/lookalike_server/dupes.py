@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 # amortise a Milvus round trip, small enough that one batch of 1280-d vectors
 # stays a few MB.
 SCAN_BATCH = 256
+# Queries per radius search: one Milvus call must stay well inside
+# ``milvus.timeout_s`` (Milvus Lite answers ~50-70 queries a second on a
+# 2-core box), and the deadline is checked between calls.
+SEARCH_BATCH = 32
 # Ids per vector/record fetch in the group phase.
 _FETCH = 1000
 
@@ -138,20 +142,28 @@ class DuplicateFinder:
         for ids, vectors in milvus.scan_vectors(
             collection, key_prefix=flt.key_prefix, attributes=attrs, batch_size=SCAN_BATCH
         ):
-            ctx.check("the next batch of the walk")
             summary.items_scanned += len(ids)
-            hits, mode = milvus.neighbours(
-                collection, vectors, threshold, limit, mode=mode, key_prefix=flt.key_prefix, attributes=attrs
-            )
-            for item_id, near in zip(ids.tolist(), hits, strict=True):
-                if len(near) >= limit:
-                    summary.capped_items += 1
-                for other, _dist in near:
-                    if other == item_id:
-                        continue
-                    if item_id < other:  # each pair is seen from both ends; count it once
-                        summary.pairs += 1
-                    uf.union(item_id, other)
+            for start in range(0, len(ids), SEARCH_BATCH):
+                ctx.check("the next batch of the walk")
+                batch_ids = ids[start : start + SEARCH_BATCH].tolist()
+                hits, mode = milvus.neighbours(
+                    collection,
+                    vectors[start : start + SEARCH_BATCH],
+                    threshold,
+                    limit,
+                    mode=mode,
+                    key_prefix=flt.key_prefix,
+                    attributes=attrs,
+                )
+                for item_id, near in zip(batch_ids, hits, strict=True):
+                    if len(near) >= limit:
+                        summary.capped_items += 1
+                    for other, _dist in near:
+                        if other == item_id:
+                            continue
+                        if item_id < other:  # each pair is seen from both ends; count it once
+                            summary.pairs += 1
+                        uf.union(item_id, other)
         summary.search_mode = mode
         return uf
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from lookalike.client import DuplicateGroup, DuplicatesSummary, LookalikeClient
 from lookalike.errors import InvalidArgumentError, LookalikeError, NotFoundError
@@ -26,31 +27,33 @@ from lookalike.v1 import lookalike_pb2 as pb
 MODEL = "mobilenet_v2"
 
 
-def _png(img: Image.Image, **kw: object) -> bytes:
+def _png(img: Image.Image, tag: str, **kw: object) -> bytes:
+    info = PngInfo()
+    info.add_text("test", tag)  # unique bytes per test run: content dedupe never merges with other tests
     buf = io.BytesIO()
-    img.save(buf, format="PNG", **kw)
+    img.save(buf, format="PNG", pnginfo=info, **kw)
     return buf.getvalue()
 
 
-def _jpeg(img: Image.Image, quality: int) -> bytes:
+def _jpeg(img: Image.Image, tag: str, quality: int) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality, comment=tag.encode())
     return buf.getvalue()
 
 
-def planted_variants(path: Path) -> dict[str, bytes]:
-    """The original's bytes and edited copies of it (the demo's planted copies)."""
+def planted_variants(path: Path, tag: str) -> dict[str, bytes]:
+    """The photo (as a PNG tagged with ``tag``) and edited copies of it (the demo's planted copies)."""
     with Image.open(path) as im:
-        img = im.convert("RGB")
+        img = ImageOps.exif_transpose(im).convert("RGB")
     w, h = img.size
     return {
-        "orig": path.read_bytes(),
-        # Same pixels, other bytes: an exact copy by embedding (no content dedupe applies).
-        "resave": _png(img, compress_level=1),
-        "scale50": _png(img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS)),
-        "jpeg60": _jpeg(img, 60),
-        "crop90": _png(img.crop((w // 20, h // 20, w - w // 20, h - h // 20))),
-        "bright": _png(ImageEnhance.Brightness(img).enhance(1.15)),
+        "orig": _png(img, tag),
+        # Same pixels, other bytes: an exact copy by embedding (content dedupe does not apply).
+        "resave": _png(img, tag, compress_level=1),
+        "scale50": _png(img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS), tag),
+        "jpeg60": _jpeg(img, tag, 60),
+        "crop90": _png(img.crop((w // 20, h // 20, w - w // 20, h - h // 20)), tag),
+        "bright": _png(ImageEnhance.Brightness(img).enhance(1.15), tag),
     }
 
 
@@ -99,13 +102,13 @@ def planted(live_server, photos: list[Path]) -> dict[str, object]:  # type: igno
     """Four photos with edited copies, and four photos alone, indexed under a fresh prefix."""
     prefix = f"dupes-{uuid.uuid4().hex[:8]}/"
     items: dict[str, bytes] = {}
-    for p in photos[:4]:
-        for name, data in planted_variants(p).items():
+    for p in photos[:8]:
+        variants = planted_variants(p, prefix) if p in photos[:4] else {"orig": planted_variants(p, prefix)["orig"]}
+        for name, data in variants.items():
             items[f"{prefix}{p.stem}/{name}"] = data
-    for p in photos[4:8]:
-        items[f"{prefix}{p.stem}/orig"] = p.read_bytes()
+    # Originals first, as in a library where copies come later: the earliest id represents a group.
+    keys = sorted(items, key=lambda k: not k.endswith("/orig"))
     with LookalikeClient(live_server.target, timeout=120) as client:
-        keys = list(items)
         ids = {}
         for i in range(0, len(keys), 8):
             chunk = keys[i : i + 8]
@@ -229,20 +232,24 @@ def test_cli_dupes_finds_every_planted_copy_on_a_demo_folder(  # type: ignore[no
     (demo / "copies").mkdir(parents=True)
     planted: dict[str, str] = {}  # planted copy's key -> its original's key
     for p in photos:
-        (demo / p.name).write_bytes(p.read_bytes())
+        (demo / f"{p.stem}.png").write_bytes(planted_variants(p, name)["orig"])
     for p in photos[:3]:
-        for edit, data in planted_variants(p).items():
+        for edit, data in planted_variants(p, name).items():
             if edit == "orig":
                 continue
             copy = demo / "copies" / f"{p.stem}_{edit}.{'jpg' if edit.startswith('jpeg') else 'png'}"
             copy.write_bytes(data)
-            planted[f"{name}/copies/{copy.name}"] = f"{name}/{p.name}"
+            planted[f"{name}/copies/{copy.name}"] = f"{name}/{p.stem}.png"
     # A byte-for-byte copy is the same content: the index recognises it, so it is no new item.
-    (demo / "copies" / f"bytecopy_{photos[3].name}").write_bytes(photos[3].read_bytes())
+    (demo / "copies" / f"bytecopy_{photos[3].stem}.png").write_bytes((demo / f"{photos[3].stem}.png").read_bytes())
 
     target = ["--target", live_server.target]
+    # The library first, then the folder of copies (so each original is the earliest of its group).
+    assert main([*target, "index", str(demo), "--key-prefix", f"{name}/", "-q"]) == 0
+    assert f"{len(photos)} indexed, 0 already indexed" in capsys.readouterr().out
     assert main([*target, "index", str(demo), "-r", "--key-prefix", f"{name}/", "-q"]) == 0
-    assert "1 already indexed" in capsys.readouterr().out
+    # The originals again, and the byte-for-byte copy: same content, no new item.
+    assert f"{len(planted)} indexed, {len(photos) + 1} already indexed" in capsys.readouterr().out
     page = tmp_path / "dupes.html"
     rc = main(
         [
@@ -271,7 +278,7 @@ def test_cli_dupes_finds_every_planted_copy_on_a_demo_folder(  # type: ignore[no
         assert copy in out
     exact = {m.key for g in groups for m in g.copies if m.exact}
     assert exact == {k for k in planted if "_resave" in k}, "only pixel-identical copies are exact"
-    distinct = {f"{name}/{p.name}" for p in photos[3:]}
+    distinct = {f"{name}/{p.stem}.png" for p in photos[3:]}
     assert not distinct & set(group_of), "a distinct photo was grouped"
     html = page.read_text()
     assert html.count('class="group"') == len(groups) == 3
