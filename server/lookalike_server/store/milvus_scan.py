@@ -129,10 +129,10 @@ class MilvusScans(MilvusCollections):
         filtered = bool(key_prefix or attributes)
         params: dict[str, Any] = search_params(self._config, self._index_type, limit, filtered=filtered)
         if mode == RANGE:
-            ranged = {"metric_type": METRIC, "params": dict(params["params"])}
             # radius is exclusive for L2 (distance < radius): nudge it so a
             # hit exactly at the threshold counts, then cut exactly below.
-            ranged["params"]["radius"] = float(radius) * (1 + 1e-6) + 1e-9
+            inner: dict[str, Any] = {**params["params"], "radius": float(radius) * (1 + 1e-6) + 1e-9}
+            ranged = {"metric_type": METRIC, "params": inner}
             try:
                 return self._cut(self._search(collection, arr, expr, limit, ranged), radius), RANGE
             except errors.Unavailable:
