@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance, ImageOps, ImageStat
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
@@ -85,6 +85,20 @@ EDITS = {
 }
 
 
+def _blank_centre(img: Image.Image) -> bool:
+    """True when what both models see (shorter side to 256, centre 224 crop) is one flat colour.
+
+    Such images (white RGBA overlays, wallpapers whose pattern lies at the edges) all embed
+    to the same vector: they are the same input to the model, not distinct photos.
+    """
+    w, h = img.size
+    scale = 256 / min(w, h)
+    small = img.resize((max(224, round(w * scale)), max(224, round(h * scale))))
+    left, top = (small.width - 224) // 2, (small.height - 224) // 2
+    crop = small.crop((left, top, left + 224, top + 224))
+    return max(ImageStat.Stat(crop).stddev) < 2.0
+
+
 def find_photos(dirs: list[Path]) -> list[Path]:
     """Every photo under the given folders (sorted, de-duplicated by content)."""
     seen: set[bytes] = set()
@@ -123,11 +137,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     originals: list[bytes] = []
     copies: dict[str, list[bytes]] = {name: [] for name in EDITS}
     kept: list[Path] = []
+    blank: list[Path] = []
     seen_pixels: set[str] = set()
     for p in photos:
         with Image.open(p) as im:
             # Upright as the server sees it (it applies EXIF orientation too).
             img = ImageOps.exif_transpose(im).convert("RGB")
+        if _blank_centre(img):
+            blank.append(p)
+            continue
         pixels = hashlib.sha256(img.tobytes() + str(img.size).encode()).hexdigest()
         if pixels in seen_pixels:  # the same picture in two files is no pair of distinct photos
             continue
@@ -154,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "photos": len(photos),
         "files_seen": len(find_photos([Path(d) for d in args.photos])),
+        "left_out_blank_centre": [str(p) for p in blank],
         "photo_sets": args.photos,
         "edits": list(EDITS),
         "mirror_twins_left_out": len(twins),
@@ -207,7 +226,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['photos']} photos ({', '.join(report['photo_sets'])}), each embedded as is "
         f"(wallpapers first scaled to {MAX_SIDE} px) and after "
         f"{len(report['edits'])} edits; distinct = every pair of different originals "
-        f"({report['mirror_twins_left_out']} mirror twins left out). Threshold = the "
+        f"({report['mirror_twins_left_out']} mirror twins left out; "
+        f"{len(report['left_out_blank_centre'])} images whose centre crop is one flat colour, and pixel-identical "
+        f"files, left out: {report['files_seen']} files seen). Threshold = the "
         f"{report['fp_quantile'] * 100:g} % quantile of distinct pairs, rounded down to 0.01. "
         f"Machine: {report['machine']['cpus']} CPUs, shared with other engineers' work (timings only indicative).",
         "",

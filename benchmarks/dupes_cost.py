@@ -62,7 +62,9 @@ def populate(data_dir: Path, n: int, seed: int = 7) -> dict[str, Any]:
     # appendfsync no: the fill is a benchmark set-up, not data to keep (fsync per record
     # would make 100k items take most of an hour); the server then runs with its defaults.
     config = load_config(["--data-dir", str(data_dir), "--redis-url", "", "--redis-appendfsync", "no"])
-    milvus = MilvusStore(replace(config.milvus, flush_rows=0), str(data_dir / "milvus.db"))
+    # Flushed every 2000 rows (Lite scans unflushed rows slowly); one Lite flush or
+    # upsert may take longer than the server's 10 s call timeout on a busy box.
+    milvus = MilvusStore(replace(config.milvus, flush_rows=BATCH, timeout_s=600.0), str(data_dir / "milvus.db"))
     redis = RedisStore(config.redis, str(data_dir))
     coll = milvus.ensure_collection(MODEL, VERSION, DIM)
     mkey = model_key(MODEL, VERSION)
@@ -140,7 +142,9 @@ def walk(data_dir: Path, threshold: float, timeout_s: float | None) -> dict[str,
 
     log_path = data_dir / "server.log"
     cmd = [sys.executable, "-m", "lookalike_server", "--port", "0", "--data-dir", str(data_dir)]
-    cmd += ["--redis-url", "", "--grace-s", "1", "--models-only", MODEL]
+    # --milvus-timeout-s 120: loading a 20k-row Lite collection took longer than the default
+    # 10 s per call on the shared 2-core box (the server then refuses to start).
+    cmd += ["--redis-url", "", "--grace-s", "1", "--models-only", MODEL, "--milvus-timeout-s", "120"]
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -199,6 +203,7 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[s
         "backend": "Milvus Lite 3.2.2 (IVF_FLAT, the embedded default) + embedded Redis",
         "threshold": args.threshold,
         "dim": DIM,
+        "server_flags": "--milvus-timeout-s 120 (default 10)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True, "nice": 19},
         "rows": rows,
     }

@@ -283,3 +283,19 @@ def test_cli_dupes_finds_every_planted_copy_on_a_demo_folder(  # type: ignore[no
     html = page.read_text()
     assert html.count('class="group"') == len(groups) == 3
     assert html.count("<img") == sum(len(g.members) for g in groups)  # every member has its thumbnail
+
+
+def test_aio_client_gives_the_same_groups(live_server, planted) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from lookalike.aio import AsyncLookalikeClient
+
+    async def walk() -> list[object]:
+        async with AsyncLookalikeClient(live_server.target) as client:
+            return [part async for part in client.find_duplicates(MODEL, key_prefix=planted["prefix"], page_size=2)]
+
+    parts = asyncio.run(walk())
+    with LookalikeClient(live_server.target) as client:
+        groups, _ = run_dupes(client, key_prefix=planted["prefix"])
+    assert isinstance(parts[-1], DuplicatesSummary)
+    assert parts[:-1] == groups

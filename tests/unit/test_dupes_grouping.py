@@ -76,3 +76,20 @@ def test_assembler_joins_pages_and_rejects_disorder() -> None:
     bad.feed(_page(1, 3, 0, True, [1, 2]))
     with pytest.raises(ValueError):
         bad.feed(_page(5, 2, 0, False, [5, 6]))  # another group before the first ended
+
+
+def test_walk_slots_refuse_beyond_the_limit_and_come_back() -> None:
+    from lookalike_server.admission import Admission
+    from lookalike_server.config import LimitsConfig
+    from lookalike_server.errors import Overloaded
+
+    admission = Admission(LimitsConfig(max_dupes_walks=1), {"m": 8})
+    permit = admission.admit_walk("FindDuplicates")
+    with pytest.raises(Overloaded) as info:
+        admission.admit_walk("FindDuplicates")
+    assert "max_dupes_walks" in info.value.message
+    assert admission.stats().rejected == {"walks": 1} and admission.stats().inflight_walks == 1
+    permit.release()
+    permit.release()  # idempotent
+    admission.admit_walk("FindDuplicates").release()
+    assert admission.stats().inflight_walks == 0
