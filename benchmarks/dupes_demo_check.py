@@ -9,8 +9,9 @@ and a brightness change, in a ``copies/`` folder indexed after the library.
 Then it runs ``lookalike dupes --json`` for each model and checks:
 
 * every planted copy (byte copies aside: content dedupe makes them the same
-  item, and ``lookalike index`` reports them "already indexed") is in the group
-  its original represents;
+  item, and ``lookalike index`` reports them "already indexed") is in its
+  original's group (and how often that group is represented by the original
+  rather than by an earlier, similar photo);
 * the exact members are exactly the re-saves, and no two distinct photos of the
   set are marked exact (photos whose decoded pixels are identical are counted
   apart: they *are* exact copies);
@@ -123,26 +124,31 @@ def main(argv: list[str] | None = None) -> int:
     twins_of = {n: set(names) for names in by_pixels.values() for n in names}
     report["library_files_with_a_pixel_identical_twin"] = sorted(same_pixels)
 
+    (work / "data").mkdir(mode=0o700)
     with running_server(work / "data", []) as target:
         t0 = time.perf_counter()
-        report["index_library"] = cli(target, "index", str(library), "-q").strip()
-        report["index_copies"] = cli(target, "index", str(library), "-r", "-q").strip()
+        # Keys are "lib/<file>" and "lib/copies/<file>" (the path relative to the folder, prefixed).
+        report["index_library"] = cli(target, "index", str(library), "--key-prefix", "lib/", "-q").strip()
+        report["index_copies"] = cli(target, "index", str(library), "-r", "--key-prefix", "lib/", "-q").strip()
         report["index_s"] = round(time.perf_counter() - t0, 1)
         models = [line.split()[0] for line in cli(target, "models").splitlines() if line and not line[0].isspace()]
         for model in models:
             t0 = time.perf_counter()
             out = json.loads(cli(target, "dupes", "--model", model, "--json"))
             groups = out["groups"]
-            rep_of = {m["key"]: g["members"][0]["key"] for g in groups for m in g["members"]}
-            exact = {m["key"] for g in groups for m in g["members"][1:] if m["exact"]}
-            missed = []
+            rep_of = {m["key"][4:]: g["members"][0]["key"][4:] for g in groups for m in g["members"]}
+            exact = {m["key"][4:] for g in groups for m in g["members"][1:] if m["exact"]}
+            missed, led_by_original = [], 0
             for orig, files in planted.items():
                 for edit, path in files.items():
                     if edit == "bytecopy":
                         continue  # the same content: no item of its own
                     key = f"copies/{path.name}"
-                    if rep_of.get(key) not in twins_of[orig]:  # its original, or a pixel twin of it
+                    rep = rep_of.get(key)
+                    if rep is None or rep != rep_of.get(orig):  # not grouped with its original
                         missed.append(key)
+                    elif rep in twins_of[orig]:  # represented by its original (or a pixel twin of it)
+                        led_by_original += 1
             resaves = {f"copies/{files['resave'].name}" for files in planted.values()}
             library_keys = {p.name for p in originals}
             distinct_exact = sorted(k for k in exact if k in library_keys and k not in same_pixels)
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "groups": len(groups),
                 "planted_copies": sum(len(f) - 1 for f in planted.values()),
                 "planted_copies_missed": missed,
+                "planted_copies_whose_group_the_original_represents": led_by_original,
                 "exact_are_exactly_the_resaves": exact - set(same_pixels) == resaves,
                 "distinct_photos_marked_exact": distinct_exact,
                 "distinct_photos_grouped_as_similar": grouped_distinct,

@@ -11,8 +11,8 @@ The walk, in two phases, each with bounded memory:
    neighbour, never the whole index.
 2. **Groups.** Each connected component (by smallest id) gets its records
    from Redis (only *complete* records listing this model count, as in
-   Search) and its vectors from Milvus, is split by leaders so that it cannot
-   chain (:mod:`lookalike_server.dupes_grouping`), and each group is yielded
+   Search) and its vectors from Milvus, is split by complete linkage so that
+   it cannot chain (:mod:`lookalike_server.dupes_grouping`), and each group is yielded
    in pages of ``page_size`` members as soon as it is ready.
 
 Exact copies are members with the representative's content hash, or with a
@@ -177,7 +177,7 @@ class DuplicateFinder:
         exact_only: bool,
         summary: DupesSummary,
     ) -> Iterator[list[GroupPage]]:
-        """Phase 2 for one component: records, vectors, leader split, pages."""
+        """Phase 2 for one component: records, vectors, the split, pages."""
         redis, milvus = self.stores.redis, self.stores.milvus
         model_key = self._ingest.keys[model]
         records = {}

@@ -8,17 +8,25 @@ the index and feeds them.
 about ``a`` and ``c``. Connected components of the pair graph therefore chain:
 a slow series of edits (or a dense cluster of similar but distinct photos)
 ends up as one group whose ends look nothing alike. So components are only
-the first cut (cheap, from the pairs alone); each component is then split
-greedily by *leaders*: the earliest id not yet placed becomes a
-representative, and every unplaced member within ``t`` of it joins its group.
+the first cut (cheap, from the pairs alone); each component is then split by
+*complete linkage*: its pairs are taken closest first, and two groups merge
+only when every member of one is within ``t`` of every member of the other.
 The result:
 
-* every member of a group is within ``t`` of its representative (so any two
-  members are within ``4t``: squared L2 is a squared metric, so
-  ``sqrt(d(a, c)) <= sqrt(d(a, r)) + sqrt(d(r, c))``);
-* no item is in two groups, and an item whose only near neighbours were taken
-  by an earlier leader may end up alone (it is then not reported);
-* the grouping is deterministic: leaders in id order, ties impossible.
+* any two members of a group are within ``t`` of each other (the group's
+  diameter is at most ``t``), so nothing chains;
+* copies, being closest, join their original first; a distinct but similar
+  photo joins that group only if it is near every copy too, so a neighbour
+  never pulls an original away from its copies;
+* no item is in two groups; an item whose near neighbours all ended in groups
+  it is not near enough to stays alone (it is then not reported);
+* the grouping is deterministic: pairs by distance, ties by id.
+
+A component of more than :data:`MAX_LINKAGE` items (its distance matrix would
+not be small) is split by *leaders* instead: the earliest unplaced id takes
+every unplaced item within ``t`` of it (members within ``t`` of the
+representative, so within ``4t`` of each other: squared L2 is the square of a
+metric).
 
 **Representative = the earliest (lowest) id.** Ids grow with insertion, so the
 earliest copy indexed, which in a photo library is usually the original. A
@@ -33,7 +41,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Grouped", "UnionFind", "components", "split_component"]
+__all__ = ["MAX_LINKAGE", "Grouped", "UnionFind", "components", "split_component"]
+
+#: Largest component split by complete linkage (its distance matrix: 4000² float32 = 64 MB);
+#: larger ones are split by leaders.
+MAX_LINKAGE = 4000
 
 
 class UnionFind:
@@ -106,13 +118,20 @@ class Grouped:
 
 
 def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold: float) -> list[Grouped]:
-    """Splits one component into leader groups (see the module docstring).
+    """Splits one component into groups of diameter at most ``threshold`` (see the module docstring).
+
+    Complete linkage over the component's pairs, closest first: two groups merge
+    only when every member of one is within ``threshold`` of every member of
+    the other. Copies (small distances) therefore join their original before a
+    merely similar photo can, and a similar photo joins only if it is near all
+    of them. Components larger than :data:`MAX_LINKAGE` (their distance matrix
+    would not be small) are split by leaders instead.
 
     Args:
         ids: The component's ids (any order); ids absent from ``vectors`` (an
             item deleted during the walk) are dropped.
         vectors: Normalised vectors by id.
-        threshold: Squared L2 distance within which a member joins a leader.
+        threshold: Largest distance between two members of a group.
 
     Returns:
         Groups of two or more members, ordered by representative id.
@@ -121,6 +140,40 @@ def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold
     if len(present) < 2:
         return []
     mat = np.stack([vectors[i] for i in present]).astype(np.float32, copy=False)
+    if len(present) > MAX_LINKAGE:
+        return _leader_split(present, mat, threshold)
+    sq = np.einsum("ij,ij->i", mat, mat)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (mat @ mat.T), 0.0)
+    np.fill_diagonal(dist, 0.0)
+    ii, jj = np.nonzero(np.triu(dist <= threshold, k=1))
+    order = np.lexsort((jj, ii, dist[ii, jj]))  # closest first; ties by position (= id order)
+    label = list(range(len(present)))
+    members: dict[int, list[int]] = {i: [i] for i in range(len(present))}
+    for k in order:
+        a, b = label[ii[k]], label[jj[k]]
+        if a == b:
+            continue
+        if dist[np.ix_(members[a], members[b])].max() > threshold:
+            continue
+        if len(members[a]) < len(members[b]):
+            a, b = b, a
+        for m in members[b]:
+            label[m] = a
+        members[a].extend(members.pop(b))
+    groups = []
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        lead = min(rows)  # positions follow id order: the earliest id
+        d = dist[lead, rows]
+        order_in = np.lexsort((np.asarray(rows), d))
+        groups.append(Grouped(present[lead], [present[rows[o]] for o in order_in], [float(d[o]) for o in order_in]))
+    groups.sort(key=lambda g: g.representative)
+    return groups
+
+
+def _leader_split(present: list[int], mat: np.ndarray, threshold: float) -> list[Grouped]:
+    """Leaders in id order, each taking every unplaced item within ``threshold`` (large components)."""
     id_arr = np.asarray(present, dtype=np.int64)
     unplaced = np.ones(len(present), dtype=bool)
     groups: list[Grouped] = []

@@ -58,35 +58,23 @@ def planted_variants(path: Path, tag: str) -> dict[str, bytes]:
 
 
 def brute_force_groups(ids: list[int], vectors: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups as documented, computed independently: components, then leaders by id."""
+    """Groups as documented, computed independently: components, then complete linkage closest first."""
     order = np.argsort(ids)
     ids = [ids[i] for i in order]
-    vectors = vectors[order]
+    vectors = vectors[order].astype(np.float64)
     d = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
     n = len(ids)
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for a, b in itertools.combinations(range(n), 2):
-        if d[a, b] <= threshold:
-            parent[find(b)] = find(a)
-    comps: dict[int, list[int]] = {}
-    for i in range(n):
-        comps.setdefault(find(i), []).append(i)
-    groups = []
-    for comp in comps.values():
-        unplaced = sorted(comp)
-        while unplaced:
-            lead, rest = unplaced[0], unplaced[1:]
-            near = [j for j in rest if d[lead, j] <= threshold]
-            if near:
-                groups.append(sorted([ids[lead]] + [ids[j] for j in near]))
-            unplaced = [j for j in rest if j not in near]
-    return sorted(groups)
+    group = {i: {i} for i in range(n)}  # position -> the set it belongs to (shared objects)
+    pairs = sorted((d[a, b], a, b) for a, b in itertools.combinations(range(n), 2) if d[a, b] <= threshold)
+    for _dist, a, b in pairs:
+        ga, gb = group[a], group[b]
+        if ga is gb or any(d[x, y] > threshold for x in ga for y in gb):
+            continue
+        merged = ga | gb
+        for x in merged:
+            group[x] = merged
+    unique = {id(g): g for g in group.values()}.values()
+    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
 
 
 def run_dupes(client: LookalikeClient, **kw: object) -> tuple[list[DuplicateGroup], DuplicatesSummary]:

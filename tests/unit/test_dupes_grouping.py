@@ -27,17 +27,40 @@ def test_union_find_keeps_only_paired_ids_and_orders_sets() -> None:
 
 
 def test_split_stops_a_chain() -> None:
-    # Points on a circle 0.3 rad apart: neighbours are within the threshold, the ends are not.
-    angles = [0.0, 0.3, 0.6, 0.9]
+    # Points on a circle with growing steps: neighbours are within the threshold, nothing farther is.
+    angles = [0.0, 0.30, 0.62, 0.95]
     vectors = {i + 1: _unit([np.cos(a), np.sin(a)]) for i, a in enumerate(angles)}
-    step = float(((vectors[1] - vectors[2]) ** 2).sum())
+    step = float(((vectors[3] - vectors[4]) ** 2).sum())  # the largest step
     threshold = step * 1.01
     assert components([(1, 2), (2, 3), (3, 4)]) == [[1, 2, 3, 4]]  # one chained component
     groups = split_component([1, 2, 3, 4], vectors, threshold)
-    # Leader 1 takes 2 only; leader 3 takes 4: no member is farther than the threshold from its leader.
+    # 1-2 merge first (closest); 2-3 cannot (1 and 3 are too far apart); 3-4 merge.
     assert [(g.representative, g.members) for g in groups] == [(1, [1, 2]), (3, [3, 4])]
     for g in groups:
         assert all(d <= threshold for d in g.distances) and g.distances[0] == 0.0
+
+
+def test_copies_stay_with_their_original_when_a_similar_photo_came_first() -> None:
+    # 1 is a similar but distinct photo indexed first; 2 the original; 3 and 4 its copies.
+    # 1 is within the threshold of 2 but not of the copies: it must not take 2 from them.
+    vectors = {1: _unit([1.0, 0.0]), 2: _unit([np.cos(0.5), np.sin(0.5)])}
+    vectors[3] = _unit([np.cos(0.6), np.sin(0.6)])
+    vectors[4] = _unit([np.cos(0.65), np.sin(0.65)])
+    threshold = float(((vectors[1] - vectors[2]) ** 2).sum()) * 1.01
+    assert float(((vectors[1] - vectors[3]) ** 2).sum()) > threshold
+    (group,) = split_component([1, 2, 3, 4], vectors, threshold)
+    assert group.members == [2, 3, 4] and group.representative == 2
+
+
+def test_large_components_fall_back_to_leaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lookalike_server.dupes_grouping as grouping
+
+    monkeypatch.setattr(grouping, "MAX_LINKAGE", 2)
+    angles = [0.0, 0.30, 0.62, 0.95]
+    vectors = {i + 1: _unit([np.cos(a), np.sin(a)]) for i, a in enumerate(angles)}
+    threshold = float(((vectors[3] - vectors[4]) ** 2).sum()) * 1.01
+    groups = grouping.split_component([1, 2, 3, 4], vectors, threshold)
+    assert [g.members for g in groups] == [[1, 2], [3, 4]]
 
 
 def test_split_orders_members_by_distance_and_drops_missing_ids() -> None:
