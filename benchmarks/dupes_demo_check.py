@@ -149,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
                         missed.append(key)
                     elif rep in twins_of[orig]:  # represented by its original (or a pixel twin of it)
                         led_by_original += 1
+            # How far each missed copy is from its original (the same model, via Embed).
+            missed_distance = {}
+            if missed:
+                from lookalike.client import LookalikeClient
+
+                with LookalikeClient(target, timeout=600) as client:
+                    for key in missed:
+                        orig_name = next(o for o, f in planted.items() if any(key.endswith(p.name) for p in f.values()))
+                        vecs = client.embed([library / orig_name, library / key], model)
+                        missed_distance[key] = round(float(((vecs[0] - vecs[1]) ** 2).sum()), 4)
             resaves = {f"copies/{files['resave'].name}" for files in planted.values()}
             library_keys = {p.name for p in originals}
             distinct_exact = sorted(k for k in exact if k in library_keys and k not in same_pixels)
@@ -161,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 "groups": len(groups),
                 "planted_copies": sum(len(f) - 1 for f in planted.values()),
                 "planted_copies_missed": missed,
+                "missed_copy_distance_to_original": missed_distance,
                 "planted_copies_whose_group_the_original_represents": led_by_original,
                 "exact_are_exactly_the_resaves": exact - set(same_pixels) == resaves,
                 "distinct_photos_marked_exact": distinct_exact,

@@ -9,24 +9,26 @@ about ``a`` and ``c``. Connected components of the pair graph therefore chain:
 a slow series of edits (or a dense cluster of similar but distinct photos)
 ends up as one group whose ends look nothing alike. So components are only
 the first cut (cheap, from the pairs alone); each component is then split by
-*complete linkage*: its pairs are taken closest first, and two groups merge
-only when every member of one is within ``t`` of every member of the other.
-The result:
+*linkage to the representative*: its pairs are taken closest first, and two
+groups merge only when every member of both is within ``t`` of the merged
+group's representative (its earliest id). The result:
 
-* any two members of a group are within ``t`` of each other (the group's
-  diameter is at most ``t``), so nothing chains;
+* every member of a group is within ``t`` of its representative (so any two
+  members within ``4t``: squared L2 is the square of a metric), so nothing
+  chains;
 * copies, being closest, join their original first; a distinct but similar
-  photo joins that group only if it is near every copy too, so a neighbour
-  never pulls an original away from its copies;
+  photo indexed earlier would become the representative, so it joins only if
+  it is near every copy too: a neighbour never pulls an original away from its
+  copies (splitting by leaders in id order would: the earlier photo leads,
+  takes the original, and leaves the copies it is not near);
 * no item is in two groups; an item whose near neighbours all ended in groups
-  it is not near enough to stays alone (it is then not reported);
+  whose representative it is not near stays alone (it is then not reported);
 * the grouping is deterministic: pairs by distance, ties by id.
 
 A component of more than :data:`MAX_LINKAGE` items (its distance matrix would
 not be small) is split by *leaders* instead: the earliest unplaced id takes
 every unplaced item within ``t`` of it (members within ``t`` of the
-representative, so within ``4t`` of each other: squared L2 is the square of a
-metric).
+representative, as above).
 
 **Representative = the earliest (lowest) id.** Ids grow with insertion, so the
 earliest copy indexed, which in a photo library is usually the original. A
@@ -43,7 +45,7 @@ import numpy as np
 
 __all__ = ["MAX_LINKAGE", "Grouped", "UnionFind", "components", "split_component"]
 
-#: Largest component split by complete linkage (its distance matrix: 4000² float32 = 64 MB);
+#: Largest component split by linkage to the representative (its distance matrix: 4000² float32 = 64 MB);
 #: larger ones are split by leaders.
 MAX_LINKAGE = 4000
 
@@ -118,14 +120,15 @@ class Grouped:
 
 
 def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold: float) -> list[Grouped]:
-    """Splits one component into groups of diameter at most ``threshold`` (see the module docstring).
+    """Splits one component into star groups around their earliest id (see the module docstring).
 
-    Complete linkage over the component's pairs, closest first: two groups merge
-    only when every member of one is within ``threshold`` of every member of
-    the other. Copies (small distances) therefore join their original before a
-    merely similar photo can, and a similar photo joins only if it is near all
-    of them. Components larger than :data:`MAX_LINKAGE` (their distance matrix
-    would not be small) are split by leaders instead.
+    The component's pairs are taken closest first; two groups merge only when
+    every member of both is within ``threshold`` of the merged group's
+    representative (its earliest id). Copies (small distances) therefore join
+    their original before a merely similar photo can, and a similar photo
+    indexed earlier joins only if it is near all of them. Components larger
+    than :data:`MAX_LINKAGE` (their distance matrix would not be small) are
+    split by leaders instead.
 
     Args:
         ids: The component's ids (any order); ids absent from ``vectors`` (an
@@ -149,17 +152,21 @@ def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold
     order = np.lexsort((jj, ii, dist[ii, jj]))  # closest first; ties by position (= id order)
     label = list(range(len(present)))
     members: dict[int, list[int]] = {i: [i] for i in range(len(present))}
+    lead = list(range(len(present)))  # per group label: its earliest position (= id order)
     for k in order:
         a, b = label[ii[k]], label[jj[k]]
         if a == b:
             continue
-        if dist[np.ix_(members[a], members[b])].max() > threshold:
+        new_lead = min(lead[a], lead[b])
+        # The merged group's representative must be within the threshold of all its members.
+        if max(dist[new_lead, members[a]].max(), dist[new_lead, members[b]].max()) > threshold:
             continue
         if len(members[a]) < len(members[b]):
             a, b = b, a
         for m in members[b]:
             label[m] = a
         members[a].extend(members.pop(b))
+        lead[a] = new_lead
     groups = []
     for rows in members.values():
         if len(rows) < 2:

@@ -58,7 +58,8 @@ def planted_variants(path: Path, tag: str) -> dict[str, bytes]:
 
 
 def brute_force_groups(ids: list[int], vectors: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups as documented, computed independently: components, then complete linkage closest first."""
+    """Groups as documented, computed independently: pairs closest first, merged while the
+    merged group's earliest id is within the threshold of every member."""
     order = np.argsort(ids)
     ids = [ids[i] for i in order]
     vectors = vectors[order].astype(np.float64)
@@ -68,7 +69,8 @@ def brute_force_groups(ids: list[int], vectors: np.ndarray, threshold: float) ->
     pairs = sorted((d[a, b], a, b) for a, b in itertools.combinations(range(n), 2) if d[a, b] <= threshold)
     for _dist, a, b in pairs:
         ga, gb = group[a], group[b]
-        if ga is gb or any(d[x, y] > threshold for x in ga for y in gb):
+        rep = min(ga | gb)
+        if ga is gb or any(d[rep, x] > threshold for x in ga | gb):
             continue
         merged = ga | gb
         for x in merged:

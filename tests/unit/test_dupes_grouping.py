@@ -34,7 +34,7 @@ def test_split_stops_a_chain() -> None:
     threshold = step * 1.01
     assert components([(1, 2), (2, 3), (3, 4)]) == [[1, 2, 3, 4]]  # one chained component
     groups = split_component([1, 2, 3, 4], vectors, threshold)
-    # 1-2 merge first (closest); 2-3 cannot (1 and 3 are too far apart); 3-4 merge.
+    # 1-2 merge first (closest); 2-3 cannot (3 is too far from 1, the representative); 3-4 merge.
     assert [(g.representative, g.members) for g in groups] == [(1, [1, 2]), (3, [3, 4])]
     for g in groups:
         assert all(d <= threshold for d in g.distances) and g.distances[0] == 0.0
