@@ -11,7 +11,7 @@ The walk, in two phases, each with bounded memory:
    neighbour, never the whole index.
 2. **Groups.** Each connected component (by smallest id) gets its records
    from Redis (only *complete* records listing this model count, as in
-   Search) and its vectors from Milvus, is split by complete linkage so that
+   Search) and its vectors from Milvus, is split by linkage to its representative so that
    it cannot chain (:mod:`lookalike_server.dupes_grouping`), and each group is yielded
    in pages of ``page_size`` members as soon as it is ready.
 
