@@ -171,10 +171,10 @@ def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold
     for rows in members.values():
         if len(rows) < 2:
             continue
-        lead = min(rows)  # positions follow id order: the earliest id
-        d = dist[lead, rows]
+        first = min(rows)  # positions follow id order: the earliest id
+        d = dist[first, rows]
         order_in = np.lexsort((np.asarray(rows), d))
-        groups.append(Grouped(present[lead], [present[rows[o]] for o in order_in], [float(d[o]) for o in order_in]))
+        groups.append(Grouped(present[first], [present[rows[o]] for o in order_in], [float(d[o]) for o in order_in]))
     groups.sort(key=lambda g: g.representative)
     return groups
 
