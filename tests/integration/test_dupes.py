@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from lookalike.client import DuplicateGroup, DuplicatesSummary, LookalikeClient
-from lookalike.errors import InvalidArgumentError, LookalikeError, NotFoundError
+from lookalike.errors import InvalidArgumentError, LookalikeError, NotFoundError, ResourceExhaustedError
 from lookalike.v1 import lookalike_pb2 as pb
 
 MODEL = "mobilenet_v2"
@@ -289,3 +289,36 @@ def test_aio_client_gives_the_same_groups(live_server, planted) -> None:  # type
         groups, _ = run_dupes(client, key_prefix=planted["prefix"])
     assert isinstance(parts[-1], DuplicatesSummary)
     assert parts[:-1] == groups
+
+
+def _when_admitted(fn):  # type: ignore[no-untyped-def]
+    """``fn()``, retried while an earlier test's walk still holds the only walk slot."""
+    import time
+
+    for _ in range(100):
+        try:
+            return fn()
+        except ResourceExhaustedError:
+            time.sleep(0.1)  # a finished or cancelled walk's last step is still running
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            time.sleep(0.1)
+    pytest.fail("no walk slot came free in 10 s")
+
+
+def test_cancel_ends_the_walk_and_frees_its_slot(live_server, planted) -> None:  # type: ignore[no-untyped-def]
+    request = pb.FindDuplicatesRequest(model=MODEL, filter=pb.Filter(key_prefix=planted["prefix"]), page_size=1)
+    with LookalikeClient(live_server.target) as client:
+
+        def first_message():  # type: ignore[no-untyped-def]
+            call = client.stub.FindDuplicates(request, timeout=60)
+            return call, next(call)
+
+        call, first = _when_admitted(first_message)
+        assert first.WhichOneof("kind") == "group"
+        call.cancel()  # the walk holds the only slot (limits.max_dupes_walks = 1) until it notices
+        groups, _ = _when_admitted(lambda: run_dupes(client, key_prefix=planted["prefix"]))
+        assert groups
+        counts = client.stats().requests_by_status
+    assert counts.get("FindDuplicates:CANCELLED", 0) >= 1
