@@ -23,6 +23,7 @@ cancellation are checked between batches and between groups.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
     from lookalike_server.ingest import Ingestor
     from lookalike_server.store import Stores
 
+log = logging.getLogger(__name__)
+
+# A walk logs its progress this often (a large index takes minutes).
+PROGRESS_EVERY_S = 30.0
 # Rows per scan batch (and queries per radius search): large enough to
 # amortise a Milvus round trip, small enough that one batch of 1280-d vectors
 # stays a few MB.
@@ -139,10 +144,20 @@ class DuplicateFinder:
         attrs = flt.attributes or None
         uf = UnionFind()
         mode = RANGE
+        started = last_log = time.monotonic()
         for ids, vectors in milvus.scan_vectors(
             collection, key_prefix=flt.key_prefix, attributes=attrs, batch_size=SCAN_BATCH
         ):
             summary.items_scanned += len(ids)
+            if time.monotonic() - last_log >= PROGRESS_EVERY_S:
+                last_log = time.monotonic()
+                log.info(
+                    "FindDuplicates on %s: %d items scanned, %d pairs, %.0f s",
+                    collection,
+                    summary.items_scanned,
+                    summary.pairs,
+                    last_log - started,
+                )
             for start in range(0, len(ids), SEARCH_BATCH):
                 ctx.check("the next batch of the walk")
                 batch_ids = ids[start : start + SEARCH_BATCH].tolist()
