@@ -28,6 +28,7 @@ from lookalike.channel import (
     RetryPolicy,
     channel_options,
 )
+from lookalike.dupes import GroupAssembler, dupes_request
 from lookalike.errors import RETRIABLE_CODES, LookalikeError, ResourceExhaustedError, is_overload
 from lookalike.images import ImageInput, encode_image, is_image_input
 from lookalike.security import ChannelSecurity
@@ -339,6 +340,20 @@ class BaseClient:
 
     def _stats(self, reset: bool) -> PreparedCall:
         return PreparedCall(self._stub.GetStats, pb.GetStatsRequest(reset=reset), _stats)
+
+    def _find_duplicates(
+        self,
+        model: str | None,
+        threshold: float | None,
+        key_prefix: str | None,
+        attributes: Mapping[str, str] | None,
+        page_size: int,
+        exact_only: bool,
+    ) -> tuple[PreparedCall, GroupAssembler]:
+        """The server-streaming call and the assembler the shell feeds each message to."""
+        req = dupes_request(model, threshold, key_prefix, attributes, page_size, exact_only)
+        assembler = GroupAssembler()
+        return PreparedCall(self._stub.FindDuplicates, req, assembler.feed), assembler
 
     def _health(self, service: str) -> PreparedCall:
         health_pb2, health_pb2_grpc = _health_modules()

@@ -1,20 +1,22 @@
 """``asyncio`` client over ``grpc.aio``: the I/O shell of :class:`~lookalike._core.BaseClient`.
 
 Same arguments, same results, same retry rules (gRPC's service config) as
-:class:`lookalike.client.LookalikeClient`; methods are coroutines. Streams are not wrapped
-here: use ``client.stub`` (a ``grpc.aio`` stub) for them, with
-``metadata=client.call_metadata`` on a plaintext channel with a token.
+:class:`lookalike.client.LookalikeClient`; methods are coroutines. The two bidirectional
+streams are not wrapped here: use ``client.stub`` (a ``grpc.aio`` stub) for them, with
+``metadata=client.call_metadata`` on a plaintext channel with a token;
+:meth:`AsyncLookalikeClient.find_duplicates` is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from lookalike._core import _USE_DEFAULT, BaseClient, PreparedCall
+from lookalike.dupes import DuplicateGroup, DuplicatesSummary
 from lookalike.errors import from_rpc_error
 from lookalike.images import ImageInput
 from lookalike.types import (
@@ -114,3 +116,27 @@ class AsyncLookalikeClient(BaseClient):
     async def health(self, service: str = "", *, timeout: float | None = _USE_DEFAULT) -> str:
         """See :meth:`LookalikeClient.health`."""
         return await self._send(self._health(service), timeout)  # type: ignore[no-any-return]
+
+    async def find_duplicates(
+        self,
+        model: str | None = None,
+        *,
+        threshold: float | None = None,
+        key_prefix: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        exact_only: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[DuplicateGroup | DuplicatesSummary]:
+        """See :meth:`LookalikeClient.find_duplicates` (an async iterator here)."""
+        call, _ = self._find_duplicates(model, threshold, key_prefix, attributes, page_size, exact_only)
+        stream = call.rpc(call.request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for msg in stream:
+                out = call.convert(msg)
+                if out is not None:
+                    yield out
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            stream.cancel()

@@ -55,6 +55,7 @@ from lookalike._core import (
     _to_item,
 )
 from lookalike._streams import windowed_stream
+from lookalike.dupes import DuplicateGroup, DuplicateMember, DuplicatesSummary
 from lookalike.errors import (
     RETRIABLE_CODES,
     AbortedError,
@@ -111,6 +112,9 @@ __all__ = [
     "ChannelSecurity",
     "DeadlineExceededError",
     "DeleteResult",
+    "DuplicateGroup",
+    "DuplicateMember",
+    "DuplicatesSummary",
     "FailedPreconditionError",
     "FusedHit",
     "Fusion",
@@ -316,6 +320,54 @@ class LookalikeClient(BaseClient):
         return self._send(self._health(service), timeout)  # type: ignore[no-any-return]
 
     # -- streams --
+
+    def find_duplicates(
+        self,
+        model: str | None = None,
+        *,
+        threshold: float | None = None,
+        key_prefix: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        exact_only: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[DuplicateGroup | DuplicatesSummary]:
+        """Near-duplicate groups of one model's index, each as soon as the server has it.
+
+        The server walks the whole index (or what the filter keeps), so this takes a while
+        on a large one; groups stream in order of their representative, a large group in
+        several messages that are joined here. The last item yielded is the
+        :class:`DuplicatesSummary` (threshold applied, items scanned...). Not retried.
+
+        Args:
+            model: Model to compare under; ``None`` on a one-model server only.
+            threshold: Squared L2 distance to the representative; ``None`` = the model's
+                calibrated default (the summary says which was used).
+            key_prefix: Only items whose key starts with this.
+            attributes: Only items whose attributes equal all of these.
+            page_size: Members per message (0 = server default); any value gives whole groups.
+            exact_only: Only groups with at least one exact copy.
+            timeout: Deadline for the whole walk in seconds; ``None`` (default) for none.
+
+        Yields:
+            :class:`DuplicateGroup` objects, then one :class:`DuplicatesSummary`.
+
+        Raises:
+            InvalidArgumentError: A bad threshold, page size or filter (the message says which).
+            NotFoundError: No such model.
+            ResourceExhaustedError: Another walk is running; retry later.
+        """
+        call, _ = self._find_duplicates(model, threshold, key_prefix, attributes, page_size, exact_only)
+        stream = call.rpc(call.request, timeout=timeout, metadata=self._metadata)
+        try:
+            for msg in stream:
+                out = call.convert(msg)
+                if out is not None:
+                    yield out
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            stream.cancel()  # a consumer that stops early ends the server's walk too
 
     def insert_stream(
         self,

@@ -14,9 +14,13 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from lookalike.images import data_uri, thumbnail
 from lookalike.types import FusedHit, ModelHits
+
+if TYPE_CHECKING:
+    from lookalike.dupes import DuplicateGroup, DuplicatesSummary
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 1.5rem; color: #222; }
@@ -40,6 +44,15 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 .empty { color: #999; text-align: center; }
 .model.fused { background: #eef4fb; }
 .why { font-size: .75rem; color: #555; font-family: ui-monospace, monospace; }
+.group { background: #f6f7f9; border-radius: 8px; padding: .6rem; margin-bottom: 1rem; }
+.group h2 { font-size: 1rem; margin: .2rem 0 .6rem; }
+.members { display: flex; flex-wrap: wrap; gap: .6rem; }
+.member { background: #fff; border-radius: 6px; padding: .35rem; width: 200px; font-size: .8rem; }
+.member img, .member .noimg { width: 192px; height: 192px; object-fit: contain; display: flex;
+       align-items: center; justify-content: center; color: #999; border: 1px solid #e3e5e8; border-radius: 4px; }
+.member.rep { outline: 3px solid #2b6cb0; }
+.kind-exact { color: #b7791f; font-weight: bold; }
+.kind-similar { color: #2f855a; font-weight: bold; }
 """
 
 
@@ -132,4 +145,56 @@ def render_search_html(
         f'<div class="query">{query}{label}</div>'
         f'<div class="models" style="--ncols: {max(1, len(cols))}">{"".join(cols)}</div>'
         "</body></html>\n"
+    )
+
+
+def render_dupes_html(
+    groups: Sequence[DuplicateGroup],
+    summary: DuplicatesSummary,
+    thumbnails: Mapping[str, bytes | None],
+    title: str = "lookalike: near-duplicates",
+) -> str:
+    """Renders near-duplicate groups as one self-contained page: a row of thumbnails per group.
+
+    Args:
+        groups: Whole groups, representative first in each.
+        summary: The walk's summary (model, threshold, counts).
+        thumbnails: Key -> encoded image bytes (``None`` or absent: a placeholder is shown).
+        title: Page title and heading.
+
+    Returns:
+        The HTML document as a string.
+    """
+    sections: list[str] = []
+    for number, g in enumerate(groups, start=1):
+        cards = []
+        for i, m in enumerate(g.members):
+            if i == 0:
+                kind, cls = "representative", ""
+            else:
+                kind, cls = ("exact", "kind-exact") if m.exact else ("similar", "kind-similar")
+            cards.append(
+                f'<div class="member{" rep" if i == 0 else ""}">'
+                + _img_tag(thumbnails.get(m.key), m.key, 384)
+                + f'<div><span class="{cls}">{kind}</span> '
+                f'<span class="dist" title="squared L2 distance to the representative">d={m.distance:.4f}</span></div>'
+                f'<div class="key">{html.escape(m.key)}</div><div class="attrs">id {m.id}</div></div>'
+            )
+        sections.append(
+            f'<section class="group"><h2>Group {number}: {len(g.members)} items, {g.exact_count} exact</h2>'
+            f'<div class="members">{"".join(cards)}</div></section>'
+        )
+    which = "model default" if summary.default_threshold else "given"
+    body = "".join(sections) if sections else '<p class="empty">no near-duplicates</p>'
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>"
+        f'<div class="meta">model {html.escape(summary.model)} · threshold {summary.threshold:g} ({which}) · '
+        f"{summary.items_scanned} items scanned · {summary.groups} groups · distances are squared L2 to each "
+        f"group's representative (its earliest item) · generated {generated}</div>"
+        f"{body}</body></html>\n"
     )

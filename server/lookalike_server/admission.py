@@ -18,6 +18,10 @@ models disagree. Three budgets apply at once:
   seconds) must stay under ``limits.max_queue_wait_ms`` and under the
   call's remaining deadline, so a queue wait never outlives the request.
 
+Calls that walk a whole index (FindDuplicates) carry no image but cost
+minutes of Milvus time: :meth:`Admission.admit_walk` gives them a budget of
+their own (``limits.max_dupes_walks`` at once), counted under ``"walks"``.
+
 Beyond a server or model budget the call gets RESOURCE_EXHAUSTED at once,
 with a retry hint, instead of waiting behind work it cannot overtake. A
 permit is returned when the work it paid for has finished (not when the
@@ -57,16 +61,18 @@ class AdmissionStats:
     probed_images: int = 0
     inflight_images: int = 0
     inflight_pixels: int = 0
+    inflight_walks: int = 0
 
 
 class Permit:
     """What one admitted call holds; :meth:`release` is idempotent."""
 
-    def __init__(self, admission: Admission, images: int, pixels: int, models: tuple[str, ...]) -> None:
+    def __init__(self, admission: Admission, images: int, pixels: int, models: tuple[str, ...], walks: int = 0) -> None:
         self._admission = admission
         self.images = images
         self.pixels = pixels
         self.models = models
+        self.walks = walks
         self._released = False
 
     def release(self) -> None:
@@ -252,8 +258,38 @@ class Admission:
             raise Overloaded(f"{prefix}server is overloaded: {why}; retry with backoff")
         return Permit(self, n, pixels, tuple(models))
 
+    def admit_walk(self, what: str) -> Permit:
+        """Takes one of ``limits.max_dupes_walks`` slots for a call that walks a whole index.
+
+        Args:
+            what: The call, for the refusal message (e.g. ``"FindDuplicates"``).
+
+        Returns:
+            A permit to release when the walk ends (finished, failed or cancelled).
+
+        Raises:
+            Overloaded: Every slot is taken; retry when one ends.
+        """
+        limit = self.limits.max_dupes_walks
+        with self._lock:
+            st = self._stats
+            if st.inflight_walks >= limit:
+                st.rejected["walks"] = st.rejected.get("walks", 0) + 1
+                refused = True
+            else:
+                st.admitted += 1
+                st.inflight_walks += 1
+                refused = False
+        if refused:
+            raise Overloaded(
+                f"server is overloaded: {limit} index walk(s) already running (limit limits.max_dupes_walks); "
+                f"retry {what} when it ends"
+            )
+        return Permit(self, 0, 0, (), walks=1)
+
     def _release(self, permit: Permit) -> None:
         with self._lock:
+            self._stats.inflight_walks -= permit.walks
             self._stats.inflight_images -= permit.images
             self._stats.inflight_pixels -= permit.pixels
             now = self._clock()
@@ -269,5 +305,10 @@ class Admission:
         with self._lock:
             st = self._stats
             return AdmissionStats(
-                st.admitted, dict(st.rejected), st.probed_images, st.inflight_images, st.inflight_pixels
+                st.admitted,
+                dict(st.rejected),
+                st.probed_images,
+                st.inflight_images,
+                st.inflight_pixels,
+                st.inflight_walks,
             )

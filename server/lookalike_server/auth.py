@@ -63,6 +63,8 @@ METHOD_SCOPES: dict[str, str] = {
     f"/{SERVICE}/Search": "read",
     f"/{SERVICE}/SearchStream": "read",
     f"/{SERVICE}/Get": "read",
+    # Reads only; its cost is bounded by its own admission slot (limits.max_dupes_walks).
+    f"/{SERVICE}/FindDuplicates": "read",
     f"/{SERVICE}/Insert": "write",
     f"/{SERVICE}/InsertStream": "write",
     f"/{SERVICE}/Delete": "write",

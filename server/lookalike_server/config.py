@@ -203,8 +203,18 @@ class LimitsConfig:
     )
     max_streams: int = _opt(4096, "concurrent InsertStream/SearchStream calls; more get RESOURCE_EXHAUSTED")
     stream_idle_s: float = _opt(300.0, "a stream with nothing in flight that sends nothing for this long is closed")
+    max_dupes_walks: int = _opt(
+        1, "FindDuplicates calls walking an index at once (each scans a whole collection); more get RESOURCE_EXHAUSTED"
+    )
+    dupes_neighbours: int = _opt(
+        16,
+        "FindDuplicates: most neighbours kept per item (more cost Milvus time: IVF probes at least this many cells); "
+        "an item with more is counted as capped in the summary",
+    )
 
     def __post_init__(self) -> None:
+        _require(self.max_dupes_walks >= 1, "limits.max_dupes_walks", "must be >= 1")
+        _require(1 <= self.dupes_neighbours <= 1024, "limits.dupes_neighbours", "must be in 1..1024")
         _require(self.max_image_bytes >= 1024, "limits.max_image_bytes", "must be >= 1024")
         _require(self.max_pixels >= 1024, "limits.max_pixels", "must be >= 1024")
         _require(self.max_images_per_request >= 1, "limits.max_images_per_request", "must be >= 1")

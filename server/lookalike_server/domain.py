@@ -227,6 +227,58 @@ class ItemView:
     created_at: float
 
 
+@dataclass(frozen=True)
+class DupesQuery:
+    """A FindDuplicates request in domain types (0 = default for the numbers)."""
+
+    model: str = ""
+    threshold: float = 0.0
+    filter: SearchFilter = field(default_factory=SearchFilter)
+    page_size: int = 0
+    exact_only: bool = False
+
+
+@dataclass(frozen=True)
+class DupeMember:
+    """One member of a group."""
+
+    id: int
+    key: str
+    distance: float
+    exact: bool
+    content_sha256: str
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class GroupPage:
+    """A page of one group's members (the first page starts with the representative)."""
+
+    representative_id: int
+    size: int
+    offset: int
+    more: bool
+    members: list[DupeMember]
+    exact_count: int
+
+
+@dataclass
+class DupesSummary:
+    """What the walk did; sent last."""
+
+    model: str
+    threshold: float
+    default_threshold: bool
+    exact_distance: float = 0.0
+    items_scanned: int = 0
+    groups: int = 0
+    grouped_items: int = 0
+    pairs: int = 0
+    search_mode: str = "range"
+    capped_items: int = 0
+    elapsed_ms: float = 0.0
+
+
 def model_key(name: str, version: str) -> str:
     """The key a record lists for a model: ``name:version`` (one embedding space)."""
     return f"{name}:{version}"

@@ -15,6 +15,9 @@ import numpy as np
 
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike_server.domain import (
+    DupesQuery,
+    DupesSummary,
+    GroupPage,
     InsertItem,
     InsertResult,
     ItemView,
@@ -73,6 +76,52 @@ def fusion_request(msg: pb.Fusion) -> FusionRequest:
         raise InvalidArgument(f"unknown fusion method {msg.method}; this server knows {known}")
     return FusionRequest(
         method=_METHODS[msg.method], weights=dict(msg.weights), rrf_k=msg.rrf_k, candidates=msg.candidates
+    )
+
+
+def dupes_query(req: pb.FindDuplicatesRequest) -> DupesQuery:
+    """Proto → domain FindDuplicates request (values are checked by the service)."""
+    flt = SearchFilter(req.filter.key_prefix, dict(req.filter.attributes))
+    return DupesQuery(req.model, float(req.threshold), flt, int(req.page_size), bool(req.exact_only))
+
+
+def dupes_response(part: GroupPage | DupesSummary) -> pb.FindDuplicatesResponse:
+    """One group page, or the closing summary → proto."""
+    if isinstance(part, DupesSummary):
+        return pb.FindDuplicatesResponse(
+            summary=pb.DuplicatesSummary(
+                model=part.model,
+                threshold=part.threshold,
+                default_threshold=part.default_threshold,
+                exact_distance=part.exact_distance,
+                items_scanned=part.items_scanned,
+                groups=part.groups,
+                grouped_items=part.grouped_items,
+                pairs=part.pairs,
+                search_mode=part.search_mode,
+                capped_items=part.capped_items,
+                elapsed_ms=part.elapsed_ms,
+            )
+        )
+    return pb.FindDuplicatesResponse(
+        group=pb.DuplicateGroup(
+            representative_id=part.representative_id,
+            size=part.size,
+            offset=part.offset,
+            more=part.more,
+            exact_count=part.exact_count,
+            members=[
+                pb.DuplicateMember(
+                    id=m.id,
+                    key=m.key,
+                    distance=m.distance,
+                    exact=m.exact,
+                    content_sha256=m.content_sha256,
+                    attributes=m.attributes,
+                )
+                for m in part.members
+            ],
+        )
     )
 
 

@@ -68,6 +68,7 @@ class ModelEntry:
     exif_orientation: bool = _PRE.exif_orientation
     pooling: str = "none"
     output_layout: str = ""
+    dupes_threshold: float = 0.0
     batching: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -146,6 +147,7 @@ SCALAR_KEYS: tuple[str, ...] = (
     "exif_orientation",
     "pooling",
     "output_layout",
+    "dupes_threshold",
 )
 #: Every key an entry may have: the reader refuses anything else.
 ENTRY_KEYS: frozenset[str] = frozenset(SCALAR_KEYS) | frozenset(TABLE_KEYS)

@@ -23,7 +23,7 @@ from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError
 from lookalike_server.preprocess_spec import DECODE_KEYS, PRESETS, PreprocessSpec
 from lookalike_server.registry import ENTRY_KEYS, NAME_RE, NAME_RULE, resolve_decode
-from lookalike_server.validation import MAX_DIM
+from lookalike_server.validation import MAX_DIM, MAX_DUPES_THRESHOLD
 
 _PREPROCESS_KEYS = {f.name for f in dataclasses.fields(PreprocessSpec)}
 # Every preprocessing setting must be a registry key, or an entry could not set it.
@@ -47,6 +47,8 @@ class ModelSpec:
         preprocess: How images become the input tensor.
         pooling: "none", "avg" or "max" over a 4-D output's spatial axes.
         output_layout: Layout of a 4-D output ("NCHW"/"NHWC").
+        dupes_threshold: Default FindDuplicates threshold (squared L2) for
+            this model's embeddings; 0 = :data:`DEFAULT_DUPES_THRESHOLD`.
         batching: Micro-batching settings for this model.
     """
 
@@ -63,6 +65,7 @@ class ModelSpec:
     pooling: str
     output_layout: str
     batching: BatchingConfig
+    dupes_threshold: float = 0.0
 
     @property
     def key(self) -> str:
@@ -128,6 +131,16 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
     dim = entry["dim"]
     if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise _entry_error(registry, index, name, f"dim {dim!r} must be an integer in 1..{MAX_DIM} (Milvus' limit)")
+    dupes_threshold = entry.get("dupes_threshold", 0.0)
+    if isinstance(dupes_threshold, bool) or not isinstance(dupes_threshold, int | float):
+        raise _entry_error(registry, index, name, f"dupes_threshold {dupes_threshold!r} must be a number")
+    if not 0.0 <= float(dupes_threshold) <= MAX_DUPES_THRESHOLD:
+        raise _entry_error(
+            registry,
+            index,
+            name,
+            f"dupes_threshold {dupes_threshold!r} must be in 0..{MAX_DUPES_THRESHOLD} (squared L2; 0 = the default)",
+        )
     overrides = entry.get("batching", {})
     try:
         batching = dataclasses.replace(defaults, **overrides)
@@ -151,6 +164,7 @@ def parse_entry(entry: dict[str, Any], registry: Path, index: int, defaults: Bat
         pooling=pooling,
         output_layout=output_layout,
         batching=batching,
+        dupes_threshold=float(dupes_threshold),
     )
 
 

@@ -13,6 +13,7 @@ Each concern lives in the module named for it:
 * :mod:`lookalike_server.lease` — this server instance's lease and in-flight attempts;
 * :mod:`lookalike_server.repair` — the sweep (unfinished records, complete ones without rows);
 * :mod:`lookalike_server.query` — Search and Get;
+* :mod:`lookalike_server.dupes` — FindDuplicates (near-duplicate groups);
 * :mod:`lookalike_server.embedding_cache` — embedding through the cache.
 
 A server without stores (``stores = false``) is *embed-only*: it has no
@@ -23,7 +24,7 @@ one place (:meth:`LookalikeService._data`) with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ from lookalike_server.validation import check_images
 if TYPE_CHECKING:
     from lookalike_server.admission import Permit
     from lookalike_server.batching import BatcherStats
+    from lookalike_server.domain import DupesQuery, DupesSummary, GroupPage
+    from lookalike_server.dupes import DuplicateFinder
     from lookalike_server.ingest import Ingestor
     from lookalike_server.query import Searcher
     from lookalike_server.repair import Repairer
@@ -74,6 +77,7 @@ class _DataPlane:
     ingest: Ingestor
     query: Searcher
     repair: Repairer
+    dupes: DuplicateFinder
 
 
 class LookalikeService:
@@ -104,6 +108,7 @@ class LookalikeService:
             raise ValueError("give both stores (a full server) or neither (embed-only)")
         if milvus is not None and redis is not None:
             # Imported here: an embed-only server never loads the store clients.
+            from lookalike_server.dupes import DuplicateFinder
             from lookalike_server.ingest import Ingestor
             from lookalike_server.lease import DEFAULT_LEASE_S
             from lookalike_server.query import Searcher
@@ -116,7 +121,8 @@ class LookalikeService:
             cached = CachedEmbedder(embedder, lambda: stores.redis)
             ingest = Ingestor(config, stores, embedder.models, self.collections, cached, lease_s or DEFAULT_LEASE_S)
             query = Searcher(config, stores, embedder, cached, ingest)
-            self._plane = _DataPlane(stores, ingest, query, Repairer(ingest))
+            dupes = DuplicateFinder(config, stores, embedder, ingest)
+            self._plane = _DataPlane(stores, ingest, query, Repairer(ingest), dupes)
 
     # ------------------------------------------------------------ access --
     @property
@@ -222,6 +228,21 @@ class LookalikeService:
     def search_outcome(self, query: SearchQuery, ctx: RequestContext) -> SearchOutcome:
         """Nearest items for one query, per model, and fused across them when the query asks."""
         return self._data().query.search_outcome(query, ctx)
+
+    def admit_walk(self, query: DupesQuery) -> Permit:
+        """Validates a FindDuplicates request and takes a walk slot, before any work.
+
+        Raises:
+            FailedPrecondition: An embed-only server.
+            InvalidArgument / ModelNotFound: A bad request (see :meth:`DuplicateFinder.resolve`).
+            Overloaded: Every walk slot is taken.
+        """
+        self._data().dupes.resolve(query)
+        return self.embedder.admission.admit_walk("FindDuplicates")
+
+    def find_duplicates(self, query: DupesQuery, ctx: RequestContext) -> Iterator[GroupPage | DupesSummary]:
+        """Near-duplicate groups of one model's index, page by page, then a summary (see :mod:`.dupes`)."""
+        return self._data().dupes.find(query, ctx)
 
     def get(self, item_id: int | None = None, key: str | None = None) -> ItemView:
         """A stored item by id or key."""

@@ -28,6 +28,8 @@ from lookalike_server.domain import RequestContext
 from lookalike_server.errors import grpc_code_for
 from lookalike_server.proto_convert import (
     batcher_stats_pb,
+    dupes_query,
+    dupes_response,
     embed_response,
     insert_item,
     insert_result_pb,
@@ -240,6 +242,58 @@ class LookalikeServicer:
     ) -> AsyncIterator[pb.SearchStreamResponse]:
         async for answer in self.streams.search_stream(request_iterator, context):
             yield answer
+
+    async def FindDuplicates(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FindDuplicatesResponse]:
+        """Server stream: near-duplicate group pages, then a summary (see :mod:`lookalike_server.dupes`).
+
+        Validation and the walk slot come first, on the loop, so a bad or
+        refused call costs no thread. Each message is produced by one step of
+        the service's generator on the unary pool; the walk's slot is returned
+        when the last step finishes, not when the caller leaves.
+        """
+        method = "FindDuplicates"
+        if isinstance(request, Malformed):
+            await reject_malformed(self.counter, request, context)
+        ctx = request_context(context)
+        permit = None
+        step: Any = None
+        try:
+            svc = self.service
+            query = dupes_query(request)
+            permit = svc.admit_walk(query)
+            parts = svc.find_duplicates(query, ctx)
+
+            def advance() -> Any:
+                ctx.check("the next group")
+                return next(parts, None)
+
+            while True:
+                step = self._unary_pool.submit(advance)
+                part = await asyncio.wrap_future(step)
+                if part is None:
+                    break
+                yield dupes_response(part)
+        except asyncio.CancelledError:
+            ctx.cancel()  # the running step notices at its next check
+            self.counter.add(method, "CANCELLED")
+            raise
+        except Exception as exc:  # the one mapping point, as for unary calls
+            code = grpc_code_for(exc)
+            self.counter.add(method, code)
+            self.observe(method, time.monotonic() - ctx.started)
+            await context.abort(
+                status_code(code), error_message(exc), trailing_metadata=retry_pushback(exc, self.pushback_ms)
+            )
+        finally:
+            if permit is not None:
+                if step is not None and not step.done():
+                    step.add_done_callback(lambda _f, p=permit: p.release())
+                else:
+                    permit.release()
+        self.counter.add(method, "OK")
+        self.observe(method, time.monotonic() - ctx.started)
 
     def close(self) -> None:
         """Stops the thread pools (queued work is cancelled)."""

@@ -30,6 +30,17 @@ MAX_ATTRIBUTES = 64
 MAX_TOP_K = 16384
 #: Milvus' own cap on a float vector's dimension.
 MAX_DIM = 32768
+#: FindDuplicates: largest threshold (squared L2 between normalised vectors).
+#: 2 is "orthogonal"; beyond it nothing is a near-duplicate of anything.
+MAX_DUPES_THRESHOLD = 2.0
+#: FindDuplicates: threshold for a model whose registry entry sets none (uncalibrated: below the
+#: 0.43-0.61 the shipped models calibrate to, see benchmarks/results/dupes-calibration-*.md).
+DEFAULT_DUPES_THRESHOLD = 0.25
+#: FindDuplicates: members per message when the request gives 0, and the most a request may ask.
+DEFAULT_DUPES_PAGE = 100
+MAX_DUPES_PAGE = 1000
+#: FindDuplicates: distances at or below this are identical embeddings (an exact copy).
+EXACT_DISTANCE = 1e-4
 
 
 def check_images(images: Sequence[bytes], limits: LimitsConfig, what: str = "images") -> None:
@@ -98,3 +109,21 @@ def check_query_vector(vector: np.ndarray, model: str, dim: int) -> np.ndarray:
         raise InvalidArgument("vector has zero length (every value is 0); it has no direction to search by")
     scaled = vec / peak
     return (scaled / np.linalg.norm(scaled)).astype(np.float32)
+
+
+def check_dupes_request(threshold: float, page_size: int) -> None:
+    """A FindDuplicates threshold (0 = the model's default) and page size (0 = the default).
+
+    Raises:
+        InvalidArgument: Naming the bad field, its range and what 0 means.
+    """
+    if not np.isfinite(threshold) or not 0.0 <= threshold <= MAX_DUPES_THRESHOLD:
+        raise InvalidArgument(
+            f"threshold {threshold!r} is out of range: give a squared L2 distance in (0, {MAX_DUPES_THRESHOLD}] "
+            "(0.05-0.3 is typical for near-duplicates), or 0 for the model's calibrated default"
+        )
+    if not 0 <= page_size <= MAX_DUPES_PAGE:
+        raise InvalidArgument(
+            f"page_size {page_size} is out of range: give 1..{MAX_DUPES_PAGE} members per message, "
+            f"or 0 for {DEFAULT_DUPES_PAGE}"
+        )

@@ -16,6 +16,7 @@ from lookalike.cli.commands import (
     cmd_serve,
     cmd_stats,
 )
+from lookalike.cli.dupes import add_dupes_arguments
 from lookalike.cli.evaluation import add_eval_arguments, cmd_eval
 from lookalike.cli.exits import CliError
 from lookalike.cli.index import cmd_index
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("dupes", help="find near-duplicate groups in the index (exact copies marked apart)")
+    add_dupes_arguments(p)
 
     p = sub.add_parser("get", help="show a stored item, by id or by key")
     p.add_argument("ref", nargs="?", metavar="ID|KEY", help="an integer is an id, anything else a key")

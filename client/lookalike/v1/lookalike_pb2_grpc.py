@@ -80,6 +80,11 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.FindDuplicates = channel.unary_stream(
+                '/lookalike.v1.Lookalike/FindDuplicates',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesResponse.FromString,
+                _registered_method=True)
 
 
 class LookalikeServicer:
@@ -156,6 +161,16 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindDuplicates(self, request, context):
+        """Near-duplicate groups of one model's index (or of the items a filter
+        keeps): items within a distance threshold of a group's representative.
+        Streams each group as soon as it is complete (large groups in several
+        messages), then one summary. See docs/duplicates.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +218,11 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetStatsRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'FindDuplicates': grpc.unary_stream_rpc_method_handler(
+                    servicer.FindDuplicates,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +469,33 @@ class Lookalike:
             '/lookalike.v1.Lookalike/GetStats',
             lookalike_dot_v1_dot_lookalike__pb2.GetStatsRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindDuplicates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/FindDuplicates',
+            lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.FindDuplicatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

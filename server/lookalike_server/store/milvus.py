@@ -11,7 +11,8 @@ the layers below it, each in its own module:
   translated into the server's error family (:mod:`lookalike_server.errors`),
   so nothing above the store ever sees a dependency's exception;
 * :mod:`.milvus_collections`: collections created with their index, loaded and
-  checked.
+  checked;
+* :mod:`.milvus_scan`: batched scans and radius searches (the duplicate walk).
 
 Milvus Lite scans unflushed rows slowly, hence the flush policy
 (``MilvusConfig.flush_rows``). On a Milvus server one flush costs about half a
@@ -29,9 +30,9 @@ import numpy as np
 
 from lookalike_server import errors
 from lookalike_server.config import MilvusConfig
-from lookalike_server.store.milvus_collections import MilvusCollections
 from lookalike_server.store.milvus_connection import short_error
 from lookalike_server.store.milvus_filter import build_filter
+from lookalike_server.store.milvus_scan import MilvusScans
 from lookalike_server.store.milvus_schema import (
     ATTRS_FIELD,
     ID_FIELD,
@@ -58,7 +59,7 @@ class SearchHit:
     distance: float
 
 
-class MilvusStore(MilvusCollections):
+class MilvusStore(MilvusScans):
     """Vectors of items, one collection per model version.
 
     Thread-safe: the pymilvus client multiplexes calls over one gRPC channel,
