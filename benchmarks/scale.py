@@ -304,7 +304,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [
             f"Bulk path (pymilvus insert, {b['batch']:,}-row batches, no index, then flush): "
             f"{b['rows']:,} rows, insert {b['insert_s']} s + flush {b['flush_s']} s = "
-            f"**{b['rows_per_s']:,} rows/s**; server RSS after load {b['server'].get('rss_mb', '-')} MiB.",
+            f"**{b['rows_per_s']:,} rows/s**; server RSS once the rows were in (not yet loaded for search) "
+            f"{b['server'].get('rss_mb', '-')} MiB.",
             "",
         ]
     lines += [
@@ -314,14 +315,21 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for v in data["variants"]:
         build = ", ".join(f"{k}={x}" for k, x in v["build_params"].items())
+        build_s = v.get("build_s", "-")
+        if "compaction_reindex_s" in v:
+            build_s = f"{build_s} (+{v['compaction_reindex_s']} re-index after compaction)"
         rss = v.get("server_loaded", {}).get("rss_mb", "-")
         for p in v["points"]:
             search = ", ".join(f"{k}={x}" for k, x in p["params"].items())
             lines.append(
-                f"| {v['index']} | {build} | {v.get('build_s', '-')} | {v.get('load_s', '-')} | {rss} | {search} "
+                f"| {v['index']} | {build} | {build_s} | {v.get('load_s', '-')} | {rss} | {search} "
                 f"| {p['p50_ms']} | {p['p99_ms']} | {p['recall']:.4f} | {p['recall_heldout']:.4f} "
                 f"| {p['recall_perturbed']:.4f} |"
             )
+    if data.get("reading"):
+        lines += ["", f"Reading: {data['reading']}"]
+    if data.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in data["notes"]]
     return "\n".join(lines) + "\n"
 
 
