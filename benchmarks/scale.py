@@ -26,11 +26,16 @@ measured) and to ``--out-md`` at the end.
 
 Usage::
 
-    nice -n 19 python benchmarks/scale.py --rows 1000000 --milvus-dir /tmp/scale-milvus \\
-        --server-path-rows 20000 --variant 'IVF_FLAT:nlist=1024:nprobe=8,16,32,64' \\
-        --variant 'HNSW:M=16,efConstruction=128:ef=16,32,64,128' \\
+    # load once (exact neighbours computed on the way, cached), then index variants
+    nice -n 19 python benchmarks/scale.py --rows 1000000 --milvus-dir /tmp/scale-milvus --keep-server \\
+        --server-path-rows 20000 --truth-cache /tmp/truth.npz --variant 'IVF_FLAT:nlist=256:nprobe=16,64,128' \\
         --out-json benchmarks/results/scale-$(date +%F).json --out-md benchmarks/results/scale-$(date +%F).md
+    nice -n 19 python benchmarks/scale.py --rows 1000000 --uri "$(cat /tmp/scale-milvus/milvus.uri)" \\
+        --milvus-pid "$(cat /tmp/scale-milvus/milvus.pid)" --reuse --truth-cache /tmp/truth.npz \\
+        --server-path-rows 0 --variant 'HNSW:M=16,efConstruction=64:ef=128,256,512' --out-json ...
     python benchmarks/scale.py --rows 2000 --lite /tmp/x.db --variant 'IVF_FLAT:nlist=32:nprobe=8'  # smoke
+
+The committed results list the exact commands of their runs in ``meta.runs``.
 
 ``--fit PHOTO_DIR`` re-samples real embeddings (photos under PHOTO_DIR and nine
 augmentations of each, through the server's model) and rewrites ``--model``.
