@@ -310,6 +310,7 @@ def _when_admitted(fn):  # type: ignore[no-untyped-def]
 def test_cancel_ends_the_walk_and_frees_its_slot(live_server, planted) -> None:  # type: ignore[no-untyped-def]
     request = pb.FindDuplicatesRequest(model=MODEL, filter=pb.Filter(key_prefix=planted["prefix"]), page_size=1)
     with LookalikeClient(live_server.target) as client:
+        before = client.stats().requests_by_status
 
         def first_message():  # type: ignore[no-untyped-def]
             call = client.stub.FindDuplicates(request, timeout=60)
@@ -321,4 +322,11 @@ def test_cancel_ends_the_walk_and_frees_its_slot(live_server, planted) -> None: 
         groups, _ = _when_admitted(lambda: run_dupes(client, key_prefix=planted["prefix"]))
         assert groups
         counts = client.stats().requests_by_status
-    assert counts.get("FindDuplicates:CANCELLED", 0) >= 1
+
+    def grew(status: str) -> int:
+        key = f"FindDuplicates:{status}"
+        return counts.get(key, 0) - before.get(key, 0)
+
+    # The server counts the cancelled walk as CANCELLED, unless (a small index on a fast
+    # box) it had already sent its last page when the cancel arrived: then both walks are OK.
+    assert grew("CANCELLED") == 1 or grew("OK") == 2, counts
