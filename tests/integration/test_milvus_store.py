@@ -6,6 +6,7 @@ pure :func:`build_filter` tests need no service: ``tests/unit/test_milvus_filter
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import time
@@ -304,3 +305,12 @@ def test_search_latency_at_a_few_thousand_rows(milvus_store: MilvusStore) -> Non
     )
     # Exact self-match still holds at this size.
     assert milvus_store.search(name, vectors[123], top_k=1)[0][0].id == 123
+
+
+def test_a_matching_index_is_not_reported(milvus_store: MilvusStore, caplog: pytest.LogCaptureFixture) -> None:
+    """Re-opening a collection built with the configured params says nothing (Lite and a server
+    describe an index's params differently)."""
+    milvus_store.ensure_collection("idxcheck", "1", 8)
+    with caplog.at_level(logging.WARNING, logger="lookalike_server.store.milvus_collections"):
+        milvus_store.ensure_collection("idxcheck", "1", 8)
+    assert not [r for r in caplog.records if "not the configured" in r.getMessage()]

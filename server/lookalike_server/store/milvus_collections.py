@@ -85,7 +85,10 @@ class MilvusCollections(MilvusConnection):
             return  # no such index: the caller creates ours
         got_type = str(info.get("index_type", ""))
         want = {k: str(v) for k, v in schema.build_params(self._config, self._index_type).items()}
-        got = {k: str(v) for k, v in dict(info.get("params") or {}).items() if k in want}
+        # Milvus Lite nests the build params under "params"; a 2.3 server returns them as
+        # top-level keys of the description. Read both, or a server's index looks paramless.
+        described = {**info, **dict(info.get("params") or {})}
+        got = {k: str(v) for k, v in described.items() if k in want}
         if got_type != self._index_type or got != want:
             log.warning(
                 "Milvus collection %s has a %s index with build params %s, not the configured %s %s; "
