@@ -275,7 +275,9 @@ class LookalikeServicer:
                 if part is None:
                     break
                 yield dupes_response(part)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # A client's cancel reaches a server-streaming handler either as CancelledError
+            # or, when gRPC closes the generator at a yield, as GeneratorExit.
             ctx.cancel()  # the running step notices at its next check
             self.counter.add(method, "CANCELLED")
             raise
