@@ -137,7 +137,7 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
         assert sum(spread) == 20 and min(spread) >= 5, spread
 
         # Now stop the second replica while calls keep coming; none may fail. SIGTERM makes
-        # it report NOT_SERVING, keep serving for --shutdown-delay-s 1, then refuse new calls
+        # it report NOT_SERVING, keep serving for its shutdown delay (5 s here), then refuse new calls
         # and drain: the client's Health/Watch stream must move traffic off it in between.
         failures: list[BaseException] = []
         done = threading.Event()
@@ -172,19 +172,27 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
                 while direct.health("lookalike.v1.Lookalike") != "NOT_SERVING":
                     assert time.monotonic() < deadline, "SIGTERM did not turn health NOT_SERVING"
                     time.sleep(0.02)
-                # Still serving (the shutdown delay), but the client has stopped sending
-                # it work: once the Watch update has reached the client (counters steady
-                # over 0.2 s, within 2 s), they stand still for a second while the load
-                # goes on. (With health_check=False, tried by hand, it kept getting calls:
-                # 3 in that second, and 5 in 1.5 s in an earlier version of this test.)
-                c1, settle_by = _work_done(direct.stats()), time.monotonic() + 2
+                # Still serving (the shutdown delay, 5 s), but the client has stopped
+                # sending it work: once the Watch update has reached the client (counters
+                # steady over 0.5 s in which the load made at least 4 calls, within 2.5 s),
+                # they stand still for a second while the load goes on. (With
+                # health_check=False, tried by hand, it kept getting calls: 3 in that
+                # second, and 5 in 1.5 s in an earlier version of this test.) The load's
+                # progress is checked because the load runs at only about 10 calls/s (a
+                # Search on Milvus standalone takes tens of ms), so a 0.2 s window could hold
+                # no call for the stopping replica by chance: CI once saw 1 call served after
+                # such a window.
+                c1, settle_by = _work_done(direct.stats()), time.monotonic() + 2.5
                 while time.monotonic() < settle_by:
-                    time.sleep(0.2)
+                    sent = calls["total"]
+                    time.sleep(0.5)
                     c0, c1 = c1, _work_done(direct.stats())
-                    if c0 == c1:
+                    if c0 == c1 and calls["total"] - sent >= 4:
                         break
+                sent = calls["total"]
                 time.sleep(1.0)
                 served_while_not_serving = _work_done(direct.stats()) - c1
+                assert calls["total"] - sent >= 5, "the load stalled, so the quiet second shows nothing"
             assert second.proc is not None and second.proc.wait(30) == 0
             while calls["after_exit"] < 30 and worker.is_alive():
                 time.sleep(0.05)
