@@ -142,9 +142,9 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
         failures: list[BaseException] = []
         done = threading.Event()
         calls = {"total": 0, "after_exit": 0}
+        counting = threading.Lock()
 
-        def load() -> None:
-            i = 0
+        def load(i: int) -> None:
             while not done.is_set():
                 try:
                     if i % 3 == 0:
@@ -155,13 +155,17 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
                         assert client.list_models()
                 except BaseException as exc:  # recorded: the assertion below shows it
                     failures.append(exc)
-                calls["total"] += 1
-                if not second.running():
-                    calls["after_exit"] += 1
+                with counting:
+                    calls["total"] += 1
+                    if not second.running():
+                        calls["after_exit"] += 1
                 i += 1
 
-        worker = threading.Thread(target=load)
-        worker.start()
+        # Four threads: a Search on Milvus standalone can take a few hundred ms (its
+        # consistency wait), and one thread made only 3 calls in some seconds.
+        workers = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        for w in workers:
+            w.start()
         served_while_not_serving = -1
         try:
             time.sleep(1.0)
@@ -178,10 +182,10 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
                 # they stand still for a second while the load goes on. (With
                 # health_check=False, tried by hand, it kept getting calls: 3 in that
                 # second, and 5 in 1.5 s in an earlier version of this test.) The load's
-                # progress is checked because the load runs at only about 10 calls/s (a
-                # Search on Milvus standalone takes tens of ms), so a 0.2 s window could hold
-                # no call for the stopping replica by chance: CI once saw 1 call served after
-                # such a window.
+                # progress is checked because the load is slow (a Search on Milvus
+                # standalone can take a few hundred ms), so a 0.2 s window could hold no call
+                # for the stopping replica by chance: CI once saw 1 call served after such a
+                # window.
                 c1, settle_by = _work_done(direct.stats()), time.monotonic() + 2.5
                 while time.monotonic() < settle_by:
                     sent = calls["total"]
@@ -194,11 +198,12 @@ def test_round_robin_spreads_calls_and_a_stopped_replica_costs_no_call(
                 served_while_not_serving = _work_done(direct.stats()) - c1
                 assert calls["total"] - sent >= 5, "the load stalled, so the quiet second shows nothing"
             assert second.proc is not None and second.proc.wait(30) == 0
-            while calls["after_exit"] < 30 and worker.is_alive():
+            while calls["after_exit"] < 30 and any(w.is_alive() for w in workers):
                 time.sleep(0.05)
         finally:
             done.set()
-            worker.join(60)
+            for w in workers:
+                w.join(60)
         assert not failures, failures[:3]
         assert served_while_not_serving == 0
         assert calls["after_exit"] >= 30
