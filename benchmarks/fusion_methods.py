@@ -108,7 +108,7 @@ class LeaveOneOut:
     def rrf(self, dists: Sequence[np.ndarray], k: int = 60, weights: Sequence[float] | None = None) -> np.ndarray:
         """Negative RRF score (lower is better)."""
         w = weights or [1.0] * len(dists)
-        return -sum(wi / (k + self.ranks(d)) for wi, d in zip(w, dists, strict=True))
+        return -np.sum([wi / (k + self.ranks(d)) for wi, d in zip(w, dists, strict=True)], axis=0)
 
     def comb(self, dists: Sequence[np.ndarray], depth: int, mnz: bool) -> np.ndarray:
         """Negative CombSUM / CombMNZ of min-max normalised cosine over each list's first ``depth``."""
@@ -279,7 +279,7 @@ def run(photos: Path) -> dict[str, Any]:
     ns = [1, 2, 3, 5, 10]
 
     def aqe_rank(n: int) -> np.ndarray:
-        return ev.order(sum(_sqd(alpha_qe(v[m], v[m], n, ev.eye), v[m]) for m in MODELS))
+        return ev.order(np.sum([_sqd(alpha_qe(v[m], v[m], n, ev.eye), v[m]) for m in MODELS], axis=0))
 
     def dba_rank(n: int) -> np.ndarray:
         total = np.zeros((ev.n, ev.n))
