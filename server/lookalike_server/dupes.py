@@ -1,4 +1,4 @@
-"""FindDuplicates: walk one model's index and yield near-duplicate groups, page by page.
+"""FindDuplicates: walk one model's index (or several's) and yield near-duplicate groups, page by page.
 
 The walk, in two phases, each with bounded memory:
 

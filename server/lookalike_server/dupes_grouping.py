@@ -25,6 +25,11 @@ group's representative (its earliest id). The result:
   whose representative it is not near stays alone (it is then not reported);
 * the grouping is deterministic: pairs by distance, ties by id.
 
+**Several models** (:func:`split_component_multi`): "near" is "within the
+threshold of *any* model" (each model its own threshold), pairs are taken by
+the smallest distance ÷ threshold, and every member is near its
+representative under at least one model; the rest is as above.
+
 A component of more than :data:`MAX_LINKAGE` items (its distance matrix would
 not be small) is split by *leaders* instead: the earliest unplaced id takes
 every unplaced item within ``t`` of it (members within ``t`` of the
