@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sizes.append("x".join(map(str, ImageOps.exif_transpose(im).size)))
     near_distinct: dict[str, np.ndarray] = {}
     near_copies: dict[str, dict[str, np.ndarray]] = {}
+    raw_distinct: dict[str, np.ndarray] = {}
+    raw_copies: dict[str, dict[str, np.ndarray]] = {}
     try:
         with LookalikeClient(f"127.0.0.1:{port}", timeout=600) as client:
             for model in [m.name for m in client.list_models()]:
@@ -224,6 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 near_distinct[model] = d_distinct <= threshold
                 near_copies[model] = {n: d <= threshold for n, d in d_copy.items()}
+                raw_distinct[model] = d_distinct
+                raw_copies[model] = d_copy
                 report["models"][model] = entry
                 print(f"[calibrate] {model}: threshold {threshold} ({entry['embed_s']} s)", file=sys.stderr)
     finally:
@@ -243,6 +247,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for m in names:
             report["models"][m]["copies_missed"] = int(sum((~v).sum() for v in near_copies[m].values()))
+        # Rules weighed and not taken (docs/duplicates.md says why).
+        all_copy = {n: np.logical_and.reduce([near_copies[m][n] for m in names]) for n in EDITS}
+        summed = np.sum([raw_distinct[m] for m in names], axis=0)
+        sum_threshold = math.floor(float(np.quantile(summed, FP_QUANTILE)) * 100) / 100
+        sum_copy = {n: np.sum([raw_copies[m][n] for m in names], axis=0) <= sum_threshold for n in EDITS}
+        report["rules_not_taken"] = {
+            "every model": {
+                "distinct_within": int(np.logical_and.reduce([near_distinct[m] for m in names]).sum()),
+                "copies_missed": int(sum((~v).sum() for v in all_copy.values())),
+            },
+            f"summed distance <= {sum_threshold} (its own {FP_QUANTILE * 100:g} % quantile)": {
+                "distinct_within": int((summed <= sum_threshold).sum()),
+                "copies_missed": int(sum((~v).sum() for v in sum_copy.values())),
+            },
+        }
     return report
 
 
@@ -310,7 +329,10 @@ def markdown(report: dict[str, Any]) -> str:
             + " |"
         )
         missed = "; ".join(f"{Path(k).name} ({size})" for k, size in a["missed"]["scale50"])
-        lines += ["", f"scale50 copies missed by both: {missed or 'none'}.", ""]
+        lines += ["", f"scale50 copies missed by both: {missed or 'none'}.", "", "Rules weighed and not taken:", ""]
+        for rule, r in report["rules_not_taken"].items():
+            lines.append(f"- {rule}: {r['distinct_within']} distinct pairs within, {r['copies_missed']} copies missed")
+        lines.append("")
     return "\n".join(lines)
 
 
