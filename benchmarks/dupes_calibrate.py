@@ -181,6 +181,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "models": {},
     }
+    sizes = []
+    for p in photos:
+        with Image.open(p) as im:
+            sizes.append("x".join(map(str, ImageOps.exif_transpose(im).size)))
+    near_distinct: dict[str, np.ndarray] = {}
+    near_copies: dict[str, dict[str, np.ndarray]] = {}
+    raw_distinct: dict[str, np.ndarray] = {}
+    raw_copies: dict[str, dict[str, np.ndarray]] = {}
     try:
         with LookalikeClient(f"127.0.0.1:{port}", timeout=600) as client:
             for model in [m.name for m in client.list_models()]:
@@ -209,12 +217,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "exact_cut": EXACT_DISTANCE,
                     "distinct_within_exact_cut": int((d_distinct <= EXACT_DISTANCE).sum()),
                     "edits_within_exact_cut": {n: int((d_copy[n] <= EXACT_DISTANCE).sum()) for n in real_edits},
+                    # The copies beyond the threshold: which photo, its size, how far.
+                    "missed": {
+                        n: [[keys[i], sizes[i], round(float(d[i]), 4)] for i in np.flatnonzero(d > threshold)]
+                        for n, d in d_copy.items()
+                    },
                     "embed_s": round(time.perf_counter() - t0, 1),
                 }
+                near_distinct[model] = d_distinct <= threshold
+                near_copies[model] = {n: d <= threshold for n, d in d_copy.items()}
+                raw_distinct[model] = d_distinct
+                raw_copies[model] = d_copy
                 report["models"][model] = entry
                 print(f"[calibrate] {model}: threshold {threshold} ({entry['embed_s']} s)", file=sys.stderr)
     finally:
         server.stop(0)
+    if len(near_distinct) > 1:
+        # FindDuplicates under several models: a pair is near when ANY model accepts it.
+        names = list(near_distinct)
+        any_distinct = np.logical_or.reduce([near_distinct[m] for m in names])
+        any_copy = {n: np.logical_or.reduce([near_copies[m][n] for m in names]) for n in EDITS}
+        report["any_model"] = {
+            "models": names,
+            "distinct_within": int(any_distinct.sum()),
+            "distinct_pairs": int(any_distinct.size),
+            "recall": {n: round(float(v.mean()), 4) for n, v in any_copy.items()},
+            "copies_missed": int(sum((~v).sum() for v in any_copy.values())),
+            "missed": {n: [[keys[i], sizes[i]] for i in np.flatnonzero(~v)] for n, v in any_copy.items()},
+        }
+        for m in names:
+            report["models"][m]["copies_missed"] = int(sum((~v).sum() for v in near_copies[m].values()))
+        # Rules weighed and not taken (docs/duplicates.md says why).
+        all_copy = {n: np.logical_and.reduce([near_copies[m][n] for m in names]) for n in EDITS}
+        summed = np.sum([raw_distinct[m] for m in names], axis=0)
+        sum_threshold = math.floor(float(np.quantile(summed, FP_QUANTILE)) * 100) / 100
+        sum_copy = {n: np.sum([raw_copies[m][n] for m in names], axis=0) <= sum_threshold for n in EDITS}
+        report["rules_not_taken"] = {
+            "every model": {
+                "distinct_within": int(np.logical_and.reduce([near_distinct[m] for m in names]).sum()),
+                "copies_missed": int(sum((~v).sum() for v in all_copy.values())),
+            },
+            f"summed distance <= {sum_threshold} (its own {FP_QUANTILE * 100:g} % quantile)": {
+                "distinct_within": int((summed <= sum_threshold).sum()),
+                "copies_missed": int(sum((~v).sum() for v in sum_copy.values())),
+            },
+        }
     return report
 
 
@@ -254,6 +301,37 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {e['recall_at_threshold'][name]:.3f} | {s['min']:.4f} | {s['median']:.4f} | "
                 f"{s['p95']:.4f} | {s['max']:.4f} |"
             )
+        missed = "; ".join(f"{Path(k).name} ({size}, d {d})" for k, size, d in e["missed"]["scale50"])
+        lines += ["", f"scale50 copies missed: {missed or 'none'}.", ""]
+    if "any_model" in report:
+        a = report["any_model"]
+        names = a["models"]
+        lines += [
+            f"## Several models: near when any of {', '.join(names)} is within its threshold",
+            "",
+            "What `lookalike dupes` does by default on a server with several models (FindDuplicates "
+            "`models`). Against each model alone, at the thresholds above:",
+            "",
+            "| rule | distinct pairs within | copies missed (of "
+            f"{report['photos'] * len(report['edits'])}) | " + " | ".join(report["edits"]) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in report["edits"]) + " |",
+        ]
+        for m in names:
+            e = report["models"][m]
+            lines.append(
+                f"| {m} | {e['distinct_within_threshold']} | {e['copies_missed']} | "
+                + " | ".join(f"{e['recall_at_threshold'][n]:.3f}" for n in report["edits"])
+                + " |"
+            )
+        lines.append(
+            f"| any model | {a['distinct_within']} | {a['copies_missed']} | "
+            + " | ".join(f"{a['recall'][n]:.3f}" for n in report["edits"])
+            + " |"
+        )
+        missed = "; ".join(f"{Path(k).name} ({size})" for k, size in a["missed"]["scale50"])
+        lines += ["", f"scale50 copies missed by both: {missed or 'none'}.", "", "Rules weighed and not taken:", ""]
+        for rule, r in report["rules_not_taken"].items():
+            lines.append(f"- {rule}: {r['distinct_within']} distinct pairs within, {r['copies_missed']} copies missed")
         lines.append("")
     return "\n".join(lines)
 

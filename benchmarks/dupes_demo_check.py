@@ -6,7 +6,8 @@ the same on a fresh server (embedded stores in a temp dir), then plants copies
 of ``--planted`` photos picked at random (seeded): a lossless re-save (same
 pixels, other bytes), a byte-for-byte copy, JPEG q60, a 90 % crop, half scale
 and a brightness change, in a ``copies/`` folder indexed after the library.
-Then it runs ``lookalike dupes --json`` for each model and checks:
+Then it runs ``lookalike dupes --json`` for each model alone and as the CLI
+runs by default (every loaded model: near when any model accepts a pair), and checks:
 
 * every planted copy (byte copies aside: content dedupe makes them the same
   item, and ``lookalike index`` reports them "already indexed") is in its
@@ -132,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         report["index_copies"] = cli(target, "index", str(library), "-r", "--key-prefix", "lib/", "-q").strip()
         report["index_s"] = round(time.perf_counter() - t0, 1)
         models = [line.split()[0] for line in cli(target, "models").splitlines() if line and not line[0].isspace()]
-        for model in models:
+        # Each model alone, then the CLI's default: every loaded model (near under any of them).
+        runs: list[tuple[str, list[str], list[str]]] = [(m, ["--model", m], [m]) for m in models]
+        runs.append(("default: " + " or ".join(models), [], models))
+        for label, flags, compared in runs:
             t0 = time.perf_counter()
-            out = json.loads(cli(target, "dupes", "--model", model, "--json"))
+            out = json.loads(cli(target, "dupes", *flags, "--json"))
             groups = out["groups"]
             rep_of = {m["key"][4:]: g["members"][0]["key"][4:] for g in groups for m in g["members"]}
             exact = {m["key"][4:] for g in groups for m in g["members"][1:] if m["exact"]}
@@ -157,16 +161,22 @@ def main(argv: list[str] | None = None) -> int:
                 with LookalikeClient(target, timeout=600) as client:
                     for key in missed:
                         orig_name = next(o for o, f in planted.items() if any(key.endswith(p.name) for p in f.values()))
-                        vecs = client.embed([library / orig_name, library / key], model)
-                        missed_distance[key] = round(float(((vecs[0] - vecs[1]) ** 2).sum()), 4)
+                        with Image.open(library / orig_name) as im:
+                            size = "x".join(map(str, im.size))
+                        dist = {}
+                        for model in compared:
+                            vecs = client.embed([library / orig_name, library / key], model)
+                            dist[model] = round(float(((vecs[0] - vecs[1]) ** 2).sum()), 4)
+                        missed_distance[key] = {"original_size": size, **dist}
             resaves = {f"copies/{files['resave'].name}" for files in planted.values()}
             library_keys = {p.name for p in originals}
             distinct_exact = sorted(k for k in exact if k in library_keys and k not in same_pixels)
             grouped_distinct = sorted(
                 k for k, rep in rep_of.items() if k in library_keys and k != rep and k not in same_pixels
             )
-            report["models"][model] = {
+            report["models"][label] = {
                 "threshold": out["summary"]["threshold"],
+                "thresholds": out["summary"]["thresholds"],
                 "items_scanned": out["summary"]["items_scanned"],
                 "groups": len(groups),
                 "planted_copies": sum(len(f) - 1 for f in planted.values()),
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "distinct_photos_grouped_as_similar": grouped_distinct,
                 "dupes_s": round(time.perf_counter() - t0, 1),
             }
-            print(f"[demo-check] {model}: {report['models'][model]}", file=sys.stderr, flush=True)
+            print(f"[demo-check] {label}: {report['models'][label]}", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"dupes-demo-check-{report['date']}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -343,7 +343,7 @@ class BaseClient:
 
     def _find_duplicates(
         self,
-        model: str | None,
+        model: str | Sequence[str] | None,
         threshold: float | None,
         key_prefix: str | None,
         attributes: Mapping[str, str] | None,

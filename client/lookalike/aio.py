@@ -119,7 +119,7 @@ class AsyncLookalikeClient(BaseClient):
 
     async def find_duplicates(
         self,
-        model: str | None = None,
+        model: str | Sequence[str] | None = None,
         *,
         threshold: float | None = None,
         key_prefix: str | None = None,

@@ -323,7 +323,7 @@ class LookalikeClient(BaseClient):
 
     def find_duplicates(
         self,
-        model: str | None = None,
+        model: str | Sequence[str] | None = None,
         *,
         threshold: float | None = None,
         key_prefix: str | None = None,
@@ -332,7 +332,7 @@ class LookalikeClient(BaseClient):
         exact_only: bool = False,
         timeout: float | None = None,
     ) -> Iterator[DuplicateGroup | DuplicatesSummary]:
-        """Near-duplicate groups of one model's index, each as soon as the server has it.
+        """Near-duplicate groups of one model's index (or several's), each as soon as the server has it.
 
         The server walks the whole index (or what the filter keeps), so this takes a while
         on a large one; groups stream in order of their representative, a large group in
@@ -340,7 +340,10 @@ class LookalikeClient(BaseClient):
         :class:`DuplicatesSummary` (threshold applied, items scanned...). Not retried.
 
         Args:
-            model: Model to compare under; ``None`` on a one-model server only.
+            model: Model to compare under; ``None`` on a one-model server only. Several
+                names: two items are near when any of those models puts them within its
+                own calibrated threshold (only items indexed under all of them are
+                compared; ``threshold`` must be ``None``).
             threshold: Squared L2 distance to the representative; ``None`` = the model's
                 calibrated default (the summary says which was used).
             key_prefix: Only items whose key starts with this.

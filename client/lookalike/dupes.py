@@ -9,13 +9,20 @@ the blocking and the ``asyncio`` client use it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lookalike.v1 import lookalike_pb2 as pb
 
-__all__ = ["DuplicateGroup", "DuplicateMember", "DuplicatesSummary", "GroupAssembler", "dupes_request"]
+__all__ = [
+    "DuplicateGroup",
+    "DuplicateMember",
+    "DuplicatesSummary",
+    "GroupAssembler",
+    "dupes_request",
+    "format_distances",
+]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class DuplicateMember:
         exact: Same content hash as the representative, or an identical embedding.
         content_sha256: Hex sha256 of the item's image bytes.
         attributes: The item's attributes.
+        distances: Model → squared L2 distance to the representative under it (every
+            model compared; ``distance`` is the first one's).
     """
 
     id: int
@@ -37,6 +46,7 @@ class DuplicateMember:
     exact: bool
     content_sha256: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
+    distances: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ class DuplicatesSummary:
         search_mode: ``"range"`` (Milvus range search) or ``"topk"`` (top-k and a cut).
         capped_items: Items with more neighbours than the server keeps per item.
         elapsed_ms: Server time for the walk.
+        models: Every model compared (the first is ``model``): a pair is near when any
+            of them puts it within its threshold.
+        thresholds: Model → the threshold applied under it.
     """
 
     model: str
@@ -93,10 +106,26 @@ class DuplicatesSummary:
     search_mode: str
     capped_items: int
     elapsed_ms: float
+    models: list[str] = field(default_factory=list)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+
+def format_distances(member: DuplicateMember, models: Sequence[str] = ()) -> str:
+    """``d=0.1234``, or with several models ``d=0.1234/0.2345``: one per model, in ``models``' order.
+
+    Args:
+        member: A group member.
+        models: The models compared, in request order (the summary's ``models``; a
+            protobuf map does not keep the order). Names missing here follow by name.
+    """
+    if len(member.distances) > 1:
+        order = [m for m in models if m in member.distances] + sorted(set(member.distances) - set(models))
+        return "d=" + "/".join(f"{member.distances[m]:.4f}" for m in order)
+    return f"d={member.distance:.4f}"
 
 
 def _member(m: pb.DuplicateMember) -> DuplicateMember:
-    return DuplicateMember(m.id, m.key, m.distance, m.exact, m.content_sha256, dict(m.attributes))
+    return DuplicateMember(m.id, m.key, m.distance, m.exact, m.content_sha256, dict(m.attributes), dict(m.distances))
 
 
 def _summary(s: pb.DuplicatesSummary) -> DuplicatesSummary:
@@ -112,20 +141,25 @@ def _summary(s: pb.DuplicatesSummary) -> DuplicatesSummary:
         search_mode=s.search_mode,
         capped_items=s.capped_items,
         elapsed_ms=s.elapsed_ms,
+        models=list(s.models) or [s.model],
+        # In the models' order: a protobuf map keeps none.
+        thresholds={m: s.thresholds[m] for m in s.models if m in s.thresholds} or {s.model: s.threshold},
     )
 
 
 def dupes_request(
-    model: str | None,
+    model: str | Sequence[str] | None,
     threshold: float | None,
     key_prefix: str | None,
     attributes: Mapping[str, str] | None,
     page_size: int,
     exact_only: bool,
 ) -> pb.FindDuplicatesRequest:
-    """The ``FindDuplicates`` request (``None`` = the server's default)."""
+    """The ``FindDuplicates`` request (``None`` = the server's default; several models = ``models``)."""
+    names = [model] if isinstance(model, str) else list(model or [])
     return pb.FindDuplicatesRequest(
-        model=model or "",
+        model=names[0] if len(names) == 1 else "",
+        models=names if len(names) > 1 else [],
         threshold=float(threshold or 0.0),
         filter=pb.Filter(key_prefix=key_prefix or "", attributes=dict(attributes or {})),
         page_size=page_size,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lookalike.dupes import format_distances
 from lookalike.images import data_uri, thumbnail
 from lookalike.types import FusedHit, ModelHits
 
@@ -177,7 +178,8 @@ def render_dupes_html(
                 f'<div class="member{" rep" if i == 0 else ""}">'
                 + _img_tag(thumbnails.get(m.key), m.key, 384)
                 + f'<div><span class="{cls}">{kind}</span> '
-                f'<span class="dist" title="squared L2 distance to the representative">d={m.distance:.4f}</span></div>'
+                f'<span class="dist" title="squared L2 distance to the representative">'
+                f"{html.escape(format_distances(m, summary.models))}</span></div>"
                 f'<div class="key">{html.escape(m.key)}</div><div class="attrs">id {m.id}</div></div>'
             )
         sections.append(
@@ -185,6 +187,10 @@ def render_dupes_html(
             f'<div class="members">{"".join(cards)}</div></section>'
         )
     which = "model default" if summary.default_threshold else "given"
+    if len(summary.models) > 1:
+        rule = "near under " + " or ".join(f"{m} within {t:g}" for m, t in summary.thresholds.items())
+    else:
+        rule = f"model {summary.model} · threshold {summary.threshold:g}"
     body = "".join(sections) if sections else '<p class="empty">no near-duplicates</p>'
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
@@ -193,7 +199,7 @@ def render_dupes_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><h1>{html.escape(title)}</h1>"
-        f'<div class="meta">model {html.escape(summary.model)} · threshold {summary.threshold:g} ({which}) · '
+        f'<div class="meta">{html.escape(rule)} ({which}) · '
         f"{summary.items_scanned} items scanned · {summary.groups} groups · distances are squared L2 to each "
         f"group's representative (its earliest item) · generated {generated}</div>"
         f"{body}</body></html>\n"

@@ -236,11 +236,13 @@ class DupesQuery:
     filter: SearchFilter = field(default_factory=SearchFilter)
     page_size: int = 0
     exact_only: bool = False
+    # Several models: a pair is near when any of them accepts it (see lookalike_server.dupes).
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class DupeMember:
-    """One member of a group."""
+    """One member of a group (``distance`` is under the first model; ``distances`` under each)."""
 
     id: int
     key: str
@@ -248,6 +250,7 @@ class DupeMember:
     exact: bool
     content_sha256: str
     attributes: dict[str, str]
+    distances: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,8 @@ class DupesSummary:
     search_mode: str = "range"
     capped_items: int = 0
     elapsed_ms: float = 0.0
+    models: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def model_key(name: str, version: str) -> str:

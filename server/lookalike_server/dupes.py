@@ -1,4 +1,4 @@
-"""FindDuplicates: walk one model's index and yield near-duplicate groups, page by page.
+"""FindDuplicates: walk one model's index (or several's) and yield near-duplicate groups, page by page.
 
 The walk, in two phases, each with bounded memory:
 
@@ -28,8 +28,10 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lookalike_server.domain import DupeMember, DupesQuery, DupesSummary, GroupPage, RequestContext, SearchFilter
-from lookalike_server.dupes_grouping import UnionFind, split_component
+from lookalike_server.dupes_grouping import Grouped, UnionFind, split_component, split_component_multi
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.store.milvus_scan import RANGE
 from lookalike_server.store.redis_records import STATE_COMPLETE
@@ -79,31 +81,47 @@ class DuplicateFinder:
         self.embedder = embedder
         self._ingest = ingest
 
-    def resolve(self, query: DupesQuery) -> tuple[str, float, bool]:
-        """The model, threshold and whether it is the default; validates the request.
+    def resolve(self, query: DupesQuery) -> tuple[dict[str, float], bool]:
+        """Model → threshold for every model compared (request order), and whether they are defaults.
 
         Raises:
-            InvalidArgument: No model given on a multi-model server, a bad
+            InvalidArgument: No model given on a multi-model server, ``model`` and
+                ``models`` that disagree, a threshold with several models, a bad
                 threshold, page size or filter attribute name.
-            ModelNotFound: The model is not loaded.
+            ModelNotFound: A model is not loaded.
         """
         models = self.embedder.models
-        if query.model:
-            (name,) = self.embedder.require([query.model])
+        asked = list(dict.fromkeys(query.models))
+        if asked and query.model and query.model != asked[0]:
+            raise InvalidArgument(
+                f"model {query.model!r} and models {asked} disagree: give models alone (or model = its first entry)"
+            )
+        if not asked and query.model:
+            asked = [query.model]
+        if asked:
+            names = self.embedder.require(asked)
         elif len(models) == 1:
-            (name,) = models
+            names = list(models)
         else:
             raise InvalidArgument(f"model is required (this server has several); loaded models: {sorted(models)}")
         check_dupes_request(query.threshold, query.page_size)
+        if len(names) > 1 and query.threshold > 0:
+            raise InvalidArgument(
+                f"threshold must be 0 when comparing under several models {list(names)}: each uses its own "
+                "calibrated threshold (compare under one model to give a threshold)"
+            )
         for attr in query.filter.attributes:
             check_attribute_name(attr, "filter attribute name")
         if query.threshold > 0:
-            return name, float(query.threshold), False
-        default = models[name].spec.dupes_threshold or DEFAULT_DUPES_THRESHOLD
-        return name, float(default), True
+            return {names[0]: float(query.threshold)}, False
+        return {n: float(models[n].spec.dupes_threshold or DEFAULT_DUPES_THRESHOLD) for n in names}, True
 
     def find(self, query: DupesQuery, ctx: RequestContext) -> Iterator[GroupPage | DupesSummary]:
         """Yields group pages as groups complete, then the summary.
+
+        With several models, each model's index is walked in turn (its own threshold)
+        into one union-find, and the components are split by "near under any model"
+        (:func:`~lookalike_server.dupes_grouping.split_component_multi`).
 
         Raises:
             InvalidArgument: See :meth:`resolve`; an unknown filter attribute.
@@ -111,15 +129,28 @@ class DuplicateFinder:
             Unavailable: A store failed.
         """
         started = time.perf_counter()
-        name, threshold, is_default = self.resolve(query)
+        thresholds, is_default = self.resolve(query)
+        names = list(thresholds)
         self._check_known_attributes(query.filter)
-        summary = DupesSummary(name, threshold, is_default, exact_distance=EXACT_DISTANCE)
-        collection = self._ingest.collections[name]
-        uf = self._pairs(collection, threshold, query.filter, summary, ctx)
+        summary = DupesSummary(
+            names[0],
+            thresholds[names[0]],
+            is_default,
+            exact_distance=EXACT_DISTANCE,
+            models=names,
+            thresholds=dict(thresholds),
+        )
+        uf = UnionFind()
+        modes = []
+        for n, name in enumerate(names):
+            collection = self._ingest.collections[name]
+            # Items scanned: the first walk's (an item is grouped only if indexed under every model).
+            modes.append(self._pairs(collection, thresholds[name], query.filter, summary, ctx, uf, count_items=n == 0))
+        summary.search_mode = RANGE if all(m == RANGE for m in modes) else next(m for m in modes if m != RANGE)
         page = query.page_size or DEFAULT_DUPES_PAGE
         for component in uf.sets():
             ctx.check("grouping")
-            for pages in self._groups(name, collection, component, threshold, page, query.exact_only, summary):
+            for pages in self._groups(thresholds, component, page, query.exact_only, summary):
                 yield from pages
         summary.elapsed_ms = (time.perf_counter() - started) * 1e3
         yield summary
@@ -136,19 +167,27 @@ class DuplicateFinder:
             )
 
     def _pairs(
-        self, collection: str, threshold: float, flt: SearchFilter, summary: DupesSummary, ctx: RequestContext
-    ) -> UnionFind:
-        """Phase 1: every near pair into a union-find over the ids that have one."""
+        self,
+        collection: str,
+        threshold: float,
+        flt: SearchFilter,
+        summary: DupesSummary,
+        ctx: RequestContext,
+        uf: UnionFind,
+        *,
+        count_items: bool = True,
+    ) -> str:
+        """Phase 1: every near pair of one model's index into ``uf``; returns the search mode used."""
         milvus = self.stores.milvus
         limit = self.config.limits.dupes_neighbours + 1  # the item itself is one of its own hits
         attrs = flt.attributes or None
-        uf = UnionFind()
         mode = RANGE
         started = last_log = time.monotonic()
         for ids, vectors in milvus.scan_vectors(
             collection, key_prefix=flt.key_prefix, attributes=attrs, batch_size=SCAN_BATCH
         ):
-            summary.items_scanned += len(ids)
+            if count_items:
+                summary.items_scanned += len(ids)
             if time.monotonic() - last_log >= PROGRESS_EVERY_S:
                 last_log = time.monotonic()
                 log.info(
@@ -179,47 +218,69 @@ class DuplicateFinder:
                         if item_id < other:  # each pair is seen from both ends; count it once
                             summary.pairs += 1
                         uf.union(item_id, other)
-        summary.search_mode = mode
-        return uf
+        return mode
 
     def _groups(
         self,
-        model: str,
-        collection: str,
+        thresholds: dict[str, float],
         component: list[int],
-        threshold: float,
         page: int,
         exact_only: bool,
         summary: DupesSummary,
     ) -> Iterator[list[GroupPage]]:
         """Phase 2 for one component: records, vectors, the split, pages."""
         redis, milvus = self.stores.redis, self.stores.milvus
-        model_key = self._ingest.keys[model]
+        names = list(thresholds)
+        wanted = {self._ingest.keys[n] for n in names}
         records = {}
         for i in range(0, len(component), _FETCH):
             records.update(redis.get_many(component[i : i + _FETCH]))
-        # Only complete records that list this model, as Search shows them.
+        # Only complete records that list every compared model, as Search shows them.
         live = [
             i
             for i in component
             if (rec := records.get(i)) is not None
             and rec.state == STATE_COMPLETE
-            and model_key in self._ingest.record_keys(rec)
+            and wanted <= set(self._ingest.record_keys(rec))
         ]
         if len(live) < 2:
             return
-        vectors = {}
-        for i in range(0, len(live), _FETCH):
-            vectors.update(milvus.get_vectors(collection, live[i : i + _FETCH]))
-        for group in split_component(live, vectors, threshold):
+        vectors: dict[str, dict[int, np.ndarray]] = {}
+        for name in names:
+            collection = self._ingest.collections[name]
+            vectors[name] = {}
+            for i in range(0, len(live), _FETCH):
+                vectors[name].update(milvus.get_vectors(collection, live[i : i + _FETCH]))
+        if len(names) == 1:
+            (name,) = names
+            groups = [
+                Grouped(g.representative, g.members, g.distances, {name: g.distances})
+                for g in split_component(live, vectors[name], thresholds[name])
+            ]
+        else:
+            groups = split_component_multi(live, vectors, thresholds)
+        for group in groups:
             rep = records[group.representative]
             members = []
-            for item_id, dist in zip(group.members, group.distances, strict=True):
+            for k, item_id in enumerate(group.members):
                 rec = records[item_id]
+                per_model = {n: group.per_model[n][k] for n in names}
+                # Identical embeddings under every model compared: the same pixels.
+                same_embedding = all(d <= EXACT_DISTANCE for d in per_model.values())
                 exact = item_id != rep.id and (
-                    (bool(rec.content_sha256) and rec.content_sha256 == rep.content_sha256) or dist <= EXACT_DISTANCE
+                    (bool(rec.content_sha256) and rec.content_sha256 == rep.content_sha256) or same_embedding
                 )
-                members.append(DupeMember(item_id, rec.key, dist, exact, rec.content_sha256, dict(rec.attributes)))
+                members.append(
+                    DupeMember(
+                        item_id,
+                        rec.key,
+                        group.distances[k],
+                        exact,
+                        rec.content_sha256,
+                        dict(rec.attributes),
+                        per_model,
+                    )
+                )
             exact_count = sum(m.exact for m in members)
             if exact_only and not exact_count:
                 continue

@@ -25,6 +25,11 @@ group's representative (its earliest id). The result:
   whose representative it is not near stays alone (it is then not reported);
 * the grouping is deterministic: pairs by distance, ties by id.
 
+**Several models** (:func:`split_component_multi`): "near" is "within the
+threshold of *any* model" (each model its own threshold), pairs are taken by
+the smallest distance ÷ threshold, and every member is near its
+representative under at least one model; the rest is as above.
+
 A component of more than :data:`MAX_LINKAGE` items (its distance matrix would
 not be small) is split by *leaders* instead: the earliest unplaced id takes
 every unplaced item within ``t`` of it (members within ``t`` of the
@@ -39,11 +44,11 @@ move as copies are added; the earliest id is stable across runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["MAX_LINKAGE", "Grouped", "UnionFind", "components", "split_component"]
+__all__ = ["MAX_LINKAGE", "Grouped", "UnionFind", "components", "split_component", "split_component_multi"]
 
 #: Largest component split by linkage to the representative (its distance matrix: 4000² float32 = 64 MB);
 #: larger ones are split by leaders.
@@ -111,12 +116,16 @@ class Grouped:
     Attributes:
         representative: The earliest id of the group.
         members: Ids, representative first, then by distance to it (ties by id).
-        distances: Squared L2 distance of each member to the representative.
+        distances: Squared L2 distance of each member to the representative (under the
+            first model when several are compared).
+        per_model: Model → each member's distance to the representative under it
+            (only from :func:`split_component_multi`).
     """
 
     representative: int
     members: list[int]
     distances: list[float]
+    per_model: dict[str, list[float]] = field(default_factory=dict)
 
 
 def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold: float) -> list[Grouped]:
@@ -139,17 +148,45 @@ def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold
     Returns:
         Groups of two or more members, ordered by representative id.
     """
-    present = sorted(i for i in ids if i in vectors)
+    groups = split_component_multi(ids, {"": vectors}, {"": threshold})
+    return [Grouped(g.representative, g.members, g.distances) for g in groups]
+
+
+def split_component_multi(
+    ids: list[int], vectors: Mapping[str, Mapping[int, np.ndarray]], thresholds: Mapping[str, float]
+) -> list[Grouped]:
+    """:func:`split_component` under several models: near = within the threshold of ANY model.
+
+    Two items are near when at least one model puts them within its own threshold
+    (the multi-model FindDuplicates rule); "closest first" orders pairs by the
+    smallest ``distance / threshold`` over the models (with one model, by the
+    distance itself, so the one-model split is unchanged). Every member of a group
+    is near its representative under at least one model.
+
+    Args:
+        ids: The component's ids; ids absent from any model's ``vectors`` are dropped.
+        vectors: Model → normalised vectors by id (the first model's distances are
+            :attr:`Grouped.distances`).
+        thresholds: Model → its threshold (same keys as ``vectors``).
+
+    Returns:
+        Groups of two or more members, ordered by representative id.
+    """
+    models = list(vectors)
+    present = sorted(i for i in ids if all(i in vectors[m] for m in models))
     if len(present) < 2:
         return []
-    mat = np.stack([vectors[i] for i in present]).astype(np.float32, copy=False)
+    mats = {m: np.stack([vectors[m][i] for i in present]).astype(np.float32, copy=False) for m in models}
     if len(present) > MAX_LINKAGE:
-        return _leader_split(present, mat, threshold)
-    sq = np.einsum("ij,ij->i", mat, mat)
-    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (mat @ mat.T), 0.0)
-    np.fill_diagonal(dist, 0.0)
-    ii, jj = np.nonzero(np.triu(dist <= threshold, k=1))
-    order = np.lexsort((jj, ii, dist[ii, jj]))  # closest first; ties by position (= id order)
+        return _leader_split(present, mats, thresholds)
+    dists = {m: _pairwise(mats[m]) for m in models}
+    near = np.zeros((len(present), len(present)), dtype=bool)
+    for m in models:
+        near |= dists[m] <= thresholds[m]
+    # One model: its distance orders the pairs, exactly as before there were several.
+    key = dists[models[0]] if len(models) == 1 else np.minimum.reduce([dists[m] / thresholds[m] for m in models])
+    ii, jj = np.nonzero(np.triu(near, k=1))
+    order = np.lexsort((jj, ii, key[ii, jj]))  # closest first; ties by position (= id order)
     label = list(range(len(present)))
     members: dict[int, list[int]] = {i: [i] for i in range(len(present))}
     lead = list(range(len(present)))  # per group label: its earliest position (= id order)
@@ -158,29 +195,47 @@ def split_component(ids: list[int], vectors: Mapping[int, np.ndarray], threshold
         if a == b:
             continue
         new_lead = min(lead[a], lead[b])
-        # The merged group's representative must be within the threshold of all its members.
-        if max(dist[new_lead, members[a]].max(), dist[new_lead, members[b]].max()) > threshold:
+        # The merged group's representative must be near all its members.
+        if not (near[new_lead, members[a]].all() and near[new_lead, members[b]].all()):
             continue
         if len(members[a]) < len(members[b]):
             a, b = b, a
-        for m in members[b]:
-            label[m] = a
+        for row in members[b]:
+            label[row] = a
         members[a].extend(members.pop(b))
         lead[a] = new_lead
     groups = []
+    first_model = dists[models[0]]
     for rows in members.values():
         if len(rows) < 2:
             continue
         first = min(rows)  # positions follow id order: the earliest id
-        d = dist[first, rows]
+        d = first_model[first, rows]
         order_in = np.lexsort((np.asarray(rows), d))
-        groups.append(Grouped(present[first], [present[rows[o]] for o in order_in], [float(d[o]) for o in order_in]))
+        ordered = [rows[o] for o in order_in]
+        groups.append(
+            Grouped(
+                present[first],
+                [present[r] for r in ordered],
+                [float(first_model[first, r]) for r in ordered],
+                {m: [float(dists[m][first, r]) for r in ordered] for m in models},
+            )
+        )
     groups.sort(key=lambda g: g.representative)
     return groups
 
 
-def _leader_split(present: list[int], mat: np.ndarray, threshold: float) -> list[Grouped]:
-    """Leaders in id order, each taking every unplaced item within ``threshold`` (large components)."""
+def _pairwise(mat: np.ndarray) -> np.ndarray:
+    """Squared L2 between every two rows (0 on the diagonal, never negative)."""
+    sq = np.einsum("ij,ij->i", mat, mat)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (mat @ mat.T), 0.0)
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def _leader_split(present: list[int], mats: Mapping[str, np.ndarray], thresholds: Mapping[str, float]) -> list[Grouped]:
+    """Leaders in id order, each taking every unplaced item near it (large components)."""
+    models = list(mats)
     id_arr = np.asarray(present, dtype=np.int64)
     unplaced = np.ones(len(present), dtype=bool)
     groups: list[Grouped] = []
@@ -191,15 +246,18 @@ def _leader_split(present: list[int], mat: np.ndarray, threshold: float) -> list
         rest = np.flatnonzero(unplaced)
         if rest.size == 0:
             break
-        diff = mat[rest] - mat[lead]
-        dist = np.einsum("ij,ij->i", diff, diff)
-        near = dist <= threshold
+        dist = {}
+        for m in models:
+            diff = mats[m][rest] - mats[m][lead]
+            dist[m] = np.einsum("ij,ij->i", diff, diff)
+        near = np.logical_or.reduce([dist[m] <= thresholds[m] for m in models])
         if not near.any():
             continue
         taken = rest[near]
         unplaced[taken] = False
-        order = np.lexsort((id_arr[taken], dist[near]))
+        d0 = dist[models[0]][near]
+        order = np.lexsort((id_arr[taken], d0))
         members = [int(id_arr[lead])] + [int(x) for x in id_arr[taken][order]]
-        distances = [0.0] + [float(d) for d in dist[near][order]]
-        groups.append(Grouped(int(id_arr[lead]), members, distances))
+        per_model = {m: [0.0] + [float(x) for x in dist[m][near][order]] for m in models}
+        groups.append(Grouped(int(id_arr[lead]), members, per_model[models[0]], per_model))
     return groups

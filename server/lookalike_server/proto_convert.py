@@ -82,7 +82,7 @@ def fusion_request(msg: pb.Fusion) -> FusionRequest:
 def dupes_query(req: pb.FindDuplicatesRequest) -> DupesQuery:
     """Proto → domain FindDuplicates request (values are checked by the service)."""
     flt = SearchFilter(req.filter.key_prefix, dict(req.filter.attributes))
-    return DupesQuery(req.model, float(req.threshold), flt, int(req.page_size), bool(req.exact_only))
+    return DupesQuery(req.model, float(req.threshold), flt, int(req.page_size), bool(req.exact_only), tuple(req.models))
 
 
 def dupes_response(part: GroupPage | DupesSummary) -> pb.FindDuplicatesResponse:
@@ -101,6 +101,8 @@ def dupes_response(part: GroupPage | DupesSummary) -> pb.FindDuplicatesResponse:
                 search_mode=part.search_mode,
                 capped_items=part.capped_items,
                 elapsed_ms=part.elapsed_ms,
+                models=part.models,
+                thresholds=part.thresholds,
             )
         )
     return pb.FindDuplicatesResponse(
@@ -118,6 +120,7 @@ def dupes_response(part: GroupPage | DupesSummary) -> pb.FindDuplicatesResponse:
                     exact=m.exact,
                     content_sha256=m.content_sha256,
                     attributes=m.attributes,
+                    distances=m.distances,
                 )
                 for m in part.members
             ],

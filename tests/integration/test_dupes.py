@@ -276,6 +276,96 @@ def test_cli_dupes_finds_every_planted_copy_on_a_demo_folder(  # type: ignore[no
     assert html.count("<img") == sum(len(g.members) for g in groups)  # every member has its thumbnail
 
 
+OTHER = "efficientnet_lite0"
+
+
+def brute_force_any_model(
+    ids: list[int], vectors: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> list[list[int]]:
+    """The multi-model grouping, computed independently: two items are near when ANY model puts
+    them within its threshold; pairs by smallest distance/threshold first, merged while the
+    merged group's earliest id is near every member."""
+    order = np.argsort(ids)
+    ids = [ids[i] for i in order]
+    d = {}
+    for m, v in vectors.items():
+        v = v[order].astype(np.float64)
+        d[m] = ((v[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+    near = np.logical_or.reduce([d[m] <= t for m, t in thresholds.items()])
+    key = np.minimum.reduce([d[m] / t for m, t in thresholds.items()])
+    n = len(ids)
+    group = {i: {i} for i in range(n)}
+    for _k, a, b in sorted((key[a, b], a, b) for a, b in itertools.combinations(range(n), 2) if near[a, b]):
+        ga, gb = group[a], group[b]
+        rep = min(ga | gb)
+        if ga is gb or not all(near[rep, x] for x in ga | gb):
+            continue
+        merged = ga | gb
+        for x in merged:
+            group[x] = merged
+    unique = {id(g): g for g in group.values()}.values()
+    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
+
+
+def test_several_models_match_brute_force(live_server, planted, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from lookalike.cli import main
+
+    prefix, keys, ids, items = planted["prefix"], planted["keys"], planted["ids"], planted["items"]
+    with LookalikeClient(live_server.target, timeout=120) as client:
+        out = list(client.find_duplicates([MODEL, OTHER], key_prefix=prefix))
+        other = np.concatenate(
+            [client.embed([items[k] for k in keys[i : i + 8]], OTHER) for i in range(0, len(keys), 8)]
+        )
+        single, _ = run_dupes(client, key_prefix=prefix)
+    summary = out.pop()
+    groups = out
+    assert isinstance(summary, DuplicatesSummary)
+    assert summary.models == [MODEL, OTHER] and summary.model == MODEL and summary.default_threshold
+    assert set(summary.thresholds) == {MODEL, OTHER} and summary.threshold == summary.thresholds[MODEL]
+    assert summary.items_scanned == len(keys)
+    vectors = {MODEL: planted["vectors"], OTHER: other}
+    expected = brute_force_any_model([ids[k] for k in keys], vectors, dict(summary.thresholds))
+    assert sorted(sorted(m.id for m in g.members) for g in groups) == expected
+    # Every planted copy is still with its original (the one-model walk already found them all).
+    group_of = {m.id: g.representative_id for g in groups for m in g.members}
+    for g in single:
+        assert {group_of.get(m.id) for m in g.members} == {g.representative_id}
+    row = {ids[k]: i for i, k in enumerate(keys)}
+    for g in groups:
+        rep = row[g.representative_id]
+        for m in g.members:
+            for model, v in vectors.items():
+                want = float(((v[row[m.id]].astype(np.float64) - v[rep]) ** 2).sum())
+                assert m.distances[model] == pytest.approx(want, abs=1e-4)
+            assert m.distance == m.distances[MODEL]
+            assert any(m.distances[x] <= t for x, t in summary.thresholds.items())
+        assert {m.key.rsplit("/", 1)[1] for m in g.copies if m.exact} <= {"resave"}
+
+    # The CLI compares under every loaded model unless told otherwise.
+    assert main(["--target", live_server.target, "dupes", "--prefix", prefix]) == 0
+    text = capsys.readouterr().out
+    assert f"{MODEL}/{OTHER}: near when {MODEL} within" in text
+    assert f"{len(groups)} groups" in text
+    rc = main(["--target", live_server.target, "dupes", "--prefix", prefix, "--threshold", "0.2"])
+    assert rc != 0 and "--threshold applies to one model" in capsys.readouterr().err
+
+
+def test_several_models_refuse_a_threshold(live_server) -> None:  # type: ignore[no-untyped-def]
+    with LookalikeClient(live_server.target) as client, pytest.raises(InvalidArgumentError) as info:
+        list(client.find_duplicates([MODEL, OTHER], threshold=0.3))
+    assert "threshold must be 0" in str(info.value)
+    stub_req = pb.FindDuplicatesRequest(model=OTHER, models=[MODEL, OTHER])
+    channel = grpc.insecure_channel(live_server.target)
+    try:
+        from lookalike.v1 import lookalike_pb2_grpc
+
+        with pytest.raises(grpc.RpcError) as err:
+            list(lookalike_pb2_grpc.LookalikeStub(channel).FindDuplicates(stub_req, timeout=30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "disagree" in err.value.details()
+    finally:
+        channel.close()
+
+
 def test_aio_client_gives_the_same_groups(live_server, planted) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 

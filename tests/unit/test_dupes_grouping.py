@@ -7,7 +7,7 @@ import pytest
 
 from lookalike.dupes import DuplicateGroup, DuplicatesSummary, GroupAssembler
 from lookalike.v1 import lookalike_pb2 as pb
-from lookalike_server.dupes_grouping import UnionFind, components, split_component
+from lookalike_server.dupes_grouping import UnionFind, components, split_component, split_component_multi
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.validation import MAX_DUPES_PAGE, check_dupes_request
 
@@ -116,3 +116,95 @@ def test_walk_slots_refuse_beyond_the_limit_and_come_back() -> None:
     permit.release()  # idempotent
     admission.admit_walk("FindDuplicates").release()
     assert admission.stats().inflight_walks == 0
+
+
+def _brute_force_any_model(
+    ids: list[int], vectors: dict[str, dict[int, np.ndarray]], thresholds: dict[str, float]
+) -> list[list[int]]:
+    """The documented multi-model grouping, computed independently: near = within ANY model's
+    threshold; pairs by smallest distance/threshold first, merged while the merged group's
+    earliest id is near every member."""
+    ids = sorted(ids)
+    n = len(ids)
+    d = {m: np.array([[float(((v[a] - v[b]) ** 2).sum()) for b in ids] for a in ids]) for m, v in vectors.items()}
+    near = np.logical_or.reduce([d[m] <= t for m, t in thresholds.items()])
+    key = np.minimum.reduce([d[m] / t for m, t in thresholds.items()])
+    group = {i: {i} for i in range(n)}
+    pairs = sorted((key[a, b], a, b) for a in range(n) for b in range(a + 1, n) if near[a, b])
+    for _k, a, b in pairs:
+        ga, gb = group[a], group[b]
+        rep = min(ga | gb)
+        if ga is gb or not all(near[rep, x] for x in ga | gb):
+            continue
+        merged = ga | gb
+        for x in merged:
+            group[x] = merged
+    unique = {id(g): g for g in group.values()}.values()
+    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
+
+
+def test_several_models_group_a_pair_that_only_one_model_finds_near() -> None:
+    # Under model a, 2 is far from 1; under model b it is close. 3 is far under both.
+    va = {1: _unit([1, 0]), 2: _unit([np.cos(0.9), np.sin(0.9)]), 3: _unit([-1, 0.2])}
+    vb = {1: _unit([1, 0, 0]), 2: _unit([1, 0.1, 0]), 3: _unit([0, 0, 1])}
+    thresholds = {"a": 0.1, "b": 0.1}
+    assert split_component([1, 2, 3], va, 0.1) == []
+    (group,) = split_component_multi([1, 2, 3], {"a": va, "b": vb}, thresholds)
+    assert group.representative == 1 and group.members == [1, 2]
+    d_a = float(((va[1] - va[2]) ** 2).sum())
+    d_b = float(((vb[1] - vb[2]) ** 2).sum())
+    assert group.distances == pytest.approx([0.0, d_a], abs=1e-6)  # the first model's
+    assert group.per_model["a"] == pytest.approx([0.0, d_a], abs=1e-6) and group.per_model["b"] == pytest.approx(
+        [0.0, d_b], abs=1e-6
+    )
+    # An item missing under one model is not compared at all.
+    del vb[2]
+    assert split_component_multi([1, 2, 3], {"a": va, "b": vb}, thresholds) == []
+
+
+def test_one_model_through_the_multi_split_is_the_plain_split() -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(6, 16))
+    vectors = {}
+    for i in range(40):
+        v = centres[i % 6] + 0.35 * rng.normal(size=16)
+        vectors[100 + i] = (v / np.linalg.norm(v)).astype(np.float32)
+    plain = split_component(list(vectors), vectors, 0.3)
+    multi = split_component_multi(list(vectors), {"m": vectors}, {"m": 0.3})
+    assert plain  # the data does form groups
+    assert [(g.representative, g.members, g.distances) for g in plain] == [
+        (g.representative, g.members, g.distances) for g in multi
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multi_model_split_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ids = list(range(10, 70))
+    vectors: dict[str, dict[int, np.ndarray]] = {}
+    for model, dim in (("a", 12), ("b", 20)):
+        centres = rng.normal(size=(8, dim))
+        vectors[model] = {}
+        for i in ids:
+            v = centres[i % 8] + 0.5 * rng.normal(size=dim)
+            vectors[model][i] = (v / np.linalg.norm(v)).astype(np.float32)
+    thresholds = {"a": 0.35, "b": 0.45}
+    groups = split_component_multi(ids, vectors, thresholds)
+    expected = _brute_force_any_model(ids, vectors, thresholds)
+    assert expected and sorted(sorted(g.members) for g in groups) == expected
+    for g in groups:
+        for k, member in enumerate(g.members):
+            # every member is near its representative under at least one model
+            assert any(g.per_model[m][k] <= thresholds[m] + 1e-6 for m in thresholds), (g, member)
+
+
+def test_multi_model_leader_split_keeps_the_any_model_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lookalike_server.dupes_grouping as grouping
+
+    monkeypatch.setattr(grouping, "MAX_LINKAGE", 2)
+    va = {1: _unit([1, 0]), 2: _unit([np.cos(0.9), np.sin(0.9)]), 3: _unit([np.cos(0.05), np.sin(0.05)])}
+    vb = {1: _unit([1, 0, 0]), 2: _unit([1, 0.1, 0]), 3: _unit([0, 0, 1])}
+    (group,) = grouping.split_component_multi([1, 2, 3], {"a": va, "b": vb}, {"a": 0.1, "b": 0.1})
+    # Leader 1 takes 3 (near under a) and 2 (near under b); members by the first model's distance.
+    assert group.members == [1, 3, 2]
+    assert group.per_model["b"][2] < 0.1 < group.per_model["a"][2]

@@ -1,4 +1,7 @@
-"""``lookalike dupes``: near-duplicate groups of one model's index, as a table, JSON or an HTML page.
+"""``lookalike dupes``: near-duplicate groups of the index, as a table, JSON or an HTML page.
+
+By default the server compares under every loaded model at once (two items are near when
+any model puts them within its calibrated threshold); ``--model`` names one or more.
 
 Groups are printed as the server streams them (a walk over a large index takes a
 while; the first groups show early). Every group lists its representative (the
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 from lookalike.cli.exits import EXIT_OK, CliError
 from lookalike.cli.options import connect, parse_attrs
 from lookalike.console import print_json
-from lookalike.dupes import DuplicateGroup, DuplicatesSummary
+from lookalike.dupes import DuplicateGroup, DuplicatesSummary, format_distances
 from lookalike.thumbnails import load_thumbnails
 
 __all__ = ["add_dupes_arguments", "cmd_dupes", "format_group", "format_summary"]
@@ -25,11 +29,17 @@ __all__ = ["add_dupes_arguments", "cmd_dupes", "format_group", "format_summary"]
 
 def add_dupes_arguments(p: argparse.ArgumentParser) -> None:
     """The ``dupes`` flags."""
-    p.add_argument("--model", help="model to compare under (default: the server's first model)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="model to compare under; repeat it to compare under several: two items are near when any of "
+        "them puts them within its calibrated threshold (default: every model the server has loaded)",
+    )
     p.add_argument(
         "--threshold",
         type=float,
-        help="squared L2 distance to a group's representative (default: the model's calibrated value)",
+        help="squared L2 distance to a group's representative, with one --model "
+        "(default: the model's calibrated value)",
     )
     p.add_argument("--prefix", help="only items whose key starts with this")
     p.add_argument("--attr", action="append", metavar="K=V", help="only items with this attribute (repeatable)")
@@ -46,8 +56,8 @@ def add_dupes_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_dupes)
 
 
-def format_group(number: int, group: DuplicateGroup) -> str:
-    """One group as text: the representative, then each copy with its kind and distance."""
+def format_group(number: int, group: DuplicateGroup, models: Sequence[str] = ()) -> str:
+    """One group as text: the representative, then each copy with its kind and distance(s), in ``models`` order."""
     rep = group.representative
     lines = [
         f"group {number}: {len(group.members)} items, {group.exact_count} exact  "
@@ -55,7 +65,7 @@ def format_group(number: int, group: DuplicateGroup) -> str:
     ]
     for m in group.copies:
         kind = "exact" if m.exact else "similar"
-        lines.append(f"    {kind:<8} d={m.distance:.4f}  id {m.id:<8} {m.key}")
+        lines.append(f"    {kind:<8} {format_distances(m, models)}  id {m.id:<8} {m.key}")
     return "\n".join(lines)
 
 
@@ -63,9 +73,14 @@ def format_summary(s: DuplicatesSummary) -> str:
     """The closing line."""
     which = "model default" if s.default_threshold else "given"
     capped = f", {s.capped_items} items had more neighbours than kept" if s.capped_items else ""
+    if len(s.models) > 1:
+        names = " or ".join(f"{m} within {t:g}" for m, t in s.thresholds.items())
+        rule = f"{'/'.join(s.models)}: near when {names} ({which}s)"
+    else:
+        rule = f"{s.model}: threshold {s.threshold:g} ({which})"
     return (
-        f"{s.model}: {s.items_scanned} items scanned, {s.groups} groups ({s.grouped_items} items), "
-        f"threshold {s.threshold:g} ({which}), {s.search_mode} search, {s.elapsed_ms / 1e3:.1f} s{capped}"
+        f"{rule}; {s.items_scanned} items scanned, {s.groups} groups ({s.grouped_items} items), "
+        f"{s.search_mode} search, {s.elapsed_ms / 1e3:.1f} s{capped}"
     )
 
 
@@ -74,14 +89,19 @@ def cmd_dupes(args: argparse.Namespace) -> int:
     groups: list[DuplicateGroup] = []
     summary: DuplicatesSummary | None = None
     with connect(args) as client:
-        model = args.model
-        if not model:
-            models = client.list_models()
+        models = list(dict.fromkeys(args.model or []))
+        if not models:
+            # Every loaded model: a copy one model places beyond its threshold is often well
+            # within the other's (docs/duplicates.md, "Several models").
+            models = [m.name for m in client.list_models()]
             if not models:
                 raise CliError("the server has no model loaded")
-            model = models[0].name
+        if args.threshold is not None and len(models) > 1:
+            raise CliError(
+                f"--threshold applies to one model; name it with --model (this server has {', '.join(models)})"
+            )
         for part in client.find_duplicates(
-            model,
+            models,
             threshold=args.threshold,
             key_prefix=args.prefix,
             attributes=parse_attrs(args.attr),
@@ -93,7 +113,7 @@ def cmd_dupes(args: argparse.Namespace) -> int:
                 continue
             groups.append(part)
             if not args.json:
-                print(format_group(len(groups), part), flush=True)
+                print(format_group(len(groups), part, models), flush=True)
     if summary is None:
         raise CliError("the server ended the stream without a summary")
     if args.json:

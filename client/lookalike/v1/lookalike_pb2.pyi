@@ -459,21 +459,23 @@ class GetStatsResponse(_message.Message):
     def __init__(self, batchers: _Optional[_Iterable[_Union[BatcherStats, _Mapping]]] = ..., requests_by_status: _Optional[_Mapping[str, int]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class FindDuplicatesRequest(_message.Message):
-    __slots__ = ("model", "threshold", "filter", "page_size", "exact_only")
+    __slots__ = ("model", "threshold", "filter", "page_size", "exact_only", "models")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXACT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     threshold: float
     filter: Filter
     page_size: int
     exact_only: bool
-    def __init__(self, model: _Optional[str] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., page_size: _Optional[int] = ..., exact_only: _Optional[bool] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., page_size: _Optional[int] = ..., exact_only: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DuplicateMember(_message.Message):
-    __slots__ = ("id", "key", "distance", "exact", "content_sha256", "attributes")
+    __slots__ = ("id", "key", "distance", "exact", "content_sha256", "attributes", "distances")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -481,19 +483,28 @@ class DuplicateMember(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class DistancesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DISTANCES_FIELD_NUMBER: _ClassVar[int]
     id: int
     key: str
     distance: float
     exact: bool
     content_sha256: str
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., distance: _Optional[float] = ..., exact: _Optional[bool] = ..., content_sha256: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    distances: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., distance: _Optional[float] = ..., exact: _Optional[bool] = ..., content_sha256: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., distances: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DuplicateGroup(_message.Message):
     __slots__ = ("representative_id", "size", "offset", "more", "members", "exact_count")
@@ -512,7 +523,14 @@ class DuplicateGroup(_message.Message):
     def __init__(self, representative_id: _Optional[int] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., more: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[DuplicateMember, _Mapping]]] = ..., exact_count: _Optional[int] = ...) -> None: ...
 
 class DuplicatesSummary(_message.Message):
-    __slots__ = ("model", "threshold", "default_threshold", "exact_distance", "items_scanned", "groups", "grouped_items", "pairs", "search_mode", "capped_items", "elapsed_ms")
+    __slots__ = ("model", "threshold", "default_threshold", "exact_distance", "items_scanned", "groups", "grouped_items", "pairs", "search_mode", "capped_items", "elapsed_ms", "models", "thresholds")
+    class ThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +542,8 @@ class DuplicatesSummary(_message.Message):
     SEARCH_MODE_FIELD_NUMBER: _ClassVar[int]
     CAPPED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     threshold: float
     default_threshold: bool
@@ -535,7 +555,9 @@ class DuplicatesSummary(_message.Message):
     search_mode: str
     capped_items: int
     elapsed_ms: float
-    def __init__(self, model: _Optional[str] = ..., threshold: _Optional[float] = ..., default_threshold: _Optional[bool] = ..., exact_distance: _Optional[float] = ..., items_scanned: _Optional[int] = ..., groups: _Optional[int] = ..., grouped_items: _Optional[int] = ..., pairs: _Optional[int] = ..., search_mode: _Optional[str] = ..., capped_items: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    thresholds: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., threshold: _Optional[float] = ..., default_threshold: _Optional[bool] = ..., exact_distance: _Optional[float] = ..., items_scanned: _Optional[int] = ..., groups: _Optional[int] = ..., grouped_items: _Optional[int] = ..., pairs: _Optional[int] = ..., search_mode: _Optional[str] = ..., capped_items: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class FindDuplicatesResponse(_message.Message):
     __slots__ = ("group", "summary")
