@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "uint8",
         help="uint8-input variant of an exported float model: cast and normalisation inside the graph",
         description="Prepends uint8 NHWC input → Cast → the entry's normalisation → its layout to the graph, "
-        "writes <model>_u8.onnx and registers <name>_u8 (input_dtype = \"uint8\") beside the float entry. "
+        'writes <model>_u8.onnx and registers <name>_u8 (input_dtype = "uint8") beside the float entry. '
         "The server then feeds resized uint8 pixels and the model's device does the arithmetic.",
     )
     u.add_argument("model", help="the float ONNX file")

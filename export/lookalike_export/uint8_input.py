@@ -87,7 +87,9 @@ def prepend_uint8_input(model: Any, spec: PreprocessSpec, input_name: str) -> An
     x = PREFIX + "float"
     if spec.color_order == "BGR":
         initialisers.append(numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64), PREFIX + "bgr_index"))
-        nodes.append(helper.make_node("Gather", [x, PREFIX + "bgr_index"], [PREFIX + "bgr"], name=PREFIX + "bgr", axis=3))
+        nodes.append(
+            helper.make_node("Gather", [x, PREFIX + "bgr_index"], [PREFIX + "bgr"], name=PREFIX + "bgr", axis=3)
+        )
         x = PREFIX + "bgr"
     nodes.append(helper.make_node("Mul", [x, PREFIX + "scale_over_std"], [PREFIX + "scaled"], name=PREFIX + "scale"))
     last = normalised if spec.layout == "NHWC" else PREFIX + "nhwc"
@@ -196,7 +198,9 @@ def wrap_uint8(
     report = None
     try:
         if photos:
-            report = compare(_embed(src, photo_batch(photos, entry), entry), _embed(tmp, photo_batch(photos, variant), entry))
+            report = compare(
+                _embed(src, photo_batch(photos, entry), entry), _embed(tmp, photo_batch(photos, variant), entry)
+            )
             if report.cosine_min < min_cosine:
                 raise ModelLoadError(
                     f"{entry.name}: the uint8 graph's output differs from the float path's: {report} "

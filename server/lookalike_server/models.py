@@ -147,9 +147,9 @@ class OnnxModel:
         pre = self.spec.preprocess
         if inp.type != pre.onnx_type:
             hint = (
-                "set input_dtype = \"uint8\" in its registry entry"
+                'set input_dtype = "uint8" in its registry entry'
                 if inp.type == "tensor(uint8)"
-                else "the registry says input_dtype = \"uint8\"; point it at the graph made by lookalike-export uint8"
+                else 'the registry says input_dtype = "uint8"; point it at the graph made by lookalike-export uint8'
             )
             raise ModelLoadError(
                 f"{where}: input {self.input_name!r} is {inp.type}; the registry entry feeds {pre.onnx_type} ({hint})"

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.export
 
 def _passthrough(spec: PreprocessSpec) -> onnx.ModelProto:
     """A graph whose output is its float input times one: shows exactly what the prepended nodes compute."""
-    shape = ["n", *spec.shape]
+    shape: list[str | int | None] = ["n", *spec.shape]
     graph = helper.make_graph(
         [helper.make_node("Mul", ["input", "one"], ["embedding"])],
         "passthrough",
