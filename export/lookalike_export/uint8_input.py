@@ -4,8 +4,9 @@
 :func:`~lookalike_server.preprocess.normalise` does on the host::
 
     input: uint8 (N, H, W, 3) RGB
+      → [Transpose to NCHW if the model is NCHW: on uint8, a quarter of the bytes]
       → Cast(float) → [Gather channels 2,1,0 if BGR] → Mul(scale / std)
-      → Sub(mean / std) → [Transpose to NCHW if the model is NCHW] → the model
+      → Sub(mean / std) → the model
 
 The multiply and subtract use the very float32 constants the host uses
 (:attr:`PreprocessSpec.affine`), in the same order, so the two paths agree to
@@ -78,24 +79,33 @@ def prepend_uint8_input(model: Any, spec: PreprocessSpec, input_name: str) -> An
 
     normalised = PREFIX + "normalised"
     _rename_input(graph, input_name, normalised)
+    # NCHW models: transpose the uint8 pixels first (a quarter of the bytes a
+    # float transpose moves), then work per channel on axis 1.
+    nchw = spec.layout == "NCHW"
+    channel_shape = (3, 1, 1) if nchw else (3,)
     a, b = spec.affine
     initialisers = [
-        numpy_helper.from_array(np.asarray(a, dtype=np.float32), PREFIX + "scale_over_std"),
-        numpy_helper.from_array(np.asarray(b, dtype=np.float32), PREFIX + "mean_over_std"),
+        numpy_helper.from_array(np.asarray(a, dtype=np.float32).reshape(channel_shape), PREFIX + "scale_over_std"),
+        numpy_helper.from_array(np.asarray(b, dtype=np.float32).reshape(channel_shape), PREFIX + "mean_over_std"),
     ]
-    nodes = [helper.make_node("Cast", [input_name], [PREFIX + "float"], name=PREFIX + "cast", to=TensorProto.FLOAT)]
+    nodes = []
+    x = input_name
+    if nchw:
+        nodes.append(helper.make_node("Transpose", [x], [PREFIX + "nchw"], name=PREFIX + "nchw", perm=[0, 3, 1, 2]))
+        x = PREFIX + "nchw"
+    nodes.append(helper.make_node("Cast", [x], [PREFIX + "float"], name=PREFIX + "cast", to=TensorProto.FLOAT))
     x = PREFIX + "float"
     if spec.color_order == "BGR":
         initialisers.append(numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64), PREFIX + "bgr_index"))
+        axis = 1 if nchw else 3
         nodes.append(
-            helper.make_node("Gather", [x, PREFIX + "bgr_index"], [PREFIX + "bgr"], name=PREFIX + "bgr", axis=3)
+            helper.make_node("Gather", [x, PREFIX + "bgr_index"], [PREFIX + "bgr"], name=PREFIX + "bgr", axis=axis)
         )
         x = PREFIX + "bgr"
     nodes.append(helper.make_node("Mul", [x, PREFIX + "scale_over_std"], [PREFIX + "scaled"], name=PREFIX + "scale"))
-    last = normalised if spec.layout == "NHWC" else PREFIX + "nhwc"
-    nodes.append(helper.make_node("Sub", [PREFIX + "scaled", PREFIX + "mean_over_std"], [last], name=PREFIX + "mean"))
-    if spec.layout == "NCHW":
-        nodes.append(helper.make_node("Transpose", [last], [normalised], name=PREFIX + "nchw", perm=[0, 3, 1, 2]))
+    nodes.append(
+        helper.make_node("Sub", [PREFIX + "scaled", PREFIX + "mean_over_std"], [normalised], name=PREFIX + "mean")
+    )
 
     new_input = helper.make_tensor_value_info(input_name, TensorProto.UINT8, [batch_dim, spec.height, spec.width, 3])
     position = list(graph.input).index(old)
