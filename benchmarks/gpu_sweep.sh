@@ -63,16 +63,25 @@ nvidia-smi | tee "$OUT/nvidia-smi.txt"
 import importlib
 import onnxruntime as o
 print("onnxruntime", o.__version__, o.get_available_providers())
-for name in ("torch", "onnx", "onnxconverter_common", "tensorrt", "nvidia.nvimgcodec", "nvidia.dali", "PIL"):
+for name in ("torch", "torchvision", "onnx", "onnxconverter_common", "tensorrt", "nvidia.nvimgcodec", "nvidia.dali",
+             "PIL", "grpc", "google.protobuf", "redis", "pymilvus", "matplotlib"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "?"))
     except Exception as exc:
         print(name, "not installed:", type(exc).__name__)
 PYEOF
 
+# The server must import here (its gRPC, store and image dependencies), or every step would fail alike.
+if ! "$PY" -c 'import lookalike_server.app, lookalike_export.uint8_input' 2>"$OUT/import-error.txt"; then
+  echo "gpu_sweep: the server or exporter cannot be imported with $PY:" >&2
+  tail -3 "$OUT/import-error.txt" >&2
+  echo "install the server's dependencies (pip install '.[server]') for this interpreter, or set PYTHON" >&2
+  exit 2
+fi
+rm -f "$OUT/import-error.txt"
 providers=$("$PY" -c 'import onnxruntime as o; print(",".join(o.get_available_providers()))')
 if [[ ",$providers," != *",CUDAExecutionProvider,"* ]]; then
-  echo "gpu_sweep: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)" >&2
+  echo "gpu_sweep: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu built for this CUDA)" >&2
   exit 2
 fi
 
