@@ -2,7 +2,10 @@
 
 Steps, one after the other (so that none competes with another for the GPU or
 the host), with their budget on an H200 with 16 host cores (ResNet50, Embed of
-640-px JPEGs at concurrency 16 and 64, 1 s warm-up + 4 s per point):
+640-px JPEGs at concurrency 16 and 64, 1 s warm-up + 4 s per point). The
+budgets are estimates from the earlier H200 runs (a server sweep of four
+points took about 35 s with its start-up): no step has run on a GPU yet, so
+the first run's ``seconds`` per step (``results.json``) should replace them.
 
 =============  ===========================================================  ========
 step           what runs                                                    budget
@@ -421,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ceiling_batches, args.ceiling_seconds = [1, 4], 0.3
         args.decode_workers, args.decode_seconds = [1, 2], 0.3
         args.budget_s = min(args.budget_s, 120.0)
+        args.work = out / "work"  # the tiny model and its variants: kept with this run, apart from others
         registry, args.model = tiny_model(args.work / "tiny")
     else:
         if not args.registry:

@@ -24,6 +24,9 @@
 # PYTHON picks the interpreter (default: .venv/bin/python, else python3); the
 # repo's client/, server/ and export/ folders are put on PYTHONPATH.
 #
+# GPU_SWEEP_ARGS adds flags to benchmarks/gpu_levers.py, e.g. GPU_SWEEP_ARGS="--skip tensorrt,decode"
+# to rerun some steps, or shorter windows (--duration 2).
+#
 # --cpu-structure (or GPU_SWEEP_CPU=1) runs every step on the CPU provider with
 # a tiny random model and sub-second windows (~30 s on 2 cores) and writes the
 # same report files to .cache/gpu-sweep-cpu-structure/ (not committed): it
@@ -122,5 +125,5 @@ fi
 
 left=$(( BUDGET_S - ($(date +%s) - started) ))
 "$PY" benchmarks/gpu_levers.py --registry "$MODELS/models.toml" --model resnet50 --out "$OUT" \
-  --trt-timeout "$TRT_TIMEOUT" --budget-s "$left"
+  --trt-timeout "$TRT_TIMEOUT" --budget-s "$left" ${GPU_SWEEP_ARGS:-}
 echo "gpu_sweep: done in $(( $(date +%s) - started )) s; report: $OUT/report.md"

@@ -83,3 +83,4 @@ def test_the_report_leads_with_the_lever_table(report: Path) -> None:
     assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == LEVERS
     assert "## Host decoding: threads vs processes" in text
     assert (report / "latency_vs_throughput.png").is_file()
+    assert (report / "work" / "tiny" / "tiny_u8.onnx").is_file()  # the run's own files stay in its folder
