@@ -216,6 +216,10 @@ class Sweep:
         if models:
             record["providers"] = list(models[0].providers)
             args.served_models.extend(models)
+            asked = step_providers(args, extra).split(",")[0]
+            if record["providers"][0] != asked:
+                # A provider whose libraries do not load falls back quietly: say so in the row.
+                record["reason"] = f"asked for {asked}, the server got {record['providers']}"
         self.series.append(series)
         record["series"] = series["name"]
         point = compare._point(series, f"c={args.at}")
@@ -223,9 +227,14 @@ class Sweep:
         record["p99_ms"] = {p["label"]: (p.get("latency_ms") or {}).get("p99") for p in series["points"]}
 
 
+def step_providers(args: argparse.Namespace, extra: Sequence[str]) -> str:
+    """The providers a step asks for: its own ``--models-providers=`` or the sweep's."""
+    return next((e.split("=", 1)[1] for e in extra if e.startswith("--models-providers=")), args.providers)
+
+
 def server_args(args: argparse.Namespace, model: str, extra: Sequence[str]) -> list[str]:
     """The lookalike-server flags of a step: embed-only, one model, the sweep's providers, then the lever's."""
-    providers = next((e.split("=", 1)[1] for e in extra if e.startswith("--models-providers=")), args.providers)
+    providers = step_providers(args, extra)
     rest = [e for e in extra if not e.startswith("--models-providers=")]
     data_dir = next((e.split("=", 1)[1] for e in extra if e.startswith("--data-dir=")), str(args.work / "none"))
     rest = [e for e in rest if not e.startswith("--data-dir=")]
@@ -244,7 +253,10 @@ def tensorrt_problem(cpu_structure: bool) -> str:
 
     problem = _provider_problem("TensorrtExecutionProvider")
     if problem:
-        return f"TensorrtExecutionProvider: {problem} (install the tensorrt wheels matching onnxruntime-gpu)"
+        return (
+            f"TensorrtExecutionProvider cannot load here: {problem} "
+            "(it needs CUDA and the TensorRT libraries, e.g. the tensorrt wheels matching onnxruntime-gpu)"
+        )
     return ""
 
 
@@ -494,8 +506,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["engine_files"] = sorted(p.name for p in (data / "cache" / "trt").glob("*"))[:20]
         r["_ready_timeout"] = max(sweep.left() - 20, 30)
         sweep.server_step(r, args, images, m, extra)
-        if r.get("providers") and r["providers"][0] != "TensorrtExecutionProvider":
-            r["reason"] = f"the server got {r['providers']}, not TensorRT"
 
     sweep.step("tensorrt", args.trt_timeout + 30, tensorrt_step, skip=("asked" if "tensorrt" in skip else "")
                or tensorrt_problem(args.cpu_structure))  # fmt: skip

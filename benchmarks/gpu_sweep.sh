@@ -87,6 +87,13 @@ if [[ ",$providers," != *",CUDAExecutionProvider,"* ]]; then
   echo "gpu_sweep: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu built for this CUDA)" >&2
   exit 2
 fi
+# onnxruntime-gpu lists CUDA even where its libraries cannot load, and then runs on the CPU:
+# every "GPU" figure would be a CPU one. Refuse instead.
+cuda_problem=$("$PY" -c 'from lookalike_server.execution_providers import _provider_problem as p; print(p("CUDAExecutionProvider"))')
+if [[ -n "$cuda_problem" ]]; then
+  echo "gpu_sweep: the CUDA provider cannot load here: $cuda_problem (onnxruntime-gpu must match this CUDA)" >&2
+  exit 2
+fi
 
 # ResNet50 with random weights, exported the way the project exports models
 # (lookalike-export), falling back to a plain torch export if that path fails.
