@@ -108,3 +108,22 @@ def test_an_entry_that_disagrees_with_the_graphs_input_type_is_refused(wrapped: 
     spec = next(s for s in load_registry(tmp_path / "models.toml", BatchingConfig()) if s.name == "mobilenet_v2_u8")
     with pytest.raises(ModelLoadError, match=r"is tensor\(uint8\).*set input_dtype"):
         OnnxModel(spec, ("CPUExecutionProvider",))
+
+
+def test_an_fp16_variant_of_a_uint8_graph_keeps_the_normalisation_in_fp32_and_loads(wrapped: Path) -> None:
+    """The fp16 converter alone retypes the uint8 graph's cast and breaks it; quantize keeps those nodes fp32."""
+    from lookalike_export.quantize import quantize_model
+    from lookalike_export.uint8_input import PREFIX
+
+    result = quantize_model(wrapped.parent / "mobilenet_v2_u8.onnx", mode="fp16", registry=wrapped)
+    graph = onnx.load(str(result.path)).graph
+    cast = next(n for n in graph.node if n.name == PREFIX + "cast")
+    assert next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    fp16 = onnx_session(result.path)
+    u8 = onnx_session(wrapped.parent / "mobilenet_v2_u8.onnx")
+    spec = PreprocessSpec(input_dtype="uint8")
+    x = np.stack([normalise(resize_and_crop(Image.open(p).convert("RGB"), spec), spec) for p in PHOTOS[:4]])
+    a, b = (s.run(["embedding"], {"input": x})[0] for s in (fp16, u8))  # type: ignore[attr-defined]
+    cos = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos
