@@ -10,24 +10,27 @@ the first run's ``seconds`` per step (``results.json``) should replace them.
 =============  ===========================================================  ========
 step           what runs                                                    budget
 =============  ===========================================================  ========
-variants       ``lookalike-export uint8`` and ``quantize --mode fp16`` of    40 s
-               the model (each parity-checked)
+variants       ``lookalike-export uint8`` and ``quantize --mode fp16`` of    50 s
+               the model, and fp16 of the uint8 graph (each checked)
 baseline       server, CUDA provider, default settings                      30 s
 ceiling        the server's preprocessing + ONNX session in this process,   15 s
                sequential, batch 1/32/64 (the issue's "≥ 0.8× ceiling")
 uint8          server, the ``<model>_u8`` entry: normalisation in the graph  30 s
 io_binding     server, ``--models-io-binding true``                         30 s
 fp16           server, the ``<model>_fp16`` entry                           30 s
-tensorrt       server with the TensorRT provider twice: the first start     ≤ 240 s
-               builds and caches the engine (start-up time recorded), the
-               second loads it and is swept; skipped with a line where the
-               onnxruntime build or the machine has no TensorRT
+combined       server, ``<model>_u8_fp16`` with IO binding: the three       30 s
+               levers above at once
 decode         decode + resize + crop of the same JPEGs in this process,    20 s
                N threads vs N processes: does decoding scale with threads
                (Pillow releases the GIL), or does it need processes?
 nvjpeg         nvImageCodec GPU JPEG decode, only if the package is          10 s
                installed (never installed by this script: the GPU machine
                may have no internet); otherwise a skipped line
+tensorrt       server with the TensorRT provider twice: the first start     ≤ what
+               builds and caches the engine (start-up time recorded), the   is left,
+               second loads it and is swept; skipped with a line where the  at most
+               onnxruntime build or the machine has no TensorRT. Last, so   TRT
+               that a slow engine build costs no other lever its figures    timeout
 =============  ===========================================================  ========
 
 A step that fails is recorded with its error and the run goes on; once
@@ -80,7 +83,9 @@ HOW = {
     "(engines cached under DATA_DIR/cache/trt)",
     "decode": "--models-preprocess-threads N (threads); a process pool is not built",
     "nvjpeg": "not wired into the server: measured alone",
-    "variants": "the files the uint8 and fp16 steps serve, parity-checked (see Variants below)",
+    "variants": "the files the uint8, fp16 and combined steps serve, parity-checked (see Variants below)",
+    "combined": 'uint8 + fp16 + IO binding at once: quantize the "<name>_u8" file with --mode fp16, serve '
+    '"<name>_u8_fp16" with --models-io-binding true',
     "ceiling": "(no setting: the in-process decode + infer loop the server is compared with)",
 }
 
@@ -157,6 +162,18 @@ def make_variants(registry: Path, model: str, photos: Sequence[Path]) -> dict[st
         log(fp16.summary())
     except Exception as exc:
         done["fp16"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:  # the three graph and runner levers at once: uint8 input, fp16, (IO binding at serving time)
+        if "entry" not in done["uint8"]:
+            raise RuntimeError("no uint8 variant to convert")
+        both = quantize_model(
+            src.with_name(f"{src.stem}_u8.onnx"), mode="fp16", registry=registry, name=f"{model}_u8",
+            calibration=photos,
+        )  # fmt: skip
+        upsert_entry(registry, both.entry)
+        done["combined"] = {"entry": both.entry.name, "min_cosine": both.min_cosine, "n": both.n_eval}
+        log(both.summary())
+    except Exception as exc:
+        done["combined"] = {"error": f"{type(exc).__name__}: {exc}"}
     return done
 
 
@@ -180,12 +197,18 @@ class Sweep:
         """Seconds of the budget left."""
         return self.budget_s - (time.monotonic() - self.started)
 
-    def step(self, lever: str, budget_s: float, fn: Callable[[dict[str, Any]], None], skip: str = "") -> None:
-        """Runs ``fn(record)`` as step ``lever``; ``skip`` (a reason) records it as skipped instead."""
+    def step(
+        self, lever: str, budget_s: float, fn: Callable[[dict[str, Any]], None], skip: str = "", need_s: float = 20
+    ) -> None:
+        """Runs ``fn(record)`` as step ``lever``; ``skip`` (a reason) records it as skipped instead.
+
+        A step also is skipped when less than ``need_s`` (or its budget, if
+        smaller) is left of the run's budget.
+        """
         record: dict[str, Any] = {"lever": lever, "how": HOW.get(lever, ""), "budget_s": budget_s, "status": "measured"}
         self.steps.append(record)
-        if not skip and self.left() < min(budget_s, 20):
-            skip = f"the run's budget is spent ({self.budget_s:.0f} s)"
+        if not skip and self.left() < min(budget_s, need_s):
+            skip = f"{self.left():.0f} s left of the run's budget ({self.budget_s:.0f} s); this step needs {need_s:.0f}"
         if skip:
             record.update(status="skipped", reason=skip)
             log(f"{lever}: skipped — {skip}")
@@ -463,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if errors:
             r.update(status="failed", reason="; ".join(f"{k}: {e}" for k, e in errors.items()))
 
-    sweep.step("variants", 40, variants_step, skip="asked" if "variants" in skip else "")
+    sweep.step("variants", 50, variants_step, skip="asked" if "variants" in skip else "")
 
     def lever(model: str, extra: Sequence[str] = ()) -> Callable[[dict[str, Any]], None]:
         return lambda r: sweep.server_step(r, args, images, model, extra)
@@ -492,23 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.step("uint8", 30, lever(f"{m}_u8"), skip=missing("uint8"))
     sweep.step("io_binding", 30, lever(m, ["--models-io-binding=true"]), skip="asked" if "io_binding" in skip else "")
     sweep.step("fp16", 30, lever(f"{m}_fp16"), skip=missing("fp16"))
-
-    def tensorrt_step(r: dict[str, Any]) -> None:
-        # A data dir of its own that outlives the run: the engine cache is the lever.
-        data = args.work / "trt-data"
-        extra = [f"--models-providers={','.join(TRT)}", f"--data-dir={data}"]
-        t0 = time.monotonic()
-        cap = min(args.trt_timeout, max(sweep.left() - 40, 30))
-        with compare.running_server(
-            server_args(args, m, extra), args.logs / "server-tensorrt-build.log", ready_timeout=cap
-        ):
-            r["first_startup_s"] = round(time.monotonic() - t0, 1)
-        r["engine_files"] = sorted(p.name for p in (data / "cache" / "trt").glob("*"))[:20]
-        r["_ready_timeout"] = max(sweep.left() - 20, 30)
-        sweep.server_step(r, args, images, m, extra)
-
-    sweep.step("tensorrt", args.trt_timeout + 30, tensorrt_step, skip=("asked" if "tensorrt" in skip else "")
-               or tensorrt_problem(args.cpu_structure))  # fmt: skip
+    sweep.step("combined", 30, lever(f"{m}_u8_fp16", ["--models-io-binding=true"]), skip=missing("combined"))
 
     decode_result: dict[str, Any] = {}
 
@@ -533,6 +540,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["note"] = "GPU JPEG decode alone (no resize, no inference)"
 
     sweep.step("nvjpeg", 10, nvjpeg_step, skip=("asked" if "nvjpeg" in skip else "") or nvjpeg_problem())
+
+    def tensorrt_step(r: dict[str, Any]) -> None:
+        # A data dir of its own that outlives the run: the engine cache is the lever.
+        data = args.work / "trt-data"
+        extra = [f"--models-providers={','.join(TRT)}", f"--data-dir={data}"]
+        t0 = time.monotonic()
+        cap = min(args.trt_timeout, max(sweep.left() - 40, 30))
+        with compare.running_server(
+            server_args(args, m, extra), args.logs / "server-tensorrt-build.log", ready_timeout=cap
+        ):
+            r["first_startup_s"] = round(time.monotonic() - t0, 1)
+        r["engine_files"] = sorted(p.name for p in (data / "cache" / "trt").glob("*"))[:20]
+        r["_ready_timeout"] = max(sweep.left() - 20, 30)
+        sweep.server_step(r, args, images, m, extra)
+
+    sweep.step("tensorrt", args.trt_timeout + 30, tensorrt_step, skip=("asked" if "tensorrt" in skip else "")
+               or tensorrt_problem(args.cpu_structure), need_s=90)  # fmt: skip
 
     name = out.name
     machine = bench_report.describe_machine(args.served_models)

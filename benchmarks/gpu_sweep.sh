@@ -8,13 +8,15 @@
 #   benchmarks/gpu_sweep.sh --cpu-structure [OUT_DIR]  # anywhere: every step on the CPU
 #   GPU_SWEEP_CPU=1 benchmarks/gpu_sweep.sh            # the same
 #
-# Steps and their budgets (benchmarks/gpu_levers.py runs them; its docstring
-# says what each does): export ResNet50 ~20 s (this script, skipped when
-# .cache/gpu-models has it), uint8 + fp16 variants 40 s, baseline (CUDA
-# provider) 30 s, in-process ceiling 15 s, uint8 graph 30 s, IO binding 30 s,
-# fp16 30 s, TensorRT with a cached engine <= TRT_TIMEOUT (default 180) + 30 s,
-# host decode threads vs processes 20 s, GPU JPEG decode (nvImageCodec) 10 s.
-# The driver gets what is left of 470 s and skips the steps past it.
+# Steps and their estimated budgets (benchmarks/gpu_levers.py runs them; its
+# docstring says what each does; none has run on a GPU yet): export ResNet50
+# ~20 s (this script, skipped when .cache/gpu-models has it), the uint8, fp16
+# and uint8+fp16 variants 50 s, baseline (CUDA provider) 30 s, in-process
+# ceiling 15 s, uint8 graph 30 s, IO binding 30 s, fp16 30 s, the three
+# combined 30 s, host decode threads vs processes 20 s, GPU JPEG decode
+# (nvImageCodec) 10 s, and last TensorRT with a cached engine: what is left,
+# at most TRT_TIMEOUT (default 180) + 30 s. The driver gets what is left of
+# BUDGET_S (470 s) and skips the steps past it, each with a line saying so.
 #
 # Installs nothing (the GPU machine may have no internet): a lever whose
 # package is missing (TensorRT libraries, nvImageCodec) is reported as skipped

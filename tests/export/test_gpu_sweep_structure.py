@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LEVERS = ["variants", "baseline", "ceiling", "uint8", "io_binding", "fp16", "tensorrt", "decode", "nvjpeg"]
+LEVERS = [
+    "variants", "baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "decode", "nvjpeg", "tensorrt",
+]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def test_every_step_is_recorded_in_order_with_a_status(report: Path) -> None:
     steps = {s["lever"]: s for s in results["steps"]}
     assert [s["lever"] for s in results["steps"]] == LEVERS
     # Everything the CPU provider can run ran: no step failed or ran out of budget.
-    for lever in ("baseline", "ceiling", "uint8", "io_binding", "fp16", "decode"):
+    for lever in ("baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "decode"):
         assert steps[lever]["status"] == "measured", steps[lever]
     assert steps["variants"]["status"] == "done", steps["variants"]
     # TensorRT cannot run on the CPU: a skipped line with the reason, never a silent gap.
@@ -58,8 +60,8 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
     results = json.loads((report / "results.json").read_text())
     steps = {s["lever"]: s for s in results["steps"]}
     by_lever = {s.get("lever"): s for s in results["series"]}
-    assert set(by_lever) == {"baseline", "ceiling", "uint8", "io_binding", "fp16"}
-    for lever in ("baseline", "uint8", "io_binding", "fp16"):
+    assert set(by_lever) == {"baseline", "ceiling", "uint8", "io_binding", "fp16", "combined"}
+    for lever in ("baseline", "uint8", "io_binding", "fp16", "combined"):
         points = by_lever[lever]["points"]
         assert [p["label"] for p in points] == ["c=1", "c=2"]
         assert all(p["ok"] > 0 and p["errors"] == 0 for p in points), lever
@@ -67,9 +69,9 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
     # The variants the uint8 and fp16 steps served were made and parity-checked by the exporter.
     variants = steps["variants"]["variants"]
     assert variants["uint8"]["entry"] == "tiny_u8" and variants["uint8"]["min_cosine"] >= 0.99999
-    assert variants["fp16"]["entry"] == "tiny_fp16"
+    assert variants["fp16"]["entry"] == "tiny_fp16" and variants["combined"]["entry"] == "tiny_u8_fp16"
     served = results["machine"]["models"]
-    assert {"tiny", "tiny_u8", "tiny_fp16"} <= set(served)
+    assert {"tiny", "tiny_u8", "tiny_fp16", "tiny_u8_fp16"} <= set(served)
     decode = steps["decode"]["decode"]
     assert [r["workers"] for r in decode["rows"]] == [1, 2]
     assert all(r["threads_images_per_s"] > 0 and r["processes_images_per_s"] > 0 for r in decode["rows"])
