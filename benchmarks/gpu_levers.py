@@ -504,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model = baselines.load_model(m, registry=args.registry, providers=args.providers.split(","))
         series = baselines.ceiling(model, images, args.ceiling_batches, args.ceiling_seconds)
+        r["providers"] = list(model.providers)
+        if r["providers"][0] != args.providers.split(",")[0]:
+            r["reason"] = f"asked for {args.providers}, the session got {r['providers']}"
         del model
         series["lever"] = "ceiling"
         sweep.series.append(series)
