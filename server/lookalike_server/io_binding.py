@@ -79,8 +79,10 @@ class IoBindingRunner:
                 # and bind that very buffer for every later run.
                 bound.output = bound.binding.get_outputs()[0]
                 bound.binding.bind_ortvalue_output(self._output_name, bound.output)
-            # A copy: the buffer is overwritten by the next run of this shape.
-            return np.array(bound.output.numpy(), copy=True)
+            # ORT's documented way off the device; then a copy of our own, in
+            # case a CPU buffer comes back as a view: the next run of this
+            # shape overwrites it.
+            return np.array(bound.binding.copy_outputs_to_cpu()[0], copy=True)
         finally:
             with self._lock:
                 self._free.setdefault(key, []).append(bound)
