@@ -13,6 +13,8 @@ Examples::
     lookalike-export keras resnet50 --pooling max --weights random --registry /tmp/m/models.toml
     # int8 / fp16 variants of any exported model, with a retrieval-quality gate
     lookalike-export quantize models/mobilenet_v2.onnx --mode int8-static --registry models/models.toml
+    # a uint8-input variant: normalisation inside the graph (GPU lever), parity-checked
+    lookalike-export uint8 models/mobilenet_v2.onnx --registry models/models.toml
 
 Every failure prints one line naming the model and the problem, exit code 2.
 """
@@ -102,6 +104,19 @@ def _register(args: argparse.Namespace, result: ExportResult) -> None:
     print(f"{entry.name}: {action} in {registry} (version {entry.version})")
 
 
+def _also_uint8(args: argparse.Namespace, result: ExportResult) -> None:
+    """``--uint8-input``: the uint8-input variant of what was just exported, registered beside it."""
+    if not args.uint8_input:
+        return
+    from lookalike_export.uint8_input import wrap_uint8
+
+    wrapped = wrap_uint8(result.onnx_path, result.entry, photos=_photos(args.photos, args.no_parity))
+    print(wrapped.summary())
+    if args.registry:
+        action = upsert_entry(Path(args.registry), wrapped.entry)
+        print(f"{wrapped.entry.name}: {action} in {args.registry}")
+
+
 def _cmd_torch(args: argparse.Namespace) -> None:
     from lookalike_export.torch_export import export_torch
 
@@ -127,6 +142,7 @@ def _cmd_torch(args: argparse.Namespace) -> None:
         f"in {result.seconds:.1f}s; parity {result.parity or 'skipped'}"
     )
     _register(args, result)
+    _also_uint8(args, result)
 
 
 def _cmd_keras(args: argparse.Namespace) -> None:
@@ -150,6 +166,7 @@ def _cmd_keras(args: argparse.Namespace) -> None:
     )
     print(fidelity or "fidelity vs Keras: skipped (no photos)")
     _register(args, result)
+    _also_uint8(args, result)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
@@ -173,6 +190,26 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         print(f"{result.entry.name}: {action} in {args.registry}")
 
 
+def _cmd_uint8(args: argparse.Namespace) -> None:
+    from lookalike_export.quantize import entry_from_registry
+    from lookalike_export.uint8_input import wrap_uint8
+
+    src = Path(args.model)
+    name = args.name or src.stem
+    registry = Path(args.registry) if args.registry else src.parent / "models.toml"
+    if not registry.is_file():
+        raise ConfigError(f"{name}: no registry at {registry} to read its preprocessing from; pass --registry")
+    result = wrap_uint8(
+        src,
+        entry_from_registry(registry, name),
+        out=Path(args.out) if args.out else None,
+        photos=_photos(args.photos, args.no_parity),
+    )
+    print(result.summary())
+    action = upsert_entry(registry, result.entry)
+    print(f"{result.entry.name}: {action} in {registry}")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models", help="output folder (default: models)")
     p.add_argument("--name", help="model name and file stem (default: the architecture)")
@@ -190,6 +227,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="fast",
         help="the entry's decoding: fast (reduced-size JPEG decoding, EXIF orientation applied; the default) "
         "or exact (decode as the framework's loader does); see docs/models.md, 'Decoding fidelity'",
+    )
+    p.add_argument(
+        "--uint8-input",
+        action="store_true",
+        help="also write <name>_u8.onnx, taking uint8 pixels with the normalisation in the graph "
+        "(see 'lookalike-export uint8'), and register it beside",
     )
 
 
@@ -229,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-p1-drop", type=float, default=0.05, help="refuse past this P@1 drop (default 0.05)")
     q.add_argument("--force", action="store_true", help="write even past --max-p1-drop (warns)")
     q.set_defaults(func=_cmd_quantize)
+
+    u = sub.add_parser(
+        "uint8",
+        help="uint8-input variant of an exported float model: cast and normalisation inside the graph",
+        description="Prepends uint8 NHWC input → Cast → the entry's normalisation → its layout to the graph, "
+        'writes <model>_u8.onnx and registers <name>_u8 (input_dtype = "uint8") beside the float entry. '
+        "The server then feeds resized uint8 pixels and the model's device does the arithmetic.",
+    )
+    u.add_argument("model", help="the float ONNX file")
+    u.add_argument("--registry", help="models.toml holding its entry (default: models.toml beside it)")
+    u.add_argument("--name", help="name of the float entry (default: the file stem)")
+    u.add_argument("--out", help="output file (default: <model>_u8.onnx beside it)")
+    u.add_argument("--photos", help="real photos for the float-vs-uint8 check (default: tests/data/export)")
+    u.add_argument("--no-parity", action="store_true", help="skip the check (not recommended)")
+    u.set_defaults(func=_cmd_uint8)
     return parser
 
 

@@ -129,8 +129,16 @@ def make_variant(src: Path, dst: Path, mode: str, entry: ModelEntry, calibration
         if mode == "fp16":
             from onnxconverter_common import float16
 
-            model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            from lookalike_export.uint8_input import PREFIX
+
+            fp32 = onnx.load(str(src))
+            # A uint8-input graph's own cast and normalisation stay fp32 (the
+            # converter would retype the cast's output and break the graph);
+            # a cast to fp16 follows them.
+            keep = [n.name for n in fp32.graph.node if n.name.startswith(PREFIX)]
+            model = float16.convert_float_to_float16(fp32, keep_io_types=True, node_block_list=keep or None)
             onnx.save(model, str(dst))
+            _check_loads(dst, entry.name, mode)
             return
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -159,6 +167,15 @@ def make_variant(src: Path, dst: Path, mode: str, entry: ModelEntry, calibration
         raise
     except Exception as exc:
         raise ModelLoadError(f"{entry.name}: {mode} conversion failed: {exc}") from exc
+
+
+def _check_loads(path: Path, name: str, mode: str) -> None:
+    """Refuses a variant ONNX Runtime cannot load (checked on the CPU, where no GPU is here to run it)."""
+    try:
+        session(path)
+    except ModelLoadError as exc:
+        path.unlink(missing_ok=True)
+        raise ModelLoadError(f"{name}: the {mode} variant does not load: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str,
                 spin_wait=config.models.spin_wait,
                 worker_nice=config.models.worker_nice,
                 inter_op_threads=budget.inter_op_threads,
+                io_binding=config.models.io_binding,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:

@@ -151,6 +151,12 @@ class ModelsConfig:
     session_per_bucket: str = _opt(
         "auto", "one ONNX Runtime session per batch bucket: on, off, or auto (on for CUDA/TensorRT, off on CPU)"
     )
+    io_binding: bool = _opt(
+        False,
+        "run models through ONNX Runtime IO bindings whose input/output buffers stay on the session's device "
+        "and are reused per batch shape; a GPU lever (benchmarks/gpu_sweep.sh measures it), off by default: "
+        "on the CPU it only adds a copy",
+    )
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.providers if p not in KNOWN_PROVIDERS]

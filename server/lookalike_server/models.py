@@ -22,6 +22,7 @@ import numpy as np
 from lookalike_server.autotune import BatchPlan, choose_plan, median
 from lookalike_server.errors import ModelLoadError
 from lookalike_server.execution_providers import provider_options, usable_providers
+from lookalike_server.io_binding import IoBindingRunner
 from lookalike_server.priority import run_lowered
 from lookalike_server.registry import file_sha256
 from lookalike_server.registry_reader import ModelSpec
@@ -43,6 +44,8 @@ class OnnxModel:
         spin_wait: Let ORT's intra-op threads busy-wait for work between runs.
         worker_nice: How much lower than the front door ORT's intra-op
             threads run (they inherit it from the thread creating the session).
+        io_binding: Run through IO bindings with per-shape buffers kept on
+            the session's device (:mod:`lookalike_server.io_binding`).
 
     Raises:
         ModelLoadError: Missing/corrupt file, checksum mismatch, or an input
@@ -59,6 +62,7 @@ class OnnxModel:
         spin_wait: bool = False,
         worker_nice: int = 0,
         inter_op_threads: int = 0,
+        io_binding: bool = False,
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
@@ -117,6 +121,14 @@ class OnnxModel:
             b: (self.session if i == 0 or not per_bucket else new_session()) for i, b in enumerate(self.buckets)
         }
         self.session_per_bucket = per_bucket
+        # One runner per session (keyed by id: sessions are shared between buckets on the CPU).
+        self.io_binding = io_binding
+        self._runners: dict[int, IoBindingRunner] = {}
+        if io_binding:
+            self._runners = {
+                id(s): IoBindingRunner(s, self.input_name, self.output_name, self.providers[0])
+                for s in {id(s): s for s in [self.session, *self.sessions.values()]}.values()
+            }
         self.plan = self._plan({})
         # Set by the loader (lookalike_server.app.load_models); shown by ListModels.
         self.threads: ThreadBudget | None = None
@@ -132,17 +144,26 @@ class OnnxModel:
         if self.output_name not in outputs:
             raise ModelLoadError(f"{where}: no output named {self.output_name!r}; it has {sorted(outputs)}")
         inp = inputs[self.input_name]
-        if inp.type != "tensor(float)":
-            raise ModelLoadError(f"{where}: input {self.input_name!r} is {inp.type}; float32 is needed")
+        pre = self.spec.preprocess
+        if inp.type != pre.onnx_type:
+            hint = (
+                'set input_dtype = "uint8" in its registry entry'
+                if inp.type == "tensor(uint8)"
+                else 'the registry says input_dtype = "uint8"; point it at the graph made by lookalike-export uint8'
+            )
+            raise ModelLoadError(
+                f"{where}: input {self.input_name!r} is {inp.type}; the registry entry feeds {pre.onnx_type} ({hint})"
+            )
         shape = list(inp.shape)
-        want = self.spec.preprocess.shape
+        want = pre.shape
         if len(shape) != 4:
             raise ModelLoadError(f"{where}: input {self.input_name!r} has shape {shape}; expected 4-D")
         for got, expected in zip(shape[1:], want, strict=True):
             if isinstance(got, int) and got > 0 and got != expected:
                 raise ModelLoadError(
                     f"{where}: input {self.input_name!r} has shape {shape} but the registry describes "
-                    f"{self.spec.preprocess.layout} {want} (check layout, height and width)"
+                    f"{'uint8 NHWC' if pre.input_dtype == 'uint8' else pre.layout} {want} "
+                    "(check layout, height, width and input_dtype)"
                 )
         batch_dim = shape[0]
         if isinstance(batch_dim, int) and batch_dim > 0:
@@ -170,7 +191,8 @@ class OnnxModel:
             ModelLoadError: The output, after pooling, is not ``spec.dim`` wide.
         """
         started = time.perf_counter()
-        inputs = {b: np.zeros((b, *self.spec.preprocess.shape), dtype=np.float32) for b in self.buckets}
+        pre = self.spec.preprocess
+        inputs = {b: np.zeros((b, *pre.shape), dtype=pre.dtype) for b in self.buckets}
         for b, x in inputs.items():
             out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
@@ -204,11 +226,17 @@ class OnnxModel:
         self.buckets, self.max_batch_size = plan.buckets, plan.max_batch_size
         # A dropped bucket's own session (CUDA) would only hold memory.
         self.sessions = {k: v for k, v in self.sessions.items() if k in plan.buckets} or {plan.buckets[0]: self.session}
+        kept = {id(self.session)} | {id(s) for s in self.sessions.values()}
+        self._runners = {k: r for k, r in self._runners.items() if k in kept}  # and their device buffers
         return plan
 
     def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
         """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""
-        (out,) = self.sessions.get(x.shape[0], self.session).run([self.output_name], {self.input_name: x})
+        session = self.sessions.get(x.shape[0], self.session)
+        if self._runners:
+            out = self._runners[id(session)].run(x)
+        else:
+            (out,) = session.run([self.output_name], {self.input_name: x})
         return pool_features(np.asarray(out[:n], dtype=np.float32), self.spec.pooling, self.spec.output_layout)
 
     def embed_batch(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
@@ -218,10 +246,10 @@ class OnnxModel:
         each image tensor is copied once (not stacked, then padded again).
         """
         n = len(tensors)
-        x = np.empty((bucket_for(n, self.buckets), *tensors[0].shape), dtype=np.float32)
+        x = np.empty((bucket_for(n, self.buckets), *tensors[0].shape), dtype=self.spec.preprocess.dtype)
         for i, t in enumerate(tensors):
             x[i] = t
-        x[n:] = 0.0
+        x[n:] = 0
         return list(l2_normalise(self._infer(x, n)))
 
 

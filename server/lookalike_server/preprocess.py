@@ -305,7 +305,14 @@ _MAX_INTERMEDIATE_FACTOR = 4
 
 
 def normalise(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Turns an RGB image of the input size into the model's float32 tensor."""
+    """Turns an RGB image of the input size into the tensor the model's graph takes.
+
+    float32 in the model's colour order and layout, normalised; or, for a
+    uint8-input graph (``input_dtype = "uint8"``), the RGB pixels as they are,
+    ``(H, W, 3)`` uint8: the graph casts and normalises them itself.
+    """
+    if spec.input_dtype == "uint8":
+        return np.array(img, dtype=np.uint8)  # a copy that owns its memory, not a view of Pillow's buffer
     x = np.asarray(img, dtype=np.float32)  # (H, W, 3), RGB
     if spec.color_order == "BGR":
         x = x[..., ::-1]

@@ -61,6 +61,10 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+#: Graph input types a model may take, with ONNX Runtime's name for each.
+INPUT_DTYPES: dict[str, str] = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How one model wants its input. See the README's model-registry section.
@@ -84,6 +88,14 @@ class PreprocessSpec:
         exif_orientation: Turn the image upright per its EXIF orientation tag
             before resizing, as a viewer shows it; Keras' ``load_img`` and
             torchvision's loader ignore the tag.
+        input_dtype: What the graph takes. ``"float32"``: the host
+            normalises (``scale``, ``mean``, ``std``, ``color_order``,
+            ``layout``) and feeds float32. ``"uint8"``: the graph does that
+            arithmetic itself (``lookalike-export uint8`` prepends it), and
+            the host feeds the resized RGB pixels as uint8 ``(H, W, 3)``: a
+            quarter of the bytes to copy, and the cast and normalisation run
+            on the model's device. The normalisation keys still describe the
+            model (the graph was built from them).
     """
 
     height: int = 224
@@ -98,6 +110,7 @@ class PreprocessSpec:
     preset: str = ""
     jpeg_draft: bool = True
     exif_orientation: bool = True
+    input_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,6 +128,8 @@ class PreprocessSpec:
             problems.append("mean and std need 3 values each")
         elif any(s == 0 for s in self.std):
             problems.append("std values must be non-zero")
+        if self.input_dtype not in INPUT_DTYPES:
+            problems.append(f"input_dtype {self.input_dtype!r} must be one of {list(INPUT_DTYPES)}")
         for flag in ("jpeg_draft", "exif_orientation"):
             if not isinstance(getattr(self, flag), bool):
                 problems.append(f"{flag} {getattr(self, flag)!r} must be true or false")
@@ -129,10 +144,24 @@ class PreprocessSpec:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """Tensor shape without the batch axis."""
-        if self.layout == "NCHW":
+        """Shape of the tensor fed to the graph, without the batch axis.
+
+        A uint8-input graph always takes ``(H, W, 3)`` RGB pixels; its own
+        transpose makes the model's :attr:`layout`.
+        """
+        if self.layout == "NCHW" and self.input_dtype == "float32":
             return (3, self.height, self.width)
         return (self.height, self.width, 3)
+
+    @property
+    def dtype(self) -> type[np.generic]:
+        """numpy dtype of the tensor fed to the graph."""
+        return np.uint8 if self.input_dtype == "uint8" else np.float32
+
+    @property
+    def onnx_type(self) -> str:
+        """The graph input's type as ONNX Runtime names it (``NodeArg.type``)."""
+        return INPUT_DTYPES[self.input_dtype]
 
     @property
     def decode(self) -> str:

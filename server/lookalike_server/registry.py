@@ -66,6 +66,7 @@ class ModelEntry:
     decode: str = _PRE.decode
     jpeg_draft: bool = _PRE.jpeg_draft
     exif_orientation: bool = _PRE.exif_orientation
+    input_dtype: str = _PRE.input_dtype
     pooling: str = "none"
     output_layout: str = ""
     dupes_threshold: float = 0.0
@@ -145,6 +146,7 @@ SCALAR_KEYS: tuple[str, ...] = (
     "decode",
     "jpeg_draft",
     "exif_orientation",
+    "input_dtype",
     "pooling",
     "output_layout",
     "dupes_threshold",

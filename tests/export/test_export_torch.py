@@ -106,10 +106,11 @@ def test_headless_or_fine_tuned_head_state_dicts_are_accepted(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random-weight ResNet50 (max pool, as the original) and VGG16 through the CLI."""
+    """Random-weight ResNet50 (max pool, as the original; with its uint8-input variant) and VGG16 through the CLI."""
     out = tmp_path_factory.mktemp("export")
     reg = out / "models.toml"
-    assert main(["torch", "resnet50", "--random", "--pooling", "max", "--out", str(out), "--registry", str(reg)]) == 0
+    resnet = ["torch", "resnet50", "--random", "--pooling", "max", "--uint8-input"]
+    assert main([*resnet, "--out", str(out), "--registry", str(reg)]) == 0
     assert main(["torch", "vgg16", "--random", "--out", str(out), "--registry", str(reg)]) == 0
     return out
 
@@ -147,6 +148,10 @@ def test_registry_written_by_the_cli_loads_in_the_server(exported: Path) -> None
     specs = {s.name: s for s in models.load_registry(exported / "models.toml", config.BatchingConfig())}
     assert specs["resnet50"].dim == 2048 and specs["vgg16"].dim == 512
     assert specs["resnet50"].path == (exported / "resnet50.onnx").resolve()
+    # --uint8-input: the variant beside it, fed uint8 pixels, same dimension and pooling.
+    u8 = specs["resnet50_u8"]
+    assert u8.path == (exported / "resnet50_u8.onnx").resolve() and u8.preprocess.input_dtype == "uint8"
+    assert (u8.dim, u8.pooling, u8.version) == (2048, specs["resnet50"].pooling, specs["resnet50"].version)
 
 
 def test_reexport_with_other_weights_bumps_the_version(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,7 +166,7 @@ def test_reexport_with_other_weights_bumps_the_version(exported: Path, capsys: p
     args = cli.build_parser().parse_args(["torch", "vgg16", "--random", "--registry", str(reg)])
     cli._register(args, result)
     assert next(e for e in read_entries(reg) if e["name"] == "vgg16")["version"] == "2"
-    assert [e["name"] for e in read_entries(reg)] == ["resnet50", "vgg16"]
+    assert [e["name"] for e in read_entries(reg)] == ["resnet50", "resnet50_u8", "vgg16"]
 
 
 def test_cli_errors_are_one_line_with_the_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -254,3 +254,37 @@ def test_load_models_logs_the_costs_the_choice_and_applies_the_budget(tmp_path, 
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model m ")]
     assert "ms/image by bucket 1:" in line and f"max batch {model.max_batch_size}" in line
     assert model.plan.reason in line
+
+
+def test_io_binding_gives_the_plain_runs_vectors_and_reuses_its_buffers(tmp_path):
+    """The CPU provider runs the IO-binding path too; its vectors are the plain run's, and buffers are reused."""
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=4))
+    plain = OnnxModel(spec, CPU, intra_op_threads=1)
+    bound = OnnxModel(spec, CPU, intra_op_threads=1, io_binding=True)
+    assert not plain._runners and len(bound._runners) == 1  # the CPU shares one session between buckets
+    (runner,) = bound._runners.values()
+    assert runner.device_type == "cpu"
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 3, 4, 1):  # buckets 1, 4, 4, 4, 1
+        x = [rng.standard_normal((3, 224, 224)).astype(np.float32) for _ in range(n)]
+        got = np.stack(bound.embed_batch(x))
+        np.testing.assert_allclose(got, np.stack(plain.embed_batch(x)), rtol=0, atol=1e-6)
+    assert runner.buffers_made == 2  # one binding per batch shape seen (1 and 4), reused afterwards
+
+
+def test_io_binding_runs_safely_from_several_threads(tmp_path):
+    """Batch workers may run one model's batches side by side: each run gets its own buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=2))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, io_binding=True)
+    rng = np.random.default_rng(2)
+    inputs = [[rng.standard_normal((3, 224, 224)).astype(np.float32)] * 2 for _ in range(6)]
+    plain = OnnxModel(spec, CPU, intra_op_threads=1)
+    want = [np.stack(plain.embed_batch(x)) for x in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda x: np.stack(model.embed_batch(x)), inputs))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+    (runner,) = model._runners.values()
+    assert 1 <= runner.buffers_made <= 3  # never more bindings than runs at once
