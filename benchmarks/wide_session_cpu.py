@@ -8,14 +8,17 @@ with the server's own preprocessing and ONNX Runtime settings (spinning off):
 * ``narrow``: today's split under load, one session of 1 intra-op thread shared
   by the workers (the baseline);
 * ``wide-alone`` (candidate a, built): ``narrow`` under load, plus a second
-  session of ``cores`` intra-op threads for a run that is alone;
+  session of ``cores`` intra-op threads for a run that is alone, its threads
+  spinning during a run and stopping when it returns (``wide (spin, stop)``;
+  the same session without spinning is ``wide (no spin)``);
 * ``wide-shared`` (candidate b): one session of ``cores`` intra-op threads
   shared by all workers, alone and under load;
 * ``global-pool`` (candidate c): sessions on ONNX Runtime's global thread pool
   of ``cores`` threads.
 
-Two figures per way: the median of a lone batch-1 run (the c=1 case; the
-two sessions' runs alternate so a neighbour's burst hits both), and the
+Two figures per way: the median of a lone batch-1 run (the c=1 case: runs
+``--gap-ms`` apart, as requests arriving one at a time are; the sessions'
+runs alternate so a neighbour's burst hits all), and the
 images/s of a pipeline of 1 decoding thread feeding ``workers`` threads that
 run batch 1 (the c=32 case of the server, without gRPC). Repeated
 ``--rounds`` times, the ways interleaved, because on a shared machine only
@@ -46,22 +49,24 @@ REPO = Path(__file__).resolve().parents[1]
 from lookalike import bench  # noqa: E402
 
 
-def session(path: Path, intra: int, global_pool: bool = False) -> Any:
-    """An ORT session as the server makes one (spinning off), or one on the global pool."""
+def session(path: Path, intra: int, global_pool: bool = False, spin_then_stop: bool = False) -> Any:
+    """An ORT session as the server makes one (spinning off, or on and stopped after each run), or a global-pool one."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_then_stop else "0")
+    if spin_then_stop:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     if global_pool:
         opts.use_per_session_threads = False
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def lone_ms(sessions: list[Any], name: str, x: np.ndarray, runs: int = 40) -> list[float]:
-    """Median ms of a lone run on each session, runs alternating between them."""
+def lone_ms(sessions: list[Any], name: str, x: np.ndarray, gap_s: float, runs: int = 40) -> list[float]:
+    """Median ms of a lone run on each session, runs ``gap_s`` apart, alternating between the sessions."""
     for s in sessions:
         for _ in range(3):
             s.run(None, {name: x})
@@ -71,6 +76,7 @@ def lone_ms(sessions: list[Any], name: str, x: np.ndarray, runs: int = 40) -> li
             t0 = time.perf_counter()
             s.run(None, {name: x})
             times[i].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(gap_s)
     return [statistics.median(t) for t in times]
 
 
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="pipeline window per way and round")
     parser.add_argument("--image-size", type=int, default=640)
+    parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between lone runs")
     parser.add_argument("--global-pool", action="store_true", help="also candidate c (slow where the box is busy)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
@@ -129,14 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     name = spec.input or "input"
     x = np.zeros((1, *spec.preprocess.shape), dtype=np.float32)
     narrow, wide = session(spec.path, 1), session(spec.path, cores)
+    built = session(spec.path, cores, spin_then_stop=True)
     data = (spec.preprocess, images, workers, args.seconds)
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
-        lone_narrow, lone_wide = lone_ms([narrow, wide], name, x)
+        lone = lone_ms([narrow, wide, built], name, x, args.gap_ms / 1e3)
         row: dict[str, Any] = {
             "round": r + 1,
             "loadavg_1": round(os.getloadavg()[0], 2),
-            "lone_ms": {"narrow": round(lone_narrow, 2), "wide": round(lone_wide, 2)},
+            "lone_ms": {
+                k: round(v, 2) for k, v in zip(("narrow", "wide (no spin)", "wide (spin, stop)"), lone, strict=True)
+            },
             # wide-alone runs the narrow session under load: its pipeline is narrow's.
             "pipeline_img_s": {
                 "narrow (and wide-alone)": round(pipeline_ips(narrow, name, *data), 1),
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ort.capi._pybind_state.set_global_thread_pool_sizes(cores, 1)
         g = session(spec.path, 0, global_pool=True)
         result["global_pool"] = {
-            "lone_ms": round(lone_ms([g], name, x)[0], 2),
+            "lone_ms": round(lone_ms([g], name, x, args.gap_ms / 1e3)[0], 2),
             "pipeline_img_s": round(pipeline_ips(g, name, *data), 1),
         }
         print(json.dumps({"global_pool": result["global_pool"]}), flush=True)

@@ -114,6 +114,7 @@ def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str,
                 inter_op_threads=budget.inter_op_threads,
                 wide_intra_op_threads=budget.wide_intra_op_threads,
                 wide_session=config.models.wide_session,
+                wide_spin_wait=config.models.wide_spin_wait,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:

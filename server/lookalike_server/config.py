@@ -143,6 +143,12 @@ class ModelsConfig:
         "running, nothing queued): auto (CPU, kept if warm-up measures it faster), on (CPU, always), off",
     )
     wide_intra_op_threads: int = _opt(0, "intra-op threads of the wide session; 0 = the usable cores")
+    wide_spin_wait: bool = _opt(
+        True,
+        "the wide session's intra-op threads busy-wait between the parallel steps of a run and stop when it "
+        "returns (it runs only when nothing else does; waking sleeping threads for every step cost a lone "
+        "MobileNetV2 run as much as the second core saved)",
+    )
     spin_wait: bool = _opt(
         False,
         "ONNX Runtime's intra-op threads busy-wait for work between runs; off leaves the cores "

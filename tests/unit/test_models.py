@@ -205,6 +205,24 @@ def test_intra_op_spinning_is_off_unless_asked(tmp_path: Path) -> None:
     assert OnnxModel(spec, CPU, spin_wait=True).session.get_session_options().get_session_config_entry(key) == "1"
 
 
+def test_wide_session_spins_during_a_run_and_stops_after_it(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=1))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2)
+
+    def entries(session: object) -> tuple[str, str]:
+        opts = session.get_session_options()  # type: ignore[attr-defined]
+        try:
+            stop = opts.get_session_config_entry("session.force_spinning_stop")
+        except RuntimeError:  # ORT's answer for a key never set
+            stop = ""
+        return opts.get_session_config_entry("session.intra_op.allow_spinning"), stop
+
+    assert entries(model.wide_session) == ("1", "1")
+    assert entries(model.session) == ("0", "")  # the narrow one as before
+    quiet = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2, wide_spin_wait=False)
+    assert entries(quiet.wide_session) == ("0", "")
+
+
 def test_warmup_measures_every_bucket_and_applies_a_plan(tmp_path):
     (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=4))
     model = OnnxModel(spec, CPU, intra_op_threads=1, inter_op_threads=1)
