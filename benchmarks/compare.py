@@ -406,6 +406,16 @@ def profile_line(profile: dict[str, Any]) -> str:
     )
 
 
+def alone_share(series: dict[str, Any] | None, model: str) -> str:
+    """``"c=1 100%, c=32 0%"``: the share of each point's batches the batcher ran alone (empty if unknown)."""
+    parts = []
+    for p in (series or {}).get("points", []):
+        b = ((p.get("server") or {}).get("batchers") or {}).get(model) or {}
+        if b.get("batches") and b.get("alone_batches") is not None:
+            parts.append(f"{p['label']} {b['alone_batches'] / b['batches']:.0%}")
+    return ", ".join(parts)
+
+
 def _f(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -647,6 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         headline_markdown(report["headline"]),
         "",
     ]
+    alone = alone_share(found.get("on"), args.model)
+    if alone:
+        lead += [f"Batches run alone on the wide session (server, batching on): {alone}.", ""]
     originals = [s for s in all_series if s.get("kind") == "original"]
     if originals:
         lead += ["Original pipeline inputs:", ""]

@@ -66,3 +66,15 @@ def test_parse_cpus_reads_taskset_notation() -> None:
     assert compare.parse_cpus("0") == {0}
     assert compare.parse_cpus("0,2-4") == {0, 2, 3, 4}
     assert compare.parse_cpus("") == set()
+
+
+def test_alone_share_reads_each_points_batcher_counters() -> None:
+    on = {
+        "points": [
+            {"label": "c=1", "server": {"batchers": {"m": {"batches": 50, "alone_batches": 50}}}},
+            {"label": "c=32", "server": {"batchers": {"m": {"batches": 400, "alone_batches": 0}}}},
+            {"label": "c=64", "server": None},
+        ]
+    }
+    assert compare.alone_share(on, "m") == "c=1 100%, c=32 0%"
+    assert compare.alone_share(None, "m") == ""
