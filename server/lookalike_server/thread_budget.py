@@ -37,11 +37,12 @@ So the cores are split once, at start-up, by :func:`thread_budget`:
   running, nothing queued and no image on its way (the batcher's "alone",
   :class:`lookalike_server.batching.MicroBatcher`). Under load batches run on
   the narrow session as before. Measured on the shared 2-core machine
-  (``benchmarks/wide_session_cpu.py``): one image on 2 intra-op threads took
-  3.3 ms against 3.8-3.9 ms on 1, while one session of 2 intra-op threads
-  shared by both workers, or ORT's global thread pool, do not keep the
-  throughput under load as reliably (see that script's docstring). The
-  model keeps the wide session only where its warm-up measures it faster
+  (``benchmarks/wide_session_cpu.py``, lone runs 5 ms apart): one image on
+  2 intra-op threads that spin during the run took 2.3-3.2 ms against
+  4.0-4.4 ms on 1, while one session of 2 intra-op threads shared by both
+  workers (0.76-1.34x the narrow pipeline's img/s from round to round), or
+  ORT's global thread pool, do not keep the throughput under load. The model
+  keeps the wide session only where its warm-up measures it 5% faster
   (:meth:`lookalike_server.models.OnnxModel.warmup`); ``wide_session = "off"``
   turns it off, ``"on"`` keeps it whatever the measurement.
 
