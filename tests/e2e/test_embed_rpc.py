@@ -417,5 +417,9 @@ def test_prometheus_metrics_are_monotonic_and_count_real_work(photos):
         assert 'lookalike_batch_items_total{model="mobilenet_v2"} 3.0' in text
         assert 'lookalike_request_duration_seconds_count{method="Embed"} 4.0' in text
         assert 'lookalike_queue_depth{model="mobilenet_v2"} 0.0' in text
+        # Three calls one after another each ran alone: on the wide session where warm-up kept one.
+        (m,) = stub.ListModels(pb.ListModelsRequest()).models
+        alone = 3.0 if m.threads.wide_intra_op_threads else 0.0
+        assert f'lookalike_alone_batches_total{{model="mobilenet_v2"}} {alone}' in text
     finally:
         live.server.stop(0)
