@@ -30,7 +30,6 @@ and Ray Serve's ``@serve.batch``):
   batches from the same queue and run them side by side (ONNX Runtime's
   ``run`` is thread-safe); every queue decision is made under one lock, so
   two workers never take the same item.
-
 * A batch is *alone* when, as it is taken, no other worker is running one,
   nothing is left queued and no announced item is on its way. A batcher
   given ``run_alone`` calls it instead of ``run_batch`` for such a batch: a
@@ -271,7 +270,7 @@ class MicroBatcher(Generic[T, R]):
     def _next_batch(self) -> tuple[list[_Request[T, R]], bool] | None:
         """Blocks until a batch is due: the batch and whether it is alone; None when closing, queue empty.
 
-        A returned batch counts as running until :meth:`_loop` says it is done.
+        A returned batch counts as running until :meth:`_run` has its results.
         """
         with self._cond:
             while True:
