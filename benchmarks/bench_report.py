@@ -158,7 +158,9 @@ def machine_markdown(machine: Mapping[str, Any]) -> str:
             t = m["threads"]
             lines.append(
                 f"  - threads: {t['preprocess_threads']} decoding, {t['batch_workers']} batch worker(s) x "
-                f"{t['intra_op_threads']} ORT intra-op, {t['inter_op_threads']} inter-op ({t['reason']})"
+                f"{t['intra_op_threads']} ORT intra-op, {t['inter_op_threads']} inter-op, "
+                f"wide session for batches alone: {t.get('wide_intra_op_threads') or 'none'} intra-op "
+                f"({t['reason']})"
             )
     return "\n".join(lines)
 

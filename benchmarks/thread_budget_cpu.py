@@ -38,6 +38,7 @@ from lookalike import bench  # noqa: E402
 WORKERS, INTRA, DECODE = "--models-batch-workers", "--models-intra-op-threads", "--models-preprocess-threads"
 CONFIGS: dict[str, list[str]] = {
     "budget (defaults)": [],
+    "budget, no wide session": ["--models-wide-session", "off"],
     "1 decoding, 1 worker x 1 intra-op": [DECODE, "1", WORKERS, "1", INTRA, "1"],
     "2 decoding, 1 worker x 1 intra-op": [DECODE, "2", WORKERS, "1", INTRA, "1"],
     "1 decoding, 2 workers x 1 intra-op": [DECODE, "1", WORKERS, "2", INTRA, "1"],
@@ -66,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         default=["--batching-max-batch-size", "1"],
         help="batching flags for every configuration (default: off, to compare threads alone)",
     )
+    parser.add_argument("--only", nargs="*", default=[], help="run only the configurations named so")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the configurations, interleaved")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)  # fmt: skip
     images = bench.load_images(bench.find_image_dir(None), args.image_size)
     logs = REPO / ".cache" / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for label, flags in CONFIGS.items():
+    chosen = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only}
+    for label, flags in [item for _ in range(args.rounds) for item in chosen.items()]:
         server_args = [
             "--models-only", args.model, "--models-providers", "CPUExecutionProvider", "--stores", "false",
             "--data-dir", str(REPO / ".cache" / "bench-data" / "none"), "--log-level", "WARNING",

@@ -88,6 +88,7 @@ class ThreadBudget:
     inter_op_threads: int
     batch_workers: int
     reason: str
+    wide_intra_op_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ class BatcherStats:
     queue_ms_sum: float
     run_ms_sum: float
     queue_depth: int
+    alone_batches: int = 0
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,7 @@ def _thread_budget(t: Any) -> ThreadBudget:
         inter_op_threads=t.inter_op_threads,
         batch_workers=t.batch_workers,
         reason=t.reason,
+        wide_intra_op_threads=t.wide_intra_op_threads,
     )
 
 
@@ -497,6 +500,7 @@ def _stats(r: pb.GetStatsResponse) -> Stats:
                 queue_ms_sum=b.queue_ms_sum,
                 run_ms_sum=b.run_ms_sum,
                 queue_depth=b.queue_depth,
+                alone_batches=b.alone_batches,
             )
             for b in r.batchers
         ],

@@ -25,6 +25,7 @@ answered on the loop whatever the pools are doing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ from lookalike_server.models import OnnxModel
 from lookalike_server.registry_reader import load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
-from lookalike_server.thread_budget import ThreadBudget, thread_budget, usable_cores
+from lookalike_server.thread_budget import ThreadBudget, cpu_limits, thread_budget
 
 if TYPE_CHECKING:
     from lookalike_server.store.milvus import MilvusStore
@@ -69,14 +70,18 @@ def budget_for(config: Config) -> ThreadBudget:
     """The thread budget for this process's cores and first usable provider; explicit settings win."""
     on_gpu = usable_providers(config.models.providers)[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
     m = config.models
-    return thread_budget(
-        usable_cores(),
+    limits = cpu_limits()
+    budget = thread_budget(
+        limits.usable,
         on_gpu=on_gpu,
         preprocess_threads=m.preprocess_threads,
         intra_op_threads=m.intra_op_threads,
         inter_op_threads=m.inter_op_threads,
         batch_workers=m.batch_workers,
+        wide_session=m.wide_session,
+        wide_intra_op_threads=m.wide_intra_op_threads,
     )
+    return dataclasses.replace(budget, reason=f"{budget.reason}; cores: {limits.describe()}")
 
 
 def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str, OnnxModel]:
@@ -108,6 +113,9 @@ def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str,
                 worker_nice=config.models.worker_nice,
                 inter_op_threads=budget.inter_op_threads,
                 io_binding=config.models.io_binding,
+                wide_intra_op_threads=budget.wide_intra_op_threads,
+                wide_session=config.models.wide_session,
+                wide_spin_wait=config.models.wide_spin_wait,
             )
             took = model.warmup() if config.models.warmup else 0.0
         except ModelLoadError as exc:
@@ -115,7 +123,14 @@ def load_models(config: Config, budget: ThreadBudget | None = None) -> dict[str,
                 log.error("skipping optional model: %s", exc)
                 continue
             raise
-        model.threads = budget
+        # The budget offered a wide session; the model's warm-up may have dropped it.
+        model.threads = dataclasses.replace(
+            budget,
+            wide_intra_op_threads=model.wide_intra_op_threads,
+            reason=budget.reason + (f"; wide session {model.wide_reason}" if model.wide_reason else ""),
+        )
+        if model.wide_reason:
+            log.info("model %s: wide session %s", spec.name, model.wide_reason)
         plan = model.plan
         costs = ", ".join(f"{b}:{c / b:.2f}" for b, c in plan.costs_ms.items()) or "not measured"
         log.info(
@@ -252,11 +267,13 @@ class LookalikeServer:
         """
         budget = budget_for(self.config)
         log.info(
-            "threads: %d decoding, %d batch worker(s) per model, ORT %d intra-op / %d inter-op per session (%s)",
+            "threads: %d decoding, %d batch worker(s) per model, ORT %d intra-op / %d inter-op per session, "
+            "wide session %d intra-op (%s)",
             budget.preprocess_threads,
             budget.batch_workers,
             budget.intra_op_threads,
             budget.inter_op_threads,
+            budget.wide_intra_op_threads,
             budget.reason,
         )
         models = load_models(self.config, budget)

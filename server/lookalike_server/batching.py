@@ -30,6 +30,12 @@ and Ray Serve's ``@serve.batch``):
   batches from the same queue and run them side by side (ONNX Runtime's
   ``run`` is thread-safe); every queue decision is made under one lock, so
   two workers never take the same item.
+* A batch is *alone* when, as it is taken, no other worker is running one,
+  nothing is left queued and no announced item is on its way. A batcher
+  given ``run_alone`` calls it instead of ``run_batch`` for such a batch: a
+  model can then run it on every core (a wide ONNX Runtime session), while
+  batches that run side by side share the cores. The batcher only reports
+  the situation; which resources a batch gets is the caller's choice.
 
 Padding a batch up to a warmed bucket size is the model's business
 (:func:`lookalike_server.models.bucket_for`, :meth:`OnnxModel.embed_batch`).
@@ -82,6 +88,7 @@ class BatcherStats:
     expired: int = 0
     cancelled: int = 0
     failed_batches: int = 0
+    alone_batches: int = 0
     queue_s_sum: float = 0.0
     run_s_sum: float = 0.0
     queue_depth: int = 0
@@ -111,6 +118,8 @@ class MicroBatcher(Generic[T, R]):
         take: ``take(n)`` = how many of ``n`` queued items (``n <= max_batch_size``)
             one run takes; None = all of them.
         workers: Worker threads taking batches from the queue.
+        run_alone: Called instead of ``run_batch`` for a batch that is alone
+            (see the module docstring); None = always ``run_batch``.
     """
 
     def __init__(
@@ -126,6 +135,7 @@ class MicroBatcher(Generic[T, R]):
         thread_init: Callable[[], None] | None = None,
         take: Callable[[int], int] | None = None,
         workers: int = 1,
+        run_alone: Callable[[list[T]], Sequence[R]] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("max_batch_size, queue_size and workers must be >= 1, max_delay_s >= 0")
@@ -135,6 +145,8 @@ class MicroBatcher(Generic[T, R]):
         self.queue_size = queue_size
         self.adaptive = adaptive
         self._run_batch = run_batch
+        self._run_alone = run_alone
+        self._running = 0  # workers between taking a batch and finishing it
         self._clock = clock
         self._queue: collections.deque[_Request[T, R]] = collections.deque()
         self._cond = threading.Condition()
@@ -255,8 +267,11 @@ class MicroBatcher(Generic[T, R]):
                 req.future.set_exception(ShuttingDown(f"model {self.name!r} shut down before this ran"))
 
     # ------------------------------------------------------------ worker --
-    def _next_batch(self) -> list[_Request[T, R]] | None:
-        """Blocks until a batch is due; None when closing with an empty queue."""
+    def _next_batch(self) -> tuple[list[_Request[T, R]], bool] | None:
+        """Blocks until a batch is due: the batch and whether it is alone; None when closing, queue empty.
+
+        A returned batch counts as running until :meth:`_run` has its results.
+        """
         with self._cond:
             while True:
                 while not self._queue:
@@ -286,67 +301,86 @@ class MicroBatcher(Generic[T, R]):
                     # Items left behind (by the take rule, or past a full
                     # batch) are another worker's next batch, or this one's.
                     self._cond.notify()
-                return batch
+                # Decided under the lock that every worker takes batches
+                # under, so two workers never both believe they are alone.
+                alone = not self._queue and self._running == 0 and self._announced == 0
+                self._running += 1
+                return batch, alone
 
     def _loop(self) -> None:
         if self._thread_init is not None:
             self._thread_init()
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch()
+            if taken is None:
                 return
-            self._run(batch)
+            self._run(*taken)
 
-    def _run(self, batch: list[_Request[T, R]]) -> None:
+    def _run(self, batch: list[_Request[T, R]], alone: bool = False) -> None:
+        """Runs one taken batch; the worker counts as running until its results are known."""
         now = self._clock()
         live: list[_Request[T, R]] = []
         expired = cancelled = 0
-        for req in batch:
-            # set_running_or_notify_cancel() is the race-free hand-off: after
-            # it returns True the caller can no longer cancel this future.
-            if not req.future.set_running_or_notify_cancel():
-                cancelled += 1
-            elif req.deadline is not None and now >= req.deadline:
-                expired += 1
-                req.future.set_exception(
-                    DeadlineExceeded(
-                        f"deadline passed after {(now - req.enqueued) * 1e3:.1f} ms in the {self.name!r} queue"
+        results: Sequence[R] = ()
+        error: Exception | None = None
+        started, run_s = now, 0.0
+        alone = alone and self._run_alone is not None
+        released = False
+        try:
+            for req in batch:
+                # set_running_or_notify_cancel() is the race-free hand-off: after
+                # it returns True the caller can no longer cancel this future.
+                if not req.future.set_running_or_notify_cancel():
+                    cancelled += 1
+                elif req.deadline is not None and now >= req.deadline:
+                    expired += 1
+                    req.future.set_exception(
+                        DeadlineExceeded(
+                            f"deadline passed after {(now - req.enqueued) * 1e3:.1f} ms in the {self.name!r} queue"
+                        )
                     )
-                )
-            else:
-                live.append(req)
-        if live:
-            started = self._clock()
-            try:
-                results = self._run_batch([r.item for r in live])
-                if len(results) != len(live):
-                    raise InternalError(
-                        f"batch function of {self.name!r} returned {len(results)} results for {len(live)} items"
-                    )
-            except BaseException as exc:
-                if not isinstance(exc, Exception):
-                    raise
-                log.exception("batch of %d failed in %s", len(live), self.name)
-                for req in live:
-                    req.future.set_exception(exc)
-                with self._cond:
-                    self._stats.failed_batches += 1
-                    self._stats.expired += expired
-                    self._stats.cancelled += cancelled
-                return
-            run_s = self._clock() - started
-            for req, value in zip(live, results, strict=True):
-                req.future.set_result(Batched(value, started - req.enqueued, run_s, len(live)))
-        with self._cond:
-            st = self._stats
-            st.expired += expired
-            st.cancelled += cancelled
+                else:
+                    live.append(req)
             if live:
-                st.batches += 1
-                st.items += len(live)
-                st.batch_sizes[len(live)] = st.batch_sizes.get(len(live), 0) + 1
-                st.run_s_sum += run_s
-                st.queue_s_sum += sum(started - r.enqueued for r in live)
+                started = self._clock()
+                run = self._run_alone if alone and self._run_alone is not None else self._run_batch
+                try:
+                    results = run([r.item for r in live])
+                    if len(results) != len(live):
+                        raise InternalError(
+                            f"batch function of {self.name!r} returned {len(results)} results for {len(live)} items"
+                        )
+                except Exception as exc:
+                    log.exception("batch of %d failed in %s", len(live), self.name)
+                    error = exc
+                run_s = self._clock() - started
+            # The worker is free (and the counters final) before any caller
+            # hears of its result: a caller's next request must find it so.
+            with self._cond:
+                self._running -= 1
+                released = True
+                st = self._stats
+                st.expired += expired
+                st.cancelled += cancelled
+                if error is not None:
+                    st.failed_batches += 1
+                elif live:
+                    st.batches += 1
+                    st.alone_batches += alone
+                    st.items += len(live)
+                    st.batch_sizes[len(live)] = st.batch_sizes.get(len(live), 0) + 1
+                    st.run_s_sum += run_s
+                    st.queue_s_sum += sum(started - r.enqueued for r in live)
+        finally:
+            if not released:  # a BaseException (not an Exception) from run_batch
+                with self._cond:
+                    self._running -= 1
+        if error is not None:
+            for req in live:
+                req.future.set_exception(error)
+            return
+        for req, value in zip(live, results, strict=True):
+            req.future.set_result(Batched(value, started - req.enqueued, run_s, len(live)))
 
 
 def _minus(a: BatcherStats, b: BatcherStats) -> BatcherStats:

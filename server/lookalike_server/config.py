@@ -137,6 +137,18 @@ class ModelsConfig:
     batch_workers: int = _opt(
         0, "threads running each model's batches side by side on its session; 0 = from the thread budget"
     )
+    wide_session: str = _opt(
+        "auto",
+        "a second session per model with more intra-op threads, run when a batch is alone (no other batch "
+        "running, nothing queued): auto (CPU, kept if warm-up measures it faster), on (CPU, always), off",
+    )
+    wide_intra_op_threads: int = _opt(0, "intra-op threads of the wide session; 0 = the usable cores")
+    wide_spin_wait: bool = _opt(
+        True,
+        "the wide session's intra-op threads busy-wait between the parallel steps of a run and stop when it "
+        "returns (it runs only when nothing else does; waking sleeping threads for every step cost a lone "
+        "MobileNetV2 run as much as the second core saved)",
+    )
     spin_wait: bool = _opt(
         False,
         "ONNX Runtime's intra-op threads busy-wait for work between runs; off leaves the cores "
@@ -170,6 +182,8 @@ class ModelsConfig:
         _require(self.preprocess_threads >= 0, "models.preprocess_threads", "must be >= 0")
         _require(self.inter_op_threads >= 0, "models.inter_op_threads", "must be >= 0")
         _require(self.batch_workers >= 0, "models.batch_workers", "must be >= 0")
+        _require(self.wide_session in ("on", "off", "auto"), "models.wide_session", "on, off or auto")
+        _require(self.wide_intra_op_threads >= 0, "models.wide_intra_op_threads", "must be >= 0")
         _require(0 <= self.worker_nice <= 19, "models.worker_nice", "must be 0..19")
         _require(self.session_per_bucket in ("on", "off", "auto"), "models.session_per_bucket", "on, off or auto")
 

@@ -160,6 +160,9 @@ class Embedder:
                 thread_init=lowered,
                 take=model.plan.items_to_take,
                 workers=batch_workers,
+                # A batch with the machine to itself runs on the model's wide
+                # session (every core), where the model kept one.
+                run_alone=model.embed_batch_alone if model.wide_session is not None else None,
             )
             for name, model in self.models.items()
         }

@@ -73,6 +73,11 @@ class _ServerCollector(Collector):
             "lookalike_batches", "Inference batches run, by model and real batch size", labels=["model", "size"]
         )
         items = CounterMetricFamily("lookalike_batch_items", "Images run through the model", labels=["model"])
+        alone = CounterMetricFamily(
+            "lookalike_alone_batches",
+            "Batches run alone (no other running, nothing queued) on the model's wide session",
+            labels=["model"],
+        )
         dropped = CounterMetricFamily(
             "lookalike_dropped_items",
             "Images not run: queue full (rejected), deadline passed (expired), caller left (cancelled)",
@@ -87,12 +92,13 @@ class _ServerCollector(Collector):
             for size, n in sorted(st.batch_sizes.items()):
                 batches.add_metric([model, str(size)], n)
             items.add_metric([model], st.items)
+            alone.add_metric([model], st.alone_batches)
             for reason in ("rejected", "expired", "cancelled"):
                 dropped.add_metric([model, reason], getattr(st, reason))
             queue_s.add_metric([model], st.queue_s_sum)
             run_s.add_metric([model], st.run_s_sum)
             depth.add_metric([model], st.queue_depth)
-        yield from (batches, items, dropped, queue_s, run_s, depth)
+        yield from (batches, items, alone, dropped, queue_s, run_s, depth)
 
         if self._admission is not None and (adm := self._admission()) is not None:
             refused = CounterMetricFamily(

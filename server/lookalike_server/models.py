@@ -7,6 +7,12 @@ gave it: only ``session.get_providers()`` tells the truth. It checks the
 model's inputs and outputs against its registry entry
 (:mod:`lookalike_server.registry_reader`), warms every batch bucket, and runs
 the micro-batcher's batches.
+
+On the CPU a model may also hold a *wide* session: the same file with more
+intra-op threads (every usable core), for batches the micro-batcher runs
+alone (:meth:`OnnxModel.embed_batch_alone`; why in
+:mod:`lookalike_server.thread_budget`). Warm-up times it against the narrow
+session at the smallest bucket and drops it where it is not faster.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from lookalike_server.thread_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
+# The wide session is kept ("auto") only if its smallest-bucket run is at
+# least this much faster than the narrow session's: a tie would hold a second
+# copy of the weights for nothing.
+WIDE_MIN_GAIN = 0.05
+# Alternating timed runs of the smallest bucket on each session for that
+# judgement: a few milliseconds each, and enough that one burst of a
+# neighbour's work on a shared machine does not decide it.
+WIDE_TIMED_RUNS = 15
+
 
 class OnnxModel:
     """One model: its spec, its ONNX Runtime session and its batch buckets.
@@ -46,6 +61,14 @@ class OnnxModel:
             threads run (they inherit it from the thread creating the session).
         io_binding: Run through IO bindings with per-shape buffers kept on
             the session's device (:mod:`lookalike_server.io_binding`).
+        inter_op_threads: ORT inter-op threads (0 = ORT's default).
+        wide_intra_op_threads: Intra-op threads of a wide session for batches
+            run alone; 0 = no wide session.
+        wide_session: "auto" (keep the wide session where warm-up measures it
+            faster) or "on" (keep it whatever the measurement).
+        wide_spin_wait: Let the wide session's intra-op threads busy-wait
+            during a run, and stop when it returns (it runs only when no
+            other batch does).
 
     Raises:
         ModelLoadError: Missing/corrupt file, checksum mismatch, or an input
@@ -63,6 +86,9 @@ class OnnxModel:
         worker_nice: int = 0,
         inter_op_threads: int = 0,
         io_binding: bool = False,
+        wide_intra_op_threads: int = 0,
+        wide_session: str = "auto",
+        wide_spin_wait: bool = True,
     ) -> None:
         import onnxruntime as ort  # the only module that touches ORT
 
@@ -80,25 +106,34 @@ class OnnxModel:
 
         self.providers_requested = list(providers)
         chosen = usable_providers(providers)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
+
+        def session_options(intra: int, spin: bool, stop_spinning: bool = False) -> Any:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = intra
+            opts.inter_op_num_threads = inter_op_threads
+            # ORT's intra-op threads spin after each run by default. Under load
+            # that spinning takes the cores from the decoding pool and the gRPC
+            # front door (whose rejections must stay fast); off by default.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            if spin and stop_spinning:
+                # ...but not after a run: left alone, idle spinning threads
+                # burnt 15-35 ms of a core after each one (measured), taking
+                # it from the next request's decoding and the other workers.
+                opts.add_session_config_entry("session.force_spinning_stop", "1")
+            opts.log_severity_level = 3  # ORT's provider fallbacks are reported by us, once
+            return opts
+
         self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
-        # ORT's intra-op threads spin after each run by default. Under load
-        # that spinning takes the cores from the decoding pool and the gRPC
-        # front door (whose rejections must stay fast); off by default.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-        opts.log_severity_level = 3  # ORT's provider fallbacks are reported by us, once
 
-        def new_session() -> Any:
-            return run_lowered(worker_nice, create_session, name=f"session-{spec.name}")
+        def new_session(intra: int = intra_op_threads, spin: bool = spin_wait, stop: bool = False) -> Any:
+            return run_lowered(worker_nice, lambda: create_session(intra, spin, stop), name=f"session-{spec.name}")
 
-        def create_session() -> Any:
+        def create_session(intra: int, spin: bool, stop: bool) -> Any:
             try:
                 return ort.InferenceSession(
                     str(spec.path),
-                    sess_options=opts,
+                    sess_options=session_options(intra, spin, stop),
                     providers=[(p, provider_options(p, spec, self.buckets, cache_dir)) for p in chosen],
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
@@ -129,6 +164,20 @@ class OnnxModel:
                 id(s): IoBindingRunner(s, self.input_name, self.output_name, self.providers[0])
                 for s in {id(s): s for s in [self.session, *self.sessions.values()]}.values()
             }
+        # The wide session: CPU only (a GPU runs the batch whatever the CPU threads).
+        self.wide_session: Any = None
+        self.wide_intra_op_threads = 0
+        self.wide_mode = wide_session
+        self.wide_reason = ""
+        if wide_intra_op_threads > 0 and not on_gpu:
+            # Spinning during a run suits it: it runs only when no other
+            # batch does, and waking a sleeping thread for every parallel
+            # step cost a lone MobileNetV2 run all the second core saved
+            # (4.2 ms wide vs 4.0 narrow; spinning, then stopping: 2.5-3.0
+            # ms; shared 2-core box, requests 5 ms apart).
+            self.wide_session = new_session(wide_intra_op_threads, wide_spin_wait, stop=True)
+            self.wide_intra_op_threads = wide_intra_op_threads
+            self.wide_reason = "not measured (warm-up off)"
         self.plan = self._plan({})
         # Set by the loader (lookalike_server.app.load_models); shown by ListModels.
         self.threads: ThreadBudget | None = None
@@ -194,6 +243,8 @@ class OnnxModel:
         pre = self.spec.preprocess
         inputs = {b: np.zeros((b, *pre.shape), dtype=pre.dtype) for b in self.buckets}
         for b, x in inputs.items():
+            if self.wide_session is not None:
+                self._infer(x, b, wide=True)
             out = self._infer(x, b)
             if out.shape != (b, self.spec.dim):
                 raise ModelLoadError(
@@ -211,7 +262,32 @@ class OnnxModel:
                 times[b].append((time.perf_counter() - t0) * 1e3)
         if timed_runs > 0:
             self.plan = self._plan({b: median(t) for b, t in times.items()})
+            if self.wide_session is not None:
+                self._judge_wide(inputs[min(inputs)])
         return time.perf_counter() - started
+
+    def _judge_wide(self, x: np.ndarray) -> None:
+        """Keeps the wide session if it runs ``x`` at least :data:`WIDE_MIN_GAIN` faster (or mode "on")."""
+        bucket = x.shape[0]
+        narrow: list[float] = []
+        wide: list[float] = []
+        for _ in range(WIDE_TIMED_RUNS):
+            for is_wide, out in ((False, narrow), (True, wide)):
+                t0 = time.perf_counter()
+                self._infer(x, bucket, wide=is_wide)
+                out.append((time.perf_counter() - t0) * 1e3)
+        narrow_ms, wide_ms = median(narrow), median(wide)
+        faster = wide_ms <= (1.0 - WIDE_MIN_GAIN) * narrow_ms
+        measured = (
+            f"batch {bucket}: {wide_ms:.2f} ms on {self.wide_intra_op_threads} intra-op threads, "
+            f"{narrow_ms:.2f} ms on {self.intra_op_threads or 'default'}"
+        )
+        if faster or self.wide_mode == "on":
+            self.wide_reason = f"kept ({measured}{'' if faster else '; on by config'})"
+        else:
+            self.wide_reason = f"dropped: not {WIDE_MIN_GAIN:.0%} faster ({measured})"
+            self.wide_session = None
+            self.wide_intra_op_threads = 0
 
     def _plan(self, costs_ms: dict[int, float]) -> BatchPlan:
         """The batching plan for these costs; applies it to :attr:`buckets` and :attr:`max_batch_size`."""
@@ -230,27 +306,42 @@ class OnnxModel:
         self._runners = {k: r for k, r in self._runners.items() if k in kept}  # and their device buffers
         return plan
 
-    def _infer(self, x: np.ndarray, n: int) -> np.ndarray:
-        """Runs a bucket-shaped batch on that bucket's session; pooled features of the first ``n`` rows."""
-        session = self.sessions.get(x.shape[0], self.session)
-        if self._runners:
-            out = self._runners[id(session)].run(x)
+    def _infer(self, x: np.ndarray, n: int, wide: bool = False) -> np.ndarray:
+        """Runs a bucket-shaped batch; pooled features of the first ``n`` rows.
+
+        The session is the wide one when ``wide`` (and there is one), else the bucket's own.
+        """
+        session = self.wide_session if wide and self.wide_session is not None else None
+        if session is None:
+            session = self.sessions.get(x.shape[0], self.session)
+        # The wide session (CPU only) has no binding: IO binding is for device buffers.
+        runner = self._runners.get(id(session))
+        if runner is not None:
+            out = runner.run(x)
         else:
             (out,) = session.run([self.output_name], {self.input_name: x})
         return pool_features(np.asarray(out[:n], dtype=np.float32), self.spec.pooling, self.spec.output_layout)
 
-    def embed_batch(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+    def embed_batch(self, tensors: list[np.ndarray], wide: bool = False) -> list[np.ndarray]:
         """The micro-batcher's ``run_batch``: stack, run, L2-normalise, split.
 
         The batch is written straight into a buffer of the bucket's size, so
         each image tensor is copied once (not stacked, then padded again).
+
+        Args:
+            tensors: One preprocessed image each.
+            wide: Run on the wide session (the narrow one if there is none).
         """
         n = len(tensors)
         x = np.empty((bucket_for(n, self.buckets), *tensors[0].shape), dtype=self.spec.preprocess.dtype)
         for i, t in enumerate(tensors):
             x[i] = t
         x[n:] = 0
-        return list(l2_normalise(self._infer(x, n)))
+        return list(l2_normalise(self._infer(x, n, wide)))
+
+    def embed_batch_alone(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """The micro-batcher's ``run_alone``: :meth:`embed_batch` on the wide session."""
+        return self.embed_batch(tensors, wide=True)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:

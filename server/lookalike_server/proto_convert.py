@@ -256,6 +256,7 @@ def thread_budget_pb(t: ThreadBudget) -> pb.ThreadBudget:
         inter_op_threads=t.inter_op_threads,
         batch_workers=t.batch_workers,
         reason=t.reason,
+        wide_intra_op_threads=t.wide_intra_op_threads,
     )
 
 
@@ -272,4 +273,5 @@ def batcher_stats_pb(model: str, st: BatcherStats) -> pb.BatcherStats:
         queue_ms_sum=st.queue_s_sum * 1e3,
         run_ms_sum=st.run_s_sum * 1e3,
         queue_depth=st.queue_depth,
+        alone_batches=st.alone_batches,
     )

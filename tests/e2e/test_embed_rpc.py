@@ -90,6 +90,48 @@ def test_list_models_reports_explicit_batching_and_threads_as_set(explicit_serve
     assert "set by config: preprocess_threads=2, intra_op_threads=1" in m.threads.reason
 
 
+@pytest.fixture(scope="module")
+def wide_server():
+    """MobileNetV2, no batching, 2 narrow workers and a wide session kept whatever warm-up measures."""
+    live = start_server(
+        stores=False,
+        batching=BatchingConfig(max_batch_size=1),
+        models=replace(
+            ModelsConfig(),
+            only=("mobilenet_v2",),
+            intra_op_threads=1,
+            batch_workers=2,
+            preprocess_threads=1,
+            wide_session="on",
+            wide_intra_op_threads=2,
+        ),
+    )
+    yield live
+    live.server.stop(0)  # type: ignore[attr-defined]
+
+
+def test_list_models_reports_the_wide_session(wide_server):
+    (m,) = stub_for(wide_server.target).ListModels(pb.ListModelsRequest()).models
+    assert (m.threads.intra_op_threads, m.threads.batch_workers, m.threads.wide_intra_op_threads) == (1, 2, 2)
+    assert "wide session kept (batch 1: " in m.threads.reason
+
+
+def test_a_lone_request_runs_on_the_wide_session_and_a_crowd_on_the_narrow_ones(wide_server, photos):
+    stub = stub_for(wide_server.target)
+    data = [p.read_bytes() for p in photos]
+    stub.GetStats(pb.GetStatsRequest(reset=True))
+    for d in data[:3]:  # one at a time: each finds the batcher idle
+        embed(stub, "mobilenet_v2", d)
+    (st,) = stub.GetStats(pb.GetStatsRequest(reset=True)).batchers
+    assert (st.batches, st.alone_batches) == (3, 3)
+    # Eight images in one request: while any is still decoding or queued, a
+    # batch is not alone, so at most the last one taken runs wide.
+    eight = (data * 8)[:8]
+    embed(stub, "mobilenet_v2", *eight)
+    (st,) = stub.GetStats(pb.GetStatsRequest()).batchers
+    assert st.batches == 8 and st.alone_batches <= 1
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_server_embeddings_equal_in_process_onnx_runtime(embed_server, photos, model):
     (spec,) = [s for s in load_registry(ROOT / "models" / "models.toml", BatchingConfig()) if s.name == model]
@@ -375,5 +417,9 @@ def test_prometheus_metrics_are_monotonic_and_count_real_work(photos):
         assert 'lookalike_batch_items_total{model="mobilenet_v2"} 3.0' in text
         assert 'lookalike_request_duration_seconds_count{method="Embed"} 4.0' in text
         assert 'lookalike_queue_depth{model="mobilenet_v2"} 0.0' in text
+        # Three calls one after another each ran alone: on the wide session where warm-up kept one.
+        (m,) = stub.ListModels(pb.ListModelsRequest()).models
+        alone = 3.0 if m.threads.wide_intra_op_threads else 0.0
+        assert f'lookalike_alone_batches_total{{model="mobilenet_v2"}} {alone}' in text
     finally:
         live.server.stop(0)

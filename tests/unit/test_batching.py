@@ -351,3 +351,120 @@ def test_workers_waiting_for_the_same_batch_do_not_trip_over_each_other():
         assert b.stats().items == 10
     finally:
         b.close()
+
+
+# ------------------------------------------------------------- alone rule --
+
+
+class TwoWayRunner:
+    """A fake model: records which function ran each batch; the first batch can be held."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def _record(self, how: str, items: list[int]) -> list[int]:
+        with self._lock:
+            first = not self.calls
+            self.calls.append((how, list(items)))
+        if first:
+            self.entered.set()
+            self.gate.wait(10)
+        return [i * 10 for i in items]
+
+    def narrow(self, items: list[int]) -> list[int]:
+        return self._record("narrow", items)
+
+    def alone(self, items: list[int]) -> list[int]:
+        return self._record("alone", items)
+
+
+def make_two_way(runner: TwoWayRunner, **kw) -> MicroBatcher[int, int]:
+    opts = {"max_batch_size": 1, "max_delay_s": 0.0, "queue_size": 100, "run_alone": runner.alone} | kw
+    return MicroBatcher("test", runner.narrow, **opts)
+
+
+def test_a_lone_item_runs_alone_and_is_counted():
+    runner = TwoWayRunner()
+    b = make_two_way(runner)
+    try:
+        for i in range(3):  # one after another: each finds the batcher idle
+            assert b.submit(i).result(5).value == i * 10
+        assert runner.calls == [("alone", [0]), ("alone", [1]), ("alone", [2])]
+        st = b.stats()
+        assert (st.batches, st.alone_batches) == (3, 3)
+    finally:
+        b.close()
+
+
+def test_a_batch_leaving_items_queued_is_not_alone_and_the_last_one_is():
+    runner = TwoWayRunner()
+    runner.gate.clear()
+    b = make_two_way(runner)
+    try:
+        first = b.submit(0)
+        assert runner.entered.wait(5)  # [0] runs alone, held
+        later = [b.submit(1), b.submit(2)]
+        runner.gate.set()
+        assert [f.result(5).value for f in (first, *later)] == [0, 10, 20]
+        # [1] was taken with [2] still queued; [2] with nothing left and nobody running.
+        assert runner.calls == [("alone", [0]), ("narrow", [1]), ("alone", [2])]
+        assert b.stats().alone_batches == 2
+    finally:
+        b.close()
+
+
+def test_a_batch_taken_while_another_worker_runs_is_not_alone():
+    runner = TwoWayRunner()
+    runner.gate.clear()
+    b = make_two_way(runner, workers=2)
+    try:
+        first = b.submit(0)
+        assert runner.entered.wait(5)  # worker 1 holds [0]
+        second = b.submit(1)
+        assert second.result(5).value == 10  # worker 2 ran it beside [0]
+        runner.gate.set()
+        assert first.result(5).value == 0
+        assert runner.calls == [("alone", [0]), ("narrow", [1])]
+    finally:
+        b.close()
+
+
+def test_a_batch_is_not_alone_while_announced_items_are_on_their_way():
+    runner = TwoWayRunner()
+    b = make_two_way(runner)
+    try:
+        b.announce(2)
+        assert b.submit(0, announced=True).result(5).value == 0  # one more is coming
+        b.withdraw(1)  # it will not come after all
+        assert b.submit(1).result(5).value == 10
+        assert runner.calls == [("narrow", [0]), ("alone", [1])]
+    finally:
+        b.close()
+
+
+def test_without_run_alone_every_batch_runs_on_run_batch_and_none_counts_alone():
+    runner = TwoWayRunner()
+    b = make_two_way(runner, run_alone=None)
+    try:
+        assert b.submit(3).result(5).value == 30
+        assert runner.calls == [("narrow", [3])]
+        assert b.stats().alone_batches == 0
+    finally:
+        b.close()
+
+
+def test_counters_are_final_before_the_caller_hears_of_its_result():
+    runner = TwoWayRunner()
+    b = make_two_way(runner)
+    try:
+        for i in range(20):
+            b.submit(i).result(5)
+            st = b.totals()
+            # Read at once after each result: never one batch behind.
+            assert (st.batches, st.alone_batches) == (i + 1, i + 1)
+    finally:
+        b.close()

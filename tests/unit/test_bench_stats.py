@@ -102,6 +102,7 @@ def _stats_response() -> SimpleNamespace:
         rejected=0,
         expired=1,
         cancelled=0,
+        alone_batches=3,
         queue_ms_sum=40.0,
         run_ms_sum=60.0,
     )
@@ -117,6 +118,7 @@ def test_stats_summary() -> None:
     assert s["mean_batch_size"] == pytest.approx(20 / 6)
     assert s["batchers"]["m"]["mean_queue_ms"] == pytest.approx(2.0)
     assert s["batchers"]["m"]["mean_run_ms"] == pytest.approx(10.0)
+    assert s["batchers"]["m"]["alone_batches"] == 3
     assert s["method_requests"] == 20
 
 

@@ -44,6 +44,8 @@ def test_lists_and_booleans_from_strings():
         (["--batching-max-delay-ms", "-2"], "batching.max_delay_ms"),
         (["--batching-auto-epsilon", "1"], "batching.auto_epsilon"),
         (["--models-batch-workers", "-1"], "models.batch_workers"),
+        (["--models-wide-session", "sometimes"], "models.wide_session"),
+        (["--models-wide-intra-op-threads", "-1"], "models.wide_intra_op_threads"),
         (["--milvus-index-type", "ANNOY"], "milvus.index_type"),
         (["--redis-url", "http://x"], "redis.url"),
         (["--models-providers", "FooExecutionProvider"], "unknown provider"),

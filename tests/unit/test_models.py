@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,24 @@ def test_intra_op_spinning_is_off_unless_asked(tmp_path: Path) -> None:
     assert OnnxModel(spec, CPU, spin_wait=True).session.get_session_options().get_session_config_entry(key) == "1"
 
 
+def test_wide_session_spins_during_a_run_and_stops_after_it(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(max_batch_size=1))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2)
+
+    def entries(session: object) -> tuple[str, str]:
+        opts = session.get_session_options()  # type: ignore[attr-defined]
+        try:
+            stop = opts.get_session_config_entry("session.force_spinning_stop")
+        except RuntimeError:  # ORT's answer for a key never set
+            stop = ""
+        return opts.get_session_config_entry("session.intra_op.allow_spinning"), stop
+
+    assert entries(model.wide_session) == ("1", "1")
+    assert entries(model.session) == ("0", "")  # the narrow one as before
+    quiet = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2, wide_spin_wait=False)
+    assert entries(quiet.wide_session) == ("0", "")
+
+
 def test_warmup_measures_every_bucket_and_applies_a_plan(tmp_path):
     (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=4))
     model = OnnxModel(spec, CPU, intra_op_threads=1, inter_op_threads=1)
@@ -250,7 +269,11 @@ def test_load_models_logs_the_costs_the_choice_and_applies_the_budget(tmp_path, 
     budget = thread_budget(2)
     with caplog.at_level(logging.INFO, logger="lookalike_server.app"):
         (model,) = load_models(cfg, budget).values()
-    assert model.threads == budget and model.intra_op_threads == 1 and model.inter_op_threads == 1
+    assert model.intra_op_threads == 1 and model.inter_op_threads == 1
+    # The budget applies as given, except for the wide session the warm-up judged.
+    assert replace(model.threads, wide_intra_op_threads=2, reason=budget.reason) == budget
+    assert model.threads.wide_intra_op_threads == model.wide_intra_op_threads
+    assert model.threads.reason == f"{budget.reason}; wide session {model.wide_reason}"
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model m ")]
     assert "ms/image by bucket 1:" in line and f"max batch {model.max_batch_size}" in line
     assert model.plan.reason in line
@@ -288,3 +311,37 @@ def test_io_binding_runs_safely_from_several_threads(tmp_path):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
     (runner,) = model._runners.values()
     assert 1 <= runner.buffers_made <= 3  # never more bindings than runs at once
+
+
+def test_wide_session_runs_alone_batches_with_the_same_results(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=2))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2, wide_session="on")
+    model.warmup(timed_runs=1)
+    # "on": kept whatever the measurement, which the reason still reports.
+    assert model.wide_session is not None and model.wide_intra_op_threads == 2
+    assert model.wide_reason.startswith("kept (batch 1: ") and "on 2 intra-op threads" in model.wide_reason
+    rng = np.random.default_rng(0)
+    tensors = [rng.standard_normal(spec.preprocess.shape).astype(np.float32) for _ in range(2)]
+    np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors), atol=1e-5)
+
+
+def test_wide_session_in_auto_is_kept_or_dropped_as_measured(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=1))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2)
+    assert model.wide_reason == "not measured (warm-up off)"
+    model.warmup(timed_runs=1)
+    # Which one depends on this machine; the decision and its figures must agree.
+    kept = model.wide_reason.startswith("kept (")
+    assert kept == (model.wide_session is not None) == (model.wide_intra_op_threads == 2)
+    if not kept:
+        assert model.wide_reason.startswith("dropped: not 5% faster (batch 1: ")
+        tensors = [np.zeros(spec.preprocess.shape, dtype=np.float32)]
+        # Without a wide session, a lone batch runs on the narrow one.
+        np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors))
+
+
+def test_no_wide_session_unless_asked(tmp_path: Path) -> None:
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=1))
+    model = OnnxModel(spec, CPU, intra_op_threads=1)
+    model.warmup(timed_runs=1)
+    assert model.wide_session is None and model.wide_intra_op_threads == 0 and model.wide_reason == ""

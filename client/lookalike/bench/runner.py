@@ -263,7 +263,15 @@ def _threads(m: Any) -> dict[str, Any] | None:
     if not m.HasField("threads"):
         return None
     t = m.threads
-    names = ("cores", "preprocess_threads", "intra_op_threads", "inter_op_threads", "batch_workers", "reason")
+    names = (
+        "cores",
+        "preprocess_threads",
+        "intra_op_threads",
+        "inter_op_threads",
+        "batch_workers",
+        "wide_intra_op_threads",
+        "reason",
+    )
     return {k: getattr(t, k) for k in names}
 
 

@@ -206,6 +206,8 @@ def stats_summary(resp: Any, method: str | None = None) -> dict[str, Any]:
             "rejected": b.rejected,
             "expired": b.expired,
             "cancelled": b.cancelled,
+            # Batches run alone on the model's wide session (all cores).
+            "alone_batches": b.alone_batches,
             "mean_queue_ms": b.queue_ms_sum / b.items if b.items else None,
             "mean_run_ms": b.run_ms_sum / b.batches if b.batches else None,
         }

@@ -58,6 +58,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(
                 f"{'':<20} threads: {t.cores} cores, {t.preprocess_threads} decoding, {t.batch_workers} worker(s) x "
                 f"{t.intra_op_threads} intra-op, {t.inter_op_threads} inter-op"
+                + (f"; alone: {t.wide_intra_op_threads} intra-op" if t.wide_intra_op_threads else "")
             )
     return EXIT_OK
 

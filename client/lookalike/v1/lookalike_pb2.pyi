@@ -103,20 +103,22 @@ class BucketCost(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., ms_per_run: _Optional[float] = ..., ms_per_image: _Optional[float] = ...) -> None: ...
 
 class ThreadBudget(_message.Message):
-    __slots__ = ("cores", "preprocess_threads", "intra_op_threads", "inter_op_threads", "batch_workers", "reason")
+    __slots__ = ("cores", "preprocess_threads", "intra_op_threads", "inter_op_threads", "batch_workers", "reason", "wide_intra_op_threads")
     CORES_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_THREADS_FIELD_NUMBER: _ClassVar[int]
     INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     BATCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    WIDE_INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     cores: int
     preprocess_threads: int
     intra_op_threads: int
     inter_op_threads: int
     batch_workers: int
     reason: str
-    def __init__(self, cores: _Optional[int] = ..., preprocess_threads: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., batch_workers: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    wide_intra_op_threads: int
+    def __init__(self, cores: _Optional[int] = ..., preprocess_threads: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., batch_workers: _Optional[int] = ..., reason: _Optional[str] = ..., wide_intra_op_threads: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "images")
@@ -411,7 +413,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, reset: _Optional[bool] = ...) -> None: ...
 
 class BatcherStats(_message.Message):
-    __slots__ = ("model", "batch_size_histogram", "batches", "items", "rejected", "expired", "cancelled", "queue_ms_sum", "run_ms_sum", "queue_depth")
+    __slots__ = ("model", "batch_size_histogram", "batches", "items", "rejected", "expired", "cancelled", "queue_ms_sum", "run_ms_sum", "queue_depth", "alone_batches")
     class BatchSizeHistogramEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +431,7 @@ class BatcherStats(_message.Message):
     QUEUE_MS_SUM_FIELD_NUMBER: _ClassVar[int]
     RUN_MS_SUM_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ALONE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_size_histogram: _containers.ScalarMap[int, int]
     batches: int
@@ -439,7 +442,8 @@ class BatcherStats(_message.Message):
     queue_ms_sum: float
     run_ms_sum: float
     queue_depth: int
-    def __init__(self, model: _Optional[str] = ..., batch_size_histogram: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., items: _Optional[int] = ..., rejected: _Optional[int] = ..., expired: _Optional[int] = ..., cancelled: _Optional[int] = ..., queue_ms_sum: _Optional[float] = ..., run_ms_sum: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    alone_batches: int
+    def __init__(self, model: _Optional[str] = ..., batch_size_histogram: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., items: _Optional[int] = ..., rejected: _Optional[int] = ..., expired: _Optional[int] = ..., cancelled: _Optional[int] = ..., queue_ms_sum: _Optional[float] = ..., run_ms_sum: _Optional[float] = ..., queue_depth: _Optional[int] = ..., alone_batches: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("batchers", "requests_by_status", "uptime_s")
