@@ -85,6 +85,16 @@ def test_explicit_settings_win_over_the_measurements() -> None:
     assert choose_plan(GPU, CANDIDATES, max_batch_size=4).max_delay_ms == pytest.approx(2.0)
 
 
+def test_batching_turned_off_by_the_tuner_is_the_no_batching_configuration() -> None:
+    # docs/performance.md says batching "on" cannot lose to "off" where the tuner turns it off,
+    # because the two are then the same plan: what benchmarks/batching_ab.py compares.
+    tuned = choose_plan(FLAT_CPU, CANDIDATES)
+    off = choose_plan({1: FLAT_CPU[1]}, (1,), max_batch_size=1)  # --batching-max-batch-size 1
+    assert (tuned.buckets, tuned.max_batch_size, tuned.max_delay_ms) == (off.buckets, off.max_batch_size, 0.0)
+    assert off.max_delay_ms == 0.0
+    assert [tuned.items_to_take(n) for n in range(1, 65)] == [off.items_to_take(n) for n in range(1, 65)]
+
+
 def test_unmeasured_plan_keeps_the_candidates_and_the_default_delay() -> None:
     plan = choose_plan({}, CANDIDATES)
     assert plan.buckets == CANDIDATES and plan.max_batch_size == 32 and plan.max_delay_ms == 2.0
