@@ -41,6 +41,15 @@ __all__ = [
 # ------------------------------------------------------------------ machine --
 
 
+def parse_cpus(spec: str) -> set[int]:
+    """``"0"`` or ``"0,2-3"`` (taskset's notation) → a CPU set; empty string → empty set."""
+    cpus: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

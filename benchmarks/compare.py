@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_report  # noqa: E402
+from bench_report import parse_cpus  # noqa: E402
 
 from lookalike import bench  # noqa: E402
 from lookalike_server.thread_budget import cpu_limits  # noqa: E402
@@ -123,15 +124,6 @@ def running_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def parse_cpus(spec: str) -> set[int]:
-    """``"0"`` or ``"0,2-3"`` (taskset's notation) → a CPU set; empty string → empty set."""
-    cpus: set[int] = set()
-    for part in filter(None, spec.split(",")):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 @contextlib.contextmanager

@@ -46,14 +46,8 @@ from lookalike import AsyncLookalikeClient, LookalikeError  # noqa: E402
 from lookalike.v1 import lookalike_pb2 as pb  # noqa: E402
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc  # noqa: E402
 
-
-def parse_cpus(spec: str) -> set[int]:
-    """``"0"`` or ``"0,2-3"`` → a CPU set (empty string: none given)."""
-    cpus: set[int] = set()
-    for part in filter(None, spec.split(",")):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_report import parse_cpus  # noqa: E402
 
 
 def start_server(extra: list[str], cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], int]:

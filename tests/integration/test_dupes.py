@@ -10,7 +10,6 @@ shared session index holds other tests' items too without changing the answer.
 from __future__ import annotations
 
 import io
-import itertools
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 from lookalike.client import DuplicateGroup, DuplicatesSummary, LookalikeClient
 from lookalike.errors import InvalidArgumentError, LookalikeError, NotFoundError, ResourceExhaustedError
 from lookalike.v1 import lookalike_pb2 as pb
+from tests import dupes_reference as reference
 
 MODEL = "mobilenet_v2"
 
@@ -59,25 +59,8 @@ def planted_variants(path: Path, tag: str) -> dict[str, bytes]:
 
 
 def brute_force_groups(ids: list[int], vectors: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups as documented, computed independently: pairs closest first, merged while the
-    merged group's earliest id is within the threshold of every member."""
-    order = np.argsort(ids)
-    ids = [ids[i] for i in order]
-    vectors = vectors[order].astype(np.float64)
-    d = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
-    n = len(ids)
-    group = {i: {i} for i in range(n)}  # position -> the set it belongs to (shared objects)
-    pairs = sorted((d[a, b], a, b) for a, b in itertools.combinations(range(n), 2) if d[a, b] <= threshold)
-    for _dist, a, b in pairs:
-        ga, gb = group[a], group[b]
-        rep = min(ga | gb)
-        if ga is gb or any(d[rep, x] > threshold for x in ga | gb):
-            continue
-        merged = ga | gb
-        for x in merged:
-            group[x] = merged
-    unique = {id(g): g for g in group.values()}.values()
-    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
+    """One model's groups by brute force (:func:`tests.dupes_reference.brute_force_groups`)."""
+    return reference.brute_force_groups(ids, {"model": vectors}, {"model": threshold})
 
 
 def run_dupes(client: LookalikeClient, **kw: object) -> tuple[list[DuplicateGroup], DuplicatesSummary]:
@@ -279,34 +262,6 @@ def test_cli_dupes_finds_every_planted_copy_on_a_demo_folder(  # type: ignore[no
 OTHER = "efficientnet_lite0"
 
 
-def brute_force_any_model(
-    ids: list[int], vectors: dict[str, np.ndarray], thresholds: dict[str, float]
-) -> list[list[int]]:
-    """The multi-model grouping, computed independently: two items are near when ANY model puts
-    them within its threshold; pairs by smallest distance/threshold first, merged while the
-    merged group's earliest id is near every member."""
-    order = np.argsort(ids)
-    ids = [ids[i] for i in order]
-    d = {}
-    for m, v in vectors.items():
-        v = v[order].astype(np.float64)
-        d[m] = ((v[:, None, :] - v[None, :, :]) ** 2).sum(-1)
-    near = np.logical_or.reduce([d[m] <= t for m, t in thresholds.items()])
-    key = np.minimum.reduce([d[m] / t for m, t in thresholds.items()])
-    n = len(ids)
-    group = {i: {i} for i in range(n)}
-    for _k, a, b in sorted((key[a, b], a, b) for a, b in itertools.combinations(range(n), 2) if near[a, b]):
-        ga, gb = group[a], group[b]
-        rep = min(ga | gb)
-        if ga is gb or not all(near[rep, x] for x in ga | gb):
-            continue
-        merged = ga | gb
-        for x in merged:
-            group[x] = merged
-    unique = {id(g): g for g in group.values()}.values()
-    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
-
-
 def test_several_models_match_brute_force(live_server, planted, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from lookalike.cli import main
 
@@ -324,7 +279,7 @@ def test_several_models_match_brute_force(live_server, planted, tmp_path: Path, 
     assert set(summary.thresholds) == {MODEL, OTHER} and summary.threshold == summary.thresholds[MODEL]
     assert summary.items_scanned == len(keys)
     vectors = {MODEL: planted["vectors"], OTHER: other}
-    expected = brute_force_any_model([ids[k] for k in keys], vectors, dict(summary.thresholds))
+    expected = reference.brute_force_groups([ids[k] for k in keys], vectors, dict(summary.thresholds))
     assert sorted(sorted(m.id for m in g.members) for g in groups) == expected
     # Every planted copy is still with its original (the one-model walk already found them all).
     group_of = {m.id: g.representative_id for g in groups for m in g.members}

@@ -10,6 +10,7 @@ from lookalike.v1 import lookalike_pb2 as pb
 from lookalike_server.dupes_grouping import UnionFind, components, split_component, split_component_multi
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.validation import MAX_DUPES_PAGE, check_dupes_request
+from tests.dupes_reference import brute_force_groups
 
 
 def _unit(v: list[float]) -> np.ndarray:
@@ -118,31 +119,6 @@ def test_walk_slots_refuse_beyond_the_limit_and_come_back() -> None:
     assert admission.stats().inflight_walks == 0
 
 
-def _brute_force_any_model(
-    ids: list[int], vectors: dict[str, dict[int, np.ndarray]], thresholds: dict[str, float]
-) -> list[list[int]]:
-    """The documented multi-model grouping, computed independently: near = within ANY model's
-    threshold; pairs by smallest distance/threshold first, merged while the merged group's
-    earliest id is near every member."""
-    ids = sorted(ids)
-    n = len(ids)
-    d = {m: np.array([[float(((v[a] - v[b]) ** 2).sum()) for b in ids] for a in ids]) for m, v in vectors.items()}
-    near = np.logical_or.reduce([d[m] <= t for m, t in thresholds.items()])
-    key = np.minimum.reduce([d[m] / t for m, t in thresholds.items()])
-    group = {i: {i} for i in range(n)}
-    pairs = sorted((key[a, b], a, b) for a in range(n) for b in range(a + 1, n) if near[a, b])
-    for _k, a, b in pairs:
-        ga, gb = group[a], group[b]
-        rep = min(ga | gb)
-        if ga is gb or not all(near[rep, x] for x in ga | gb):
-            continue
-        merged = ga | gb
-        for x in merged:
-            group[x] = merged
-    unique = {id(g): g for g in group.values()}.values()
-    return sorted(sorted(ids[x] for x in g) for g in unique if len(g) > 1)
-
-
 def test_several_models_group_a_pair_that_only_one_model_finds_near() -> None:
     # Under model a, 2 is far from 1; under model b it is close. 3 is far under both.
     va = {1: _unit([1, 0]), 2: _unit([np.cos(0.9), np.sin(0.9)]), 3: _unit([-1, 0.2])}
@@ -190,7 +166,7 @@ def test_multi_model_split_matches_brute_force(seed: int) -> None:
             vectors[model][i] = (v / np.linalg.norm(v)).astype(np.float32)
     thresholds = {"a": 0.35, "b": 0.45}
     groups = split_component_multi(ids, vectors, thresholds)
-    expected = _brute_force_any_model(ids, vectors, thresholds)
+    expected = brute_force_groups(ids, {m: np.stack([v[i] for i in ids]) for m, v in vectors.items()}, thresholds)
     assert expected and sorted(sorted(g.members) for g in groups) == expected
     for g in groups:
         for k, member in enumerate(g.members):
