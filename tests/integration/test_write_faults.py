@@ -145,27 +145,38 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
     n = 96
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT / 'server'}"}
     try:
+        stored = 0
         for trial in range(2):
-            root = _photo_dir(tmp_path / f"photos{trial}", photos, n, seed=trial)
-            proc = subprocess.Popen(
-                _cli(live.target, "index", str(root), "--batch", "32", "-q"),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            deadline = time.monotonic() + 120
-            assert service.redis is not None
-            start = len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha"))
-            # Interrupt mid-run, once a first window of items has been reserved.
-            # On the first release this left 13 of 96 files ABORTED on the re-run.
-            while time.monotonic() < deadline and proc.poll() is None:
-                if len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha")) >= start + 24:
-                    break
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 130, f"not interrupted mid-run: {proc.returncode} {out} {err}"
+            # On a fast, quiet machine the whole run can finish before the SIGINT lands
+            # (CI once saw all 96 indexed, exit 0): that run proves nothing here, so it
+            # counts as stored and another folder is tried, up to 4 times.
+            for attempt in range(4):
+                root = _photo_dir(tmp_path / f"photos{trial}-{attempt}", photos, n, seed=10 * trial + attempt)
+                proc = subprocess.Popen(
+                    _cli(live.target, "index", str(root), "--batch", "32", "-q"),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                deadline = time.monotonic() + 120
+                assert service.redis is not None
+                start = len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha"))
+                # Interrupt mid-run, once a first window of items has been reserved.
+                # On the first release this left 13 of 96 files ABORTED on the re-run.
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if len(service.redis.client.hkeys(service.redis._keys.prefix + "idx:sha")) >= start + 24:
+                        break
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+                stored += n
+                if proc.returncode == 0 and f"{n} indexed" in out:
+                    continue
+                assert proc.returncode == 130, f"not interrupted mid-run: {proc.returncode} {out} {err}"
+                break
+            else:
+                pytest.fail(f"the index run finished before the interrupt in all 4 attempts of trial {trial}")
             # The immediate re-run: everything ends stored, and the summary says so.
             rerun = subprocess.run(
                 _cli(live.target, "index", str(root), "--batch", "32", "-q"),
@@ -181,7 +192,7 @@ def test_an_interrupted_index_then_a_re_run_loses_nothing_and_tells_the_truth(tm
                 item = service.get(key=str(path))
                 assert item.models == ("mobilenet_v2",)
             assert service.milvus is not None
-            assert service.milvus.count(service.collections["mobilenet_v2"]) == n * (trial + 1)
+            assert service.milvus.count(service.collections["mobilenet_v2"]) == stored
         service.repair(verify=True)
         assert service.redis.list_unfinished() == []
     finally:
