@@ -132,9 +132,10 @@ def _cli(target: str, *args: str) -> list[str]:
 
 
 # The CLI as a terminal starts it: SIGINT delivered and raising KeyboardInterrupt. A child
-# inherits an ignored or blocked SIGINT from its parent (as `cmd &` in a script does, on
-# purpose), and in full CI runs this test's process passed one on: the CLI then ran to the
-# end through every SIGINT. What it inherited is printed to stderr, for the failure message.
+# inherits an ignored or blocked SIGINT from its parent, and a suite started as a background
+# job of a script (`nohup bash .ci/run &`) runs with SIGINT ignored from the start: the CLI
+# then ran to the end through every SIGINT. What it inherited is printed to stderr, for the
+# failure message.
 _INTERACTIVE_CLI = (
     "import signal, sys; "
     "print('inherited SIGINT:', signal.getsignal(signal.SIGINT), "
