@@ -3,27 +3,50 @@
 ``benchmarks/compare.py`` runs the batching-on and batching-off servers one after
 the other, one short window per concurrency: on a 2-core VM two such windows
 minutes apart differ by 10-20% with nothing changed, so "batching on ≥ 0.97×
-off at every concurrency" (issue 12) cannot be read from them. Here both
-servers run at once (the idle one costs nothing: no request, no inference) and
-each concurrency is measured in alternating rounds, on/off then off/on, so
-drift on the machine falls on both sides alike. The ratio reported per
-concurrency is the median of the per-round ratios, with their range.
+off at every concurrency" (issue 12) cannot be read from them. Here "on" and
+"off" are both up at once (the idle one costs nothing: no request, no
+inference) and each concurrency is measured in alternating rounds, on/off then
+off/on, so drift on the machine falls on both sides alike. The ratio reported
+per concurrency is the median of the per-round ratios, with their range.
 
-The report also records what each server chose at start-up (its buckets, the
+Two ways to have both up at once:
+
+* **One process** (the default, ``--one-process``): one server whose registry
+  (written to ``.cache/bench-logs/batching-ab-models.toml``) holds the same
+  ONNX file twice: ``<model>`` as the registry has it (self-tuned batching)
+  and ``<model>_b1`` with ``[models.batching] max_batch_size = 1``; rounds
+  alternate between the two names. Both sides then share the process: its
+  gRPC threads, decoding pool, allocator and scheduler history.
+* **Two processes** (``--two-process``): two servers, the second started
+  with ``--batching-max-batch-size 1``. In an A/A run on a quiet 2-core EPYC
+  the server started first was 1-4% slower than its identical twin (median
+  per concurrency, 5 rounds), a bias as large as the 3% being judged; that is
+  why one process is the default. This mode stays for comparison with the
+  runs made with it.
+
+Each model gets the whole thread budget, not a share of it: the server sizes
+the budget once from the cores and gives every model its own session and
+batch workers with it (``server/lookalike_server/thread_budget.py``), so the
+two models of the one process run with the threads a one-model server gives
+its only model. ListModels' thread choice of both sides is in the report
+(``choice_on`` / ``choice_off``, and ``threads_alike``).
+
+The report also records what each side chose at start-up (its buckets, the
 reason, the thread budget from ListModels): where the self-tuning batcher chose
-batch 1, both servers run the same configuration and the ratio shows the
+batch 1, both sides run the same configuration and the ratio shows the
 machine's noise floor; where it chose buckets, the ratio is what they bought.
 
 Usage::
 
-    python benchmarks/batching_ab.py                        # ~7 min on 2 cores
+    python benchmarks/batching_ab.py                        # ~7 min on 2 cores, one process
     python benchmarks/batching_ab.py --concurrency 1,32 --rounds 3 --duration 2
-    python benchmarks/batching_ab.py --off-first             # the other start order
-    python benchmarks/batching_ab.py --aa                    # A/A: both servers alike
+    python benchmarks/batching_ab.py --off-first             # "off" loaded (or started) first
+    python benchmarks/batching_ab.py --aa                    # A/A: both sides alike
+    python benchmarks/batching_ab.py --two-process           # two servers, as the first runs did
 
-Start order matters: in an A/A run on a quiet 2-core EPYC the server started first
-was 1-4% slower than its identical twin (median per concurrency, 5 rounds), a bias
-as large as the 3% being judged, so read a result beside the other start order.
+``--off-first`` puts the "off" entry first in the one-process registry (it is
+loaded and warmed first) or starts the "off" server first; read a result
+beside the other order, and beside an ``--aa`` run of the same mode.
 """
 
 from __future__ import annotations
@@ -47,14 +70,76 @@ import bench_report  # noqa: E402
 import compare  # noqa: E402
 
 from lookalike import bench  # noqa: E402
+from lookalike_server.registry import TABLE_KEYS, read_entries, toml_value  # noqa: E402
 
 TARGET_RATIO = 0.97
+#: The second name of the model in the one-process registry: batching off, or its A/A twin.
+OFF_SUFFIX = "_b1"
+AA_SUFFIX = "_aa"
+
+
+def _render(entry: dict[str, Any]) -> str:
+    """One raw ``[[models]]`` table as TOML, keys as given (the reader judges them, not this)."""
+    lines = ["[[models]]"] + [f"{k} = {toml_value(v)}" for k, v in entry.items() if k not in TABLE_KEYS]
+    for table in TABLE_KEYS:
+        if entry.get(table):
+            lines += [f"[models.{table}]"] + [f"{k} = {toml_value(v)}" for k, v in entry[table].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_ab_registry(
+    source: Path, model: str, dest: Path, *, aa: bool = False, off_first: bool = False
+) -> dict[str, str]:
+    """Writes a registry holding ``model`` of ``source`` twice, for the one-process A/B.
+
+    The "on" entry is ``model``'s table as ``source`` has it; the "off" entry is
+    the same table under ``model + "_b1"`` with ``[models.batching]
+    max_batch_size = 1`` (other batching keys kept), or under ``model + "_aa"``
+    and unchanged with ``aa``. Both name the same file by its absolute path,
+    so ``dest`` may live anywhere. The tables are copied key by key, not
+    rebuilt from defaults, so the server reads both exactly as it reads
+    ``source``'s entry.
+
+    Args:
+        source: The registry to copy the entry from.
+        model: The entry's name.
+        dest: The registry file to write (its folder is created).
+        aa: A/A calibration: the second entry keeps the first's batching.
+        off_first: Write the "off" entry first, so the server loads and warms it first.
+
+    Returns:
+        The model name of each side, ``{"on": ..., "off": ...}``.
+
+    Raises:
+        ValueError: ``source`` has no entry named ``model``, or the second name is too long.
+    """
+    source = source.resolve()
+    entries = [e for e in read_entries(source) if e.get("name") == model]
+    if not entries:
+        raise ValueError(f"{source} has no model named {model!r}")
+    on = dict(entries[0])
+    path = Path(str(on["path"]))
+    on["path"] = str(path if path.is_absolute() else (source.parent / path).resolve())
+    off = {**on, "name": model + (AA_SUFFIX if aa else OFF_SUFFIX)}
+    if not aa:
+        off["batching"] = {**on.get("batching", {}), "max_batch_size": 1}
+    if len(off["name"]) > 63:  # registry.NAME_RE's limit; the server would refuse it at start
+        raise ValueError(f"model name {model!r} too long for a second name {off['name']!r}")
+    ordered = (off, on) if off_first else (on, off)
+    header = (
+        f"# Written by benchmarks/batching_ab.py: {model!r} of {source}, twice, for the one-process A/B.\n"
+        "# Regenerated at every run; edits are lost.\n\n"
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(header + "\n".join(_render(e) for e in ordered))
+    return {"on": str(on["name"]), "off": str(off["name"])}
 
 
 def _choice(model: Any) -> dict[str, Any]:
     """What a server chose at start-up, from its ListModels entry."""
     threads = model.threads
     return {
+        "model": model.name,
         "max_batch_size": model.max_batch_size,
         "batching_reason": model.batching_reason,
         "bucket_costs": [
@@ -62,12 +147,21 @@ def _choice(model: Any) -> dict[str, Any]:
             for c in model.bucket_costs
         ],
         "threads": {
+            "cores": threads.cores,
             "preprocess": threads.preprocess_threads,
+            "batch_workers": threads.batch_workers,
             "intra_op": threads.intra_op_threads,
             "inter_op": threads.inter_op_threads,
             "wide_intra_op": threads.wide_intra_op_threads,
             "reason": threads.reason,
         },
+    }
+
+
+def _threads_alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`_choice` results have the same thread numbers (the reasons may word it apart)."""
+    return {k: v for k, v in a["threads"].items() if k != "reason"} == {
+        k: v for k, v in b["threads"].items() if k != "reason"
     }
 
 
@@ -97,11 +191,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--server-arg", action="append", default=[], help="extra lookalike-server flag for both")
-    parser.add_argument("--off-first", action="store_true", help="start the 'off' server first")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--one-process",
+        dest="mode",
+        action="store_const",
+        const="one-process",
+        help="one server, the model registered twice (batching as tuned, and max_batch_size = 1); the default",
+    )
+    mode.add_argument(
+        "--two-process",
+        dest="mode",
+        action="store_const",
+        const="two-process",
+        help="two servers, the second with --batching-max-batch-size 1 (the first runs' mode)",
+    )
+    parser.set_defaults(mode="one-process")
+    parser.add_argument(
+        "--off-first", action="store_true", help="load the 'off' model first (one process) or start its server first"
+    )
     parser.add_argument(
         "--aa",
         action="store_true",
-        help="A/A calibration: start the 'off' server with the 'on' server's flags, so the ratios show the noise floor",
+        help="A/A calibration: the 'off' side gets the 'on' side's batching, so the ratios show the noise floor",
     )
     parser.add_argument("--out", default="", help="JSON path (default: benchmarks/results/batching-ab-DATE.json)")
     args = parser.parse_args(argv)
@@ -113,7 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     images = bench.load_images(bench.find_image_dir(args.images).resolve(), args.image_size)
     common = [
-        "--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model,
         "--log-level", "WARNING", "--stores", "false", "--data-dir", str(REPO / ".cache" / "bench-data" / "none"),
         *args.server_arg,
     ]  # fmt: skip
@@ -123,26 +234,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     loadavg_before = list(os.getloadavg())
-    results: dict[str, Any] = {"points": {}}
+    results: dict[str, Any] = {"mode": args.mode, "points": {}}
     with contextlib.ExitStack() as stack:
-        flags = {"on": common, "off": common if args.aa else [*common, "--batching-max-batch-size", "1"]}
-        # The A/A run found the server started first 1-4% slower than its twin (median per
-        # concurrency), so the start order is a flag: run both orders and compare the two.
-        targets = {
-            side: stack.enter_context(compare.running_server(flags[side], logs / f"ab-{side}.log"))
-            for side in (("off", "on") if args.off_first else ("on", "off"))
-        }
+        if args.mode == "one-process":
+            registry = logs / "batching-ab-models.toml"
+            names = write_ab_registry(Path(args.registry), args.model, registry, aa=args.aa, off_first=args.off_first)
+            target = stack.enter_context(
+                compare.running_server(["--models-registry", str(registry), *common], logs / "ab-one.log")
+            )
+            targets = {"on": target, "off": target}
+        else:
+            names = {"on": args.model, "off": args.model}
+            single = ["--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model, *common]
+            flags = {"on": single, "off": single if args.aa else [*single, "--batching-max-batch-size", "1"]}
+            # The A/A run found the server started first 1-4% slower than its twin (median per
+            # concurrency), so the start order is a flag: run both orders and compare the two.
+            targets = {
+                side: stack.enter_context(compare.running_server(flags[side], logs / f"ab-{side}.log"))
+                for side in (("off", "on") if args.off_first else ("on", "off"))
+            }
+        results["models"] = names
         for c in args.concurrency:
             rounds = []
             for r in range(args.rounds):
                 order = ("on", "off") if r % 2 == 0 else ("off", "on")
                 row: dict[str, Any] = {"order": "/".join(order)}
                 for side in order:
-                    series, models = compare.sweep(targets[side], f"batching {side}", images, window, concurrency=[c])
+                    series, models = compare.sweep(
+                        targets[side], f"batching {side}", images, window, concurrency=[c], models=[names[side]]
+                    )
                     (point,) = series["points"]
                     row[f"{side}_images_per_s"] = point["images_per_s"]
                     row[f"{side}_p50_ms"] = point["latency_ms"]["p50"]
-                    results.setdefault(f"choice_{side}", _choice(models[0]))
+                    # One process lists both models: take this side's.
+                    results.setdefault(f"choice_{side}", _choice(next(m for m in models if m.name == names[side])))
                 rounds.append(row)
                 compare.log(
                     f"c={c} round {r + 1}: on {row['on_images_per_s']:.1f} off {row['off_images_per_s']:.1f} img/s"
@@ -160,10 +285,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["met"] = all(p["met"] for p in results["points"].values())
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["aa"] = args.aa
+    # One process: the side whose model was loaded and warmed first; two: whose server started first.
     results["started_first"] = "off" if args.off_first else "on"
+    results["threads_alike"] = _threads_alike(results["choice_on"], results["choice_off"])
     out.write_text(json.dumps(results, indent=2) + "\n")
     chose_one = results["choice_on"]["max_batch_size"] == 1
-    print(f"A/A calibration (same flags on both): {args.aa}; the tuner chose batch 1: {chose_one}")
+    print(f"mode: {args.mode} ({names['on']} on, {names['off']} off); {results['started_first']} first")
+    print(f"A/A calibration (same batching on both): {args.aa}; the tuner chose batch 1: {chose_one}")
+    for side in ("on", "off"):
+        t = results[f"choice_{side}"]["threads"]
+        print(
+            f"threads {side:>3}: {t['batch_workers']} worker(s) x {t['intra_op']} intra-op, wide {t['wide_intra_op']}, "
+            f"decoding {t['preprocess']}, {t['cores']} cores"
+        )
+    if not results["threads_alike"]:
+        print("WARNING: the two sides run with different threads (see choice_on/choice_off in the JSON)")
     print(f"{'c':>4} {'on img/s':>9} {'off img/s':>9} {'ratio':>6} {'range':>13}  p50 on/off ms")
     for c, p in results["points"].items():
         print(

@@ -1,11 +1,17 @@
-"""The interleaved batching A/B's summary (benchmarks/batching_ab.py): medians of per-round ratios."""
+"""The interleaved batching A/B (benchmarks/batching_ab.py): medians of per-round ratios, and the
+one-process registry that serves the model twice."""
 
 from __future__ import annotations
 
 import sys
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from lookalike_server.config import BatchingConfig
+from lookalike_server.registry_reader import ModelSpec, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -31,3 +37,61 @@ def test_below_the_target_is_not_met() -> None:
     got = batching_ab._summary([_round(96, 100), _round(95, 100), _round(99, 100)])
     assert got["ratio_median"] == pytest.approx(0.96)
     assert got["met"] is False
+
+
+# ------------------------------------------------- the one-process registry --
+
+REGISTRY = ROOT / "models" / "models.toml"
+
+
+def _read(path: Path) -> dict[str, ModelSpec]:
+    return {s.name: s for s in load_registry(path, BatchingConfig())}
+
+
+def test_the_one_process_registry_holds_the_model_twice_the_second_at_batch_1(tmp_path: Path) -> None:
+    dest = tmp_path / "elsewhere" / "models.toml"  # another folder: the path must not stay relative
+    names = batching_ab.write_ab_registry(REGISTRY, "mobilenet_v2", dest)
+    assert names == {"on": "mobilenet_v2", "off": "mobilenet_v2_b1"}
+    shipped = _read(REGISTRY)["mobilenet_v2"]
+    got = _read(dest)
+    assert list(got) == ["mobilenet_v2", "mobilenet_v2_b1"]  # "on" loads first unless --off-first
+    on, off = got["mobilenet_v2"], got["mobilenet_v2_b1"]
+    # The server reads "on" exactly as it reads the shipped entry: same file, digest, preprocessing.
+    assert on == shipped
+    assert on.path.is_absolute() and on.path.exists()
+    assert (off.path, off.sha256, off.preprocess) == (on.path, on.sha256, on.preprocess) and on.sha256
+    assert off.batching.max_batch_size == 1
+    # Nothing else differs: the name and the batching limit are the whole difference.
+    assert replace(off, name=on.name, batching=on.batching) == on
+
+
+def test_the_aa_registry_leaves_the_second_entry_s_batching_alone_and_off_first_loads_it_first(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "models.toml"
+    names = batching_ab.write_ab_registry(REGISTRY, "mobilenet_v2", dest, aa=True, off_first=True)
+    assert names == {"on": "mobilenet_v2", "off": "mobilenet_v2_aa"}
+    got = _read(dest)
+    assert list(got) == ["mobilenet_v2_aa", "mobilenet_v2"]
+    on, twin = got["mobilenet_v2"], got["mobilenet_v2_aa"]
+    assert "batching" not in tomllib.loads(dest.read_text())["models"][0]  # no override at all
+    assert replace(twin, name=on.name) == on
+
+
+def test_the_off_entry_keeps_the_source_s_other_batching_overrides(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "models.toml"
+    source.parent.mkdir()
+    (source.parent / "m.onnx").write_bytes(b"")  # the reader does not open it
+    source.write_text(
+        '[[models]]\nname = "m"\npath = "m.onnx"\ndim = 8\n[models.batching]\nmax_batch_size = 16\nmax_delay_ms = 3.0\n'
+    )
+    batching_ab.write_ab_registry(source, "m", tmp_path / "ab.toml")
+    got = _read(tmp_path / "ab.toml")
+    assert (got["m"].batching.max_batch_size, got["m"].batching.max_delay_ms) == (16, 3.0)
+    assert (got["m_b1"].batching.max_batch_size, got["m_b1"].batching.max_delay_ms) == (1, 3.0)
+    assert got["m_b1"].path == source.parent / "m.onnx"
+
+
+def test_an_unknown_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no model named 'nope'"):
+        batching_ab.write_ab_registry(REGISTRY, "nope", tmp_path / "models.toml")
