@@ -28,8 +28,17 @@ Each model gets the whole thread budget, not a share of it: the server sizes
 the budget once from the cores and gives every model its own session and
 batch workers with it (``server/lookalike_server/thread_budget.py``), so the
 two models of the one process run with the threads a one-model server gives
-its only model. ListModels' thread choice of both sides is in the report
-(``choice_on`` / ``choice_off``, and ``threads_alike``).
+its only model (checked on the shared 2-core VM: 2 workers x 1 intra-op
+thread, 1 decoding thread on each side, as a one-model server). ListModels'
+thread choice of both sides is in the report (``choice_on`` / ``choice_off``,
+and ``threads_alike``). One number is measured per model rather than sized:
+whether the model keeps its wide session (its warm-up must find it 5%
+faster), so the two sides can differ there; the run then warns, and
+``--server-arg=--models-wide-session=on`` (or ``off``) pins it for both.
+Likewise the batching plan is measured per model at warm-up: under ``--aa``
+the two sides can still be tuned apart on a busy machine (seen in a smoke
+run: batch 1 on one side, buckets 1-2 on its twin), and the run warns that
+its rounds are then no A/A (``plans_alike`` in the report).
 
 The report also records what each side chose at start-up (its buckets, the
 reason, the thread budget from ListModels): where the self-tuning batcher chose
@@ -141,6 +150,8 @@ def _choice(model: Any) -> dict[str, Any]:
     return {
         "model": model.name,
         "max_batch_size": model.max_batch_size,
+        "batch_buckets": list(model.batch_buckets),
+        "max_delay_ms": model.max_delay_ms,
         "batching_reason": model.batching_reason,
         "bucket_costs": [
             {"batch_size": c.batch_size, "ms_per_run": round(c.ms_per_run, 3), "ms_per_image": round(c.ms_per_image, 3)}
@@ -163,6 +174,12 @@ def _threads_alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {k: v for k, v in a["threads"].items() if k != "reason"} == {
         k: v for k, v in b["threads"].items() if k != "reason"
     }
+
+
+def _plans_alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`_choice` results batch alike (buckets, limit, delay); an A/A needs it."""
+    keys = ("max_batch_size", "batch_buckets", "max_delay_ms")
+    return all(a[k] == b[k] for k in keys)
 
 
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One process: the side whose model was loaded and warmed first; two: whose server started first.
     results["started_first"] = "off" if args.off_first else "on"
     results["threads_alike"] = _threads_alike(results["choice_on"], results["choice_off"])
+    results["plans_alike"] = _plans_alike(results["choice_on"], results["choice_off"])
     out.write_text(json.dumps(results, indent=2) + "\n")
     chose_one = results["choice_on"]["max_batch_size"] == 1
     print(f"mode: {args.mode} ({names['on']} on, {names['off']} off); {results['started_first']} first")
@@ -299,7 +317,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"decoding {t['preprocess']}, {t['cores']} cores"
         )
     if not results["threads_alike"]:
-        print("WARNING: the two sides run with different threads (see choice_on/choice_off in the JSON)")
+        print(
+            "WARNING: the two sides run with different threads (choice_on/choice_off in the JSON); a wide session "
+            "kept by one warm-up only is pinned with --server-arg=--models-wide-session=on (or off)"
+        )
+    if args.aa and not results["plans_alike"]:
+        # Each side's warm-up measures its own bucket costs; on a busy machine two measurements
+        # of the same model can fall either side of the tuner's 10% bar.
+        print(
+            f"WARNING: A/A, but the tuner chose differently: on max batch {results['choice_on']['max_batch_size']}, "
+            f"off {results['choice_off']['max_batch_size']} (batching_reason in the JSON); "
+            "these rounds are not an A/A"
+        )
     print(f"{'c':>4} {'on img/s':>9} {'off img/s':>9} {'ratio':>6} {'range':>13}  p50 on/off ms")
     for c, p in results["points"].items():
         print(

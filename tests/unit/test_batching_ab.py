@@ -95,3 +95,15 @@ def test_the_off_entry_keeps_the_source_s_other_batching_overrides(tmp_path: Pat
 def test_an_unknown_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no model named 'nope'"):
         batching_ab.write_ab_registry(REGISTRY, "nope", tmp_path / "models.toml")
+
+
+def _choice(max_batch: int, buckets: list[int], wide: int, reason: str = "") -> dict[str, object]:
+    threads = {"cores": 2, "preprocess": 1, "batch_workers": 2, "intra_op": 1, "wide_intra_op": wide, "reason": reason}
+    return {"max_batch_size": max_batch, "batch_buckets": buckets, "max_delay_ms": 0.0, "threads": threads}
+
+
+def test_threads_and_plans_alike_compare_the_numbers_not_the_wording() -> None:
+    a, b = _choice(1, [1], 0, "wide session dropped: 9 ms"), _choice(1, [1], 0, "wide session dropped: 8 ms")
+    assert batching_ab._threads_alike(a, b) and batching_ab._plans_alike(a, b)
+    assert not batching_ab._threads_alike(a, _choice(1, [1], 2))
+    assert not batching_ab._plans_alike(a, _choice(2, [1, 2], 0))
