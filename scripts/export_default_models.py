@@ -23,6 +23,7 @@ from lookalike_export.parity import find_photos
 from lookalike_export.torch_export import export_torch
 from lookalike_export.weights import packaged_weights
 from lookalike_server.errors import ConfigError
+from lookalike_server.registry import read_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTIONS = {
@@ -31,6 +32,12 @@ DESCRIPTIONS = {
     "efficientnet_lite0": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-57934424.pth), "
     "classifier removed, global average pool; ReLU6 kept (set_swish never called)",
 }
+# Version 2: the whole image is resized to 224x224 (resize_shorter = 0) instead of the
+# frameworks' Resize(256) + CenterCrop(224), which drops a quarter of a square photo and
+# more of a wide one. Chosen by benchmarks/fit_modes.py (docs/fusion.md, "Whole image or
+# centre crop"): better retrieval and copy detection on every labelled set we have.
+VERSION = "2"
+WHOLE_IMAGE = {"resize_shorter": 0}
 
 
 def main() -> int:
@@ -43,6 +50,12 @@ def main() -> int:
             raise ConfigError(f"{arch}: weights package not installed (see this script's docstring)")
         result = export_torch(arch, weights=weights, out_dir=out, photos=photos)
         result.entry.description = DESCRIPTIONS[arch]
+        result.entry.version = VERSION
+        for key, value in WHOLE_IMAGE.items():
+            setattr(result.entry, key, value)
+        # Keep the calibrated duplicate threshold (benchmarks/dupes_calibrate.py) already there.
+        old = {e["name"]: e for e in read_entries(out / "models.toml")} if (out / "models.toml").exists() else {}
+        result.entry.dupes_threshold = float(old.get(arch, {}).get("dupes_threshold", 0.0))
         action = upsert_entry(out / "models.toml", result.entry)
         print(
             f"{arch}: {result.onnx_path.relative_to(ROOT)} sha256={result.entry.sha256} "

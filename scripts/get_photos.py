@@ -16,6 +16,12 @@ Sets:
     (``animals/birds`` → ``animals_birds``), keep labels with at least ``--min-per-label`` images,
     composite onto white and write ``OUT/<label>/<name>.png``.
 
+``drawings``
+    The *other* stamps of the same package, labelled the same way: the drawings and
+    flat-coloured cut-outs that ``tuxpaint`` leaves out (the ``symbols`` tree aside), one per
+    name (``frog-1.png`` and ``frog-2.png`` count once). No image is in both sets, so it
+    serves to choose a setting that ``tuxpaint`` then measures (``benchmarks/fit_modes.py``).
+
 ``mate``
     ``mate-backgrounds``: JPEG/PNG landscape wallpapers, copied as-is to ``OUT/mate/``.
 
@@ -25,6 +31,7 @@ Sets:
 Usage::
 
     python scripts/get_photos.py tuxpaint --out data/tuxpaint
+    python scripts/get_photos.py drawings --out data/tuxdrawings
     python scripts/get_photos.py mate --out data/mate
     python scripts/get_photos.py testset
 """
@@ -126,6 +133,31 @@ def tuxpaint_photos(stamps: Path, min_colours: int = 3000) -> list[tuple[str, Pa
     return found
 
 
+def tuxpaint_drawings(stamps: Path) -> list[tuple[str, Path]]:
+    """Lists the stamps :func:`tuxpaint_photos` leaves out (``symbols`` aside), one per name.
+
+    Args:
+        stamps: The unpacked ``usr/share/tuxpaint/stamps`` directory.
+
+    Returns:
+        ``(label, path)`` pairs, sorted by path; numbered variants of one stamp
+        (``frog-1``, ``frog_2``) keep only the first.
+    """
+    photos = {p for _, p in tuxpaint_photos(stamps)}
+    seen: set[tuple[Path, str]] = set()
+    found: list[tuple[str, Path]] = []
+    for png in sorted(stamps.rglob("*.png")):
+        rel = png.relative_to(stamps)
+        if png in photos or rel.parts[0] == "symbols":
+            continue
+        stem = (png.parent, re.sub(r"[-_]\d+$", "", png.stem))
+        if stem in seen:
+            continue
+        seen.add(stem)
+        found.append(("_".join(rel.parts[:-1][:2]), png))
+    return found
+
+
 def write_on_white(src: Path, dst: Path, max_side: int | None) -> None:
     """Composites a (possibly transparent) image onto white and saves it as PNG."""
     from PIL import Image
@@ -141,14 +173,20 @@ def write_on_white(src: Path, dst: Path, max_side: int | None) -> None:
 
 def cmd_tuxpaint(args: argparse.Namespace) -> int:
     root = fetch_package("tuxpaint-stamps-default", args.cache)
-    photos = tuxpaint_photos(root / STAMPS_DIR)
+    select = tuxpaint_drawings if args.set == "drawings" else tuxpaint_photos
+    photos = select(root / STAMPS_DIR)
     per_label = Counter(label for label, _ in photos)
     kept = [(label, p) for label, p in photos if per_label[label] >= args.min_per_label]
     out: Path = args.out
+    written: set[Path] = set()
     for label, src in kept:
-        write_on_white(src, out / label / f"{src.stem}.png", args.max_side)
+        dst = out / label / f"{src.stem}.png"
+        if dst in written:  # one name in two sub-folders of a label: keep both
+            dst = dst.with_name(f"{src.parent.name}_{src.stem}.png")
+        written.add(dst)
+        write_on_white(src, dst, args.max_side)
     labels = sorted({label for label, _ in kept})
-    print(f"{len(kept)} photos in {len(labels)} labels written to {out}")
+    print(f"{len(kept)} images in {len(labels)} labels written to {out}")
     for label in labels:
         print(f"  {label}: {per_label[label]}")
     return 0
@@ -227,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output directory (OUT/<label>/<name>.png)")
     p.add_argument("--min-per-label", type=int, default=3, help="drop labels with fewer images (%(default)s)")
     p.add_argument("--max-side", type=int, default=None, help="downscale so the longest side is at most this")
+    p.set_defaults(func=cmd_tuxpaint)
+    p = sub.add_parser("drawings", help="the other tuxpaint stamps (drawings), labelled alike; none in tuxpaint")
+    p.add_argument("--out", type=Path, required=True, help="output directory (OUT/<label>/<name>.png)")
+    p.add_argument("--min-per-label", type=int, default=3, help="drop labels with fewer images (%(default)s)")
+    p.add_argument("--max-side", type=int, default=512, help="downscale so the longest side is at most this")
     p.set_defaults(func=cmd_tuxpaint)
     p = sub.add_parser("testset", help="the small photos committed under tests/data/photos")
     p.add_argument("--out", type=Path, default=Path("tests/data/photos"), help="output directory (%(default)s)")

@@ -70,3 +70,22 @@ def test_registry_file_header_documents_the_schema() -> None:
     text = REGISTRY.read_text()
     assert text.startswith("#") and "resize_shorter" in text
     tomllib.loads(text)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_models_see_the_whole_image_not_a_centre_crop(name: str) -> None:
+    """v2 fits the whole photo into 224 x 224 (benchmarks/fit_modes.py); a centre crop would cut its sides."""
+    from PIL import Image
+
+    reader = pytest.importorskip("lookalike_server.registry_reader")
+    config = pytest.importorskip("lookalike_server.config")
+    from lookalike_server.preprocess import resize_and_crop
+
+    (spec,) = reader.load_registry(REGISTRY, config.BatchingConfig(), only=[name])
+    assert spec.version == "2"
+    wide = Image.new("RGB", (400, 200), (255, 255, 255))
+    wide.paste((255, 0, 0), (0, 0, 40, 200))  # a red band on the left tenth
+    fitted = np.asarray(resize_and_crop(wide, spec.preprocess))
+    assert fitted.shape == (224, 224, 3)
+    assert (fitted[:, :10] == (255, 0, 0)).all(axis=-1).mean() > 0.9  # the band is still there
+    assert (fitted[:, 40:] == 255).all()
