@@ -239,3 +239,42 @@ def test_a_target_list_spreads_the_load_over_every_server() -> None:
     assert point["requests"] == point["ok"] > 0
     served = [f.counts["Embed/OK"] for f in fakes]  # warm-up calls included
     assert all(n > 0 for n in served) and sum(served) >= point["requests"]
+
+
+def test_machine_summary_takes_the_wire_message_and_the_clients_model_info() -> None:
+    """compare.py passes protobuf ModelInfo, quality.py the client's dataclass: both record the threads."""
+    from lookalike.bench.runner import machine_summary
+    from lookalike.types import ModelInfo, ThreadBudget
+
+    wire = pb.ModelInfo(name="m", version="2", dim=4, max_batch_size=1)
+    wire.threads.cores = 2
+    wire.threads.batch_workers = 2
+    typed = ModelInfo(
+        name="t",
+        version="2",
+        dim=4,
+        preprocessing=None,
+        providers_requested=(),
+        providers=(),
+        max_batch_size=1,
+        max_delay_ms=0.0,
+        batch_buckets=(1,),
+        collection="c",
+        description="",
+        onnx_sha256="",
+        threads=ThreadBudget(
+            cores=2, preprocess_threads=1, intra_op_threads=1, inter_op_threads=1, batch_workers=2, reason="r"
+        ),
+    )
+    models = machine_summary([wire, typed])["models"]
+    assert models["m"]["threads"]["batch_workers"] == 2
+    assert models["t"]["threads"] == {
+        "cores": 2,
+        "preprocess_threads": 1,
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+        "batch_workers": 2,
+        "wide_intra_op_threads": 0,
+        "reason": "r",
+    }
+    assert machine_summary([pb.ModelInfo(name="old")])["models"]["old"]["threads"] is None

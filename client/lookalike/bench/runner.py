@@ -259,10 +259,19 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
 
 
 def _threads(m: Any) -> dict[str, Any] | None:
-    """A ListModels entry's thread budget as a dict (None from a server that reports none)."""
-    if not m.HasField("threads"):
-        return None
-    t = m.threads
+    """A ListModels entry's thread budget as a dict (None from a server that reports none).
+
+    Takes the protobuf ``ModelInfo`` or the client's :class:`lookalike.types.ModelInfo`
+    (``benchmarks/quality.py`` passes the latter).
+    """
+    if hasattr(m, "HasField"):
+        if not m.HasField("threads"):
+            return None
+        t = m.threads
+    else:
+        t = m.threads
+        if t is None:
+            return None
     names = (
         "cores",
         "preprocess_threads",
