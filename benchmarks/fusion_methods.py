@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Fusion methods beyond ``distance`` and ``rrf``, measured offline on the Tux Paint photos.
 
-Issue 13 asks for fused P@1 >= 0.75 on this set (single models 0.717 and 0.709; the server's
-``distance`` 0.722, ``rrf`` 0.740). This script tries the principled alternatives without
+Issue 13 asks for fused P@1 >= 0.75 on this set. With models v1 (centre crop) the single
+models scored 0.717 and 0.709, the server's ``distance`` 0.722 and ``rrf`` 0.740
+(``results/fusion-methods-2026-12-07-v1-crop.md``); with v2 (the whole image,
+``benchmarks/fit_modes.py``) 0.740, 0.744 and 0.758 for both. This script tries the principled alternatives without
 tuning anything on the test set:
 
 * score arithmetic: squared L2 sum (the server's ``distance``; the same ranking as a cosine
