@@ -86,10 +86,13 @@ EDITS = {
 
 
 def _blank_centre(img: Image.Image) -> bool:
-    """True when what both models see (shorter side to 256, centre 224 crop) is one flat colour.
+    """True when the centre 224 crop (shorter side to 256) is one flat colour.
 
     Such images (white RGBA overlays, wallpapers whose pattern lies at the edges) all embed
-    to the same vector: they are the same input to the model, not distinct photos.
+    to the same vector under a centre-cropping model: they are the same input to the model,
+    not distinct photos. This is what models v1 saw; v2 sees the whole image, where five of
+    the six are still flat and one wallpaper is patterned at its edges. The filter is kept
+    as it was so that the v1 and v2 calibrations cover the same 254 photos.
     """
     w, h = img.size
     scale = 256 / min(w, h)

@@ -379,6 +379,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def twin_misses_sentence(report: Mapping[str, Any]) -> str:
+    """How many copy-detection misses (first hit not the original) are of photos with a mirrored twin."""
+    twins = {k for pair in report["dataset"]["mirror_pairs"] for k in pair}
+    rows = report["copy_detection"]["queries"]
+    rankings = [k for k in rows[0] if k not in ("key", "transform")] if rows else []
+    parts = []
+    for ranking in rankings:
+        missed = [r for r in rows if r[ranking] != 1]
+        on_twins = sum(1 for r in missed if r["key"] in twins)
+        parts.append(f"{ranking} {on_twins} of {len(missed)}")
+    return "Misses that are of such a photo, per ranking: " + ", ".join(parts) + "."
+
+
 def mirror_pairs(keys: Iterable[str]) -> list[list[str]]:
     """Pairs of a photo and its mirrored twin (``x.png``, ``x_mirror.png``) among ``keys``.
 
@@ -477,8 +490,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             f"{t['copy_detection']} s, total {t['total']} s (CPU, machine shared with other jobs).",
             "",
             f"The set holds {len(ds['mirror_pairs'])} photo(s) with a mirrored twin "
-            f"({', '.join('`' + b + '`' for _, b in ds['mirror_pairs']) or 'none'}): a flipped query of one "
-            "may rightly find the twin first, which accounts for some `hflip` misses.",
+            f"({', '.join('`' + b + '`' for _, b in ds['mirror_pairs']) or 'none'}): an edited query of "
+            "one (a flipped one above all) may rightly find the twin first. " + twin_misses_sentence(report),
             "",
             "Per-label P@1 and each copy query's rank of its original are in `quality.json`.",
             "",

@@ -144,7 +144,7 @@ def _check_header(fmt: str, width: int, height: int, max_pixels: int, max_aspect
     if aspect > max_aspect_ratio:
         raise InvalidArgument(
             f"{fmt} image is {width}x{height}: aspect ratio {aspect:.0f}:1 is over the limit of "
-            f"{max_aspect_ratio:g}:1; crop it to the region of interest (models see a square centre crop)"
+            f"{max_aspect_ratio:g}:1; crop it to the region of interest (models see a square input)"
         )
 
 

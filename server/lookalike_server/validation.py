@@ -34,7 +34,7 @@ MAX_DIM = 32768
 #: 2 is "orthogonal"; beyond it nothing is a near-duplicate of anything.
 MAX_DUPES_THRESHOLD = 2.0
 #: FindDuplicates: threshold for a model whose registry entry sets none (uncalibrated: below the
-#: 0.43-0.61 the shipped models calibrate to, see benchmarks/results/dupes-calibration-*.md).
+#: 0.37-0.59 the shipped models calibrate to, see benchmarks/results/dupes-calibration-*.md).
 DEFAULT_DUPES_THRESHOLD = 0.25
 #: FindDuplicates: members per message when the request gives 0, and the most a request may ask.
 DEFAULT_DUPES_PAGE = 100

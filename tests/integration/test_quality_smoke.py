@@ -125,3 +125,19 @@ def test_variants_are_decodable_images_of_the_expected_sizes(tmp_path: Path) -> 
         "hflip": (100, 60),
     }
     assert Image.open(io.BytesIO(variants["jpeg40"])).format == "JPEG"
+
+
+def test_twin_misses_counts_only_misses_of_photos_with_a_mirrored_twin() -> None:
+    report = {
+        "dataset": {"mirror_pairs": [["t/x.png", "t/x_mirror.png"]]},
+        "copy_detection": {
+            "queries": [
+                {"key": "t/x_mirror.png", "transform": "crop70", "m": 2, "fused:distance": 2},
+                {"key": "t/y.png", "transform": "hflip", "m": None, "fused:distance": 1},
+                {"key": "t/x.png", "transform": "hflip", "m": 1, "fused:distance": 1},
+            ]
+        },
+    }
+    assert quality.twin_misses_sentence(report) == (
+        "Misses that are of such a photo, per ranking: m 1 of 2, fused:distance 1 of 1."
+    )
