@@ -154,8 +154,13 @@ def test_a_version_bump_re_indexes_on_re_insert(live_server: Any, service: Looka
     key = f"bump-{uuid.uuid4().hex[:8]}"
     (r,), _ = service.insert([InsertItem(key, data)], [], ctx())
     name = next(iter(service.collections))
+    version = live_server.server._embedder.models[name].spec.version
+    new_version = f"{version}1"  # any other version string
     bumped = LookalikeService(
-        live_server.config, _Bumped(live_server.server._embedder, name, "2"), service.milvus, service.redis
+        live_server.config,
+        _Bumped(live_server.server._embedder, name, new_version),
+        service.milvus,
+        service.redis,
     )
     try:
         assert bumped.collections[name] != service.collections[name]  # a new collection
@@ -166,7 +171,8 @@ def test_a_version_bump_re_indexes_on_re_insert(live_server: Any, service: Looka
         assert r.id in bumped.milvus.get_vectors(bumped.collections[name], [r.id])
         (hits,) = bumped.search(SearchQuery(item_id=r.id, models=(name,), top_k=1), ctx())[0]
         assert hits.hits[0].id == r.id
-        assert f"{name}:1" in service.redis.get(r.id).models and f"{name}:2" in service.redis.get(r.id).models
+        models = service.redis.get(r.id).models
+        assert f"{name}:{version}" in models and f"{name}:{new_version}" in models
     finally:
         bumped.close()
 
