@@ -24,6 +24,7 @@ every test that uses them leaves the data it needs under keys of its own.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "tests" / "data" / "photos"
+
+# Every server the tests start (in process, and as subprocesses, which inherit this)
+# warms and times its candidate batch buckets up to 8 instead of the default 32. On a
+# slow 2-core CPU that warm-up was about 9 s of each server start for the two shipped
+# models, and the suite starts dozens of servers; buckets 1, 2, 4, 8 still run every
+# path (several buckets, padding, the tuner's choice). A test that sets batching itself
+# is unaffected; one that checks the default reads the config rather than assuming 32.
+TEST_AUTO_MAX_BATCH_SIZE = "8"
+os.environ.setdefault("LOOKALIKE_BATCHING_AUTO_MAX_BATCH_SIZE", TEST_AUTO_MAX_BATCH_SIZE)
 
 
 def redis_url_or_none() -> str | None:
