@@ -55,7 +55,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from fusion_methods import LeaveOneOut  # noqa: E402
+from fusion_methods import LeaveOneOut, _sqd  # noqa: E402
 from quality import TRANSFORMS  # noqa: E402
 
 from lookalike_server.config import BatchingConfig  # noqa: E402
@@ -112,11 +112,8 @@ def load_set(folder: Path) -> tuple[list[Image.Image], np.ndarray]:
     return images, np.array([p.parent.name for p in paths])
 
 
-def _sqd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.clip(2.0 - 2.0 * a @ b.T, 0.0, None)
-
-
-def _png(img: Image.Image, quality: int | None = None) -> bytes:
+def _encode(img: Image.Image, quality: int | None = None) -> bytes:
+    """PNG, or JPEG at ``quality`` when given."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality) if quality else img.save(buf, format="PNG")
     return buf.getvalue()
@@ -130,13 +127,13 @@ def harsher_edits(img: Image.Image, rng: random.Random) -> dict[str, bytes]:
         f = rng.uniform(0.5, 0.8)
         cw, ch = max(1, int(w * f)), max(1, int(h * f))
         x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        out[f"offcrop{i}"] = _png(img.crop((x, y, x + cw, y + ch)))
-    out["down25"] = _png(img.resize((max(1, w // 4), max(1, h // 4)), Image.Resampling.LANCZOS))
-    out["jpeg25"] = _png(img, quality=25)
-    out["fliprot10"] = _png(ImageOps.mirror(img).rotate(10, fillcolor=(255, 255, 255)))
+        out[f"offcrop{i}"] = _encode(img.crop((x, y, x + cw, y + ch)))
+    out["down25"] = _encode(img.resize((max(1, w // 4), max(1, h // 4)), Image.Resampling.LANCZOS))
+    out["jpeg25"] = _encode(img, quality=25)
+    out["fliprot10"] = _encode(ImageOps.mirror(img).rotate(10, fillcolor=(255, 255, 255)))
     jitter = ImageEnhance.Contrast(img).enhance(1.3)
     jitter = ImageEnhance.Brightness(jitter).enhance(0.8)
-    out["jitter"] = _png(ImageEnhance.Color(jitter).enhance(1.4))
+    out["jitter"] = _encode(ImageEnhance.Color(jitter).enhance(1.4))
     return out
 
 

@@ -34,10 +34,9 @@ DESCRIPTIONS = {
 }
 # Version 2: the whole image is resized to 224x224 (resize_shorter = 0) instead of the
 # frameworks' Resize(256) + CenterCrop(224), which drops a quarter of a square photo and
-# more of a wide one. Chosen by benchmarks/fit_modes.py (docs/fusion.md, "Whole image or
-# centre crop"): better retrieval and copy detection on every labelled set we have.
+# more of a wide one. Chosen by benchmarks/fit_modes.py (docs/models.md, "Whole image, not
+# a centre crop"): better retrieval and copy detection on every labelled set we have.
 VERSION = "2"
-WHOLE_IMAGE = {"resize_shorter": 0}
 
 
 def main() -> int:
@@ -51,8 +50,7 @@ def main() -> int:
         result = export_torch(arch, weights=weights, out_dir=out, photos=photos)
         result.entry.description = DESCRIPTIONS[arch]
         result.entry.version = VERSION
-        for key, value in WHOLE_IMAGE.items():
-            setattr(result.entry, key, value)
+        result.entry.resize_shorter = 0  # the whole image (see VERSION)
         # Keep the calibrated duplicate threshold (benchmarks/dupes_calibrate.py) already there.
         old = {e["name"]: e for e in read_entries(out / "models.toml")} if (out / "models.toml").exists() else {}
         result.entry.dupes_threshold = float(old.get(arch, {}).get("dupes_threshold", 0.0))

@@ -264,14 +264,11 @@ def _threads(m: Any) -> dict[str, Any] | None:
     Takes the protobuf ``ModelInfo`` or the client's :class:`lookalike.types.ModelInfo`
     (``benchmarks/quality.py`` passes the latter).
     """
-    if hasattr(m, "HasField"):
-        if not m.HasField("threads"):
-            return None
-        t = m.threads
-    else:
-        t = m.threads
-        if t is None:
-            return None
+    if hasattr(m, "HasField") and not m.HasField("threads"):
+        return None
+    t = m.threads
+    if t is None:
+        return None
     names = (
         "cores",
         "preprocess_threads",
