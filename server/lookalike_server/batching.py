@@ -14,6 +14,14 @@ and Ray Serve's ``@serve.batch``):
   announced items are outstanding, so a lone request at low load runs at once
   instead of paying ``max_delay`` for nothing; with ``adaptive=False`` it
   always waits (Triton's rule).
+* Nor does waiting pay while another worker is idle (``adaptive=True``, more
+  than one worker): the company, when it comes, can run on that worker at
+  once, side by side, instead of after a wait on this one. So a worker waits
+  only when it is the last one free; until then items run as they come, and
+  batches form from what queues while every worker is busy. Likewise items
+  queued while workers are idle are shared among them (``n`` queued, ``f``
+  free: a run takes at most ``ceil(n / f)``), not run as one batch on one.
+  Under load no worker is idle and batches are as large as the plan allows.
 * The queue is bounded: :meth:`MicroBatcher.submit` raises
   :class:`~lookalike_server.errors.Overloaded` at once when it is full, rather
   than letting latency grow without bound.
@@ -282,10 +290,12 @@ class MicroBatcher(Generic[T, R]):
                 # waited long enough already and we leave without sleeping.
                 # Wait only while announced items are still on their way:
                 # with none coming, waiting would add latency and merge nothing.
+                # And, adaptive, only as the last free worker: with another
+                # idle, the company can run there as soon as it comes.
                 if (
                     len(self._queue) < self.max_batch_size
                     and not self._closing
-                    and (self._announced > 0 or not self.adaptive)
+                    and (not self.adaptive or (self._announced > 0 and self._running >= len(self._workers) - 1))
                 ):
                     remaining = self._queue[0].enqueued + self.max_delay_s - self._clock()
                     if remaining > 0:
@@ -294,6 +304,11 @@ class MicroBatcher(Generic[T, R]):
                         # another may have taken the queue meanwhile.
                         continue
                 n = min(self.max_batch_size, len(self._queue))
+                free = len(self._workers) - self._running  # this worker included
+                if self.adaptive and free > 1:
+                    # Share what is queued with the idle workers: side by
+                    # side, the items finish sooner than in one batch here.
+                    n = min(n, -(-len(self._queue) // free))
                 if self._take is not None:
                     n = max(1, min(n, self._take(n)))
                 batch = [self._queue.popleft() for _ in range(n)]

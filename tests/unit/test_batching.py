@@ -324,6 +324,78 @@ def test_two_workers_run_batches_side_by_side():
         b.close()
 
 
+def test_adaptive_item_does_not_wait_for_company_while_another_worker_is_idle():
+    runner = GatedRunner()
+    # Company is announced, but the other worker is free to run it when it
+    # comes: waiting (60 s here) would only delay this item.
+    b = make(runner, max_delay_s=60.0, adaptive=True, workers=2)
+    try:
+        b.announce(1)
+        first = b.submit(1)
+        assert first.result(5).batch_size == 1
+        second = b.submit(2, announced=True)
+        assert second.result(5).batch_size == 1
+        assert sorted(runner.batches) == [[1], [2]]
+    finally:
+        b.close()
+
+
+def test_adaptive_last_free_worker_waits_for_announced_company():
+    runner = GatedRunner()
+    runner.gate.clear()
+    b = make(runner, max_delay_s=60.0, adaptive=True, workers=2)
+    try:
+        busy = b.submit(0)
+        assert runner.entered.wait(5)  # worker 1 holds [0]
+        b.announce(2)
+        first = b.submit(1, announced=True)
+        time.sleep(0.1)
+        # Worker 2 is the last one free: it holds [1] open for the company.
+        assert not first.done()
+        second = b.submit(2, announced=True)
+        runner.gate.set()
+        assert first.result(5).batch_size == 2 and second.result(5).value == 20
+        assert busy.result(5).value == 0
+        assert sorted(runner.batches) == [[0], [1, 2]]
+    finally:
+        b.close()
+
+
+def test_adaptive_items_queued_while_workers_are_idle_are_shared_among_them():
+    both_inside = threading.Barrier(2, timeout=10)
+    seen: list[list[int]] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        with lock:
+            seen.append(list(items))
+        if items[0] == 0:
+            release.wait(10)  # [0] keeps worker 1 busy while 1..4 queue up
+            return items
+        both_inside.wait()  # fails unless two batches of the four run at once
+        return items
+
+    b = MicroBatcher("test", run, max_batch_size=8, max_delay_s=0.0, queue_size=10, workers=3, adaptive=True)
+    try:
+        first = b.submit(0)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.001)
+        # Queue four at once, as if decoded together: no worker can take
+        # one while the batcher's lock is held (it is reentrant).
+        with b._cond:
+            futures = [b.submit(i) for i in range(1, 5)]
+        assert sorted(f.result(10).value for f in futures) == [1, 2, 3, 4]
+        release.set()
+        assert first.result(5).value == 0
+        # Two free workers, four queued: two each, not one batch of four.
+        assert sorted(len(s) for s in seen[1:]) == [2, 2]
+    finally:
+        release.set()
+        b.close()
+
+
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers"):
         MicroBatcher("test", lambda items: items, max_batch_size=1, max_delay_s=0.0, queue_size=1, workers=0)
