@@ -7,7 +7,8 @@ off at every concurrency" (issue 12) cannot be read from them. Here "on" and
 "off" are both up at once (the idle one costs nothing: no request, no
 inference) and each concurrency is measured in alternating rounds, on/off then
 off/on, so drift on the machine falls on both sides alike. The ratio reported
-per concurrency is the median of the per-round ratios, with their range.
+per concurrency is the median of the per-round ratios, with their range, a
+bootstrap 90% interval for that median, and each side's mean batch size.
 
 Two ways to have both up at once:
 
@@ -65,6 +66,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -182,8 +184,25 @@ def _plans_alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in keys)
 
 
+def median_interval(values: Sequence[float], level: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap interval for the median of ``values`` (percentile method, fixed seed).
+
+    With 5 rounds whose ratios spread 0.85-1.15 the median alone looks exact;
+    the interval says how far another run's median could fall from it.
+    """
+    rng = random.Random(12)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1.0 - level) / 2.0
+    return meds[int(tail * (resamples - 1))], meds[int((1.0 - tail) * (resamples - 1))]
+
+
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [r["on_images_per_s"] / r["off_images_per_s"] for r in rounds if r["off_images_per_s"]]
+    low, high = median_interval(ratios)
+    batches = {
+        side: [r[f"{side}_mean_batch"] for r in rounds if r.get(f"{side}_mean_batch") is not None]
+        for side in ("on", "off")
+    }
     return {
         "on_images_per_s": statistics.median(r["on_images_per_s"] for r in rounds),
         "off_images_per_s": statistics.median(r["off_images_per_s"] for r in rounds),
@@ -192,6 +211,9 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "ratio_ci90": [low, high],
+        "on_mean_batch": statistics.median(batches["on"]) if batches["on"] else None,
+        "off_mean_batch": statistics.median(batches["off"]) if batches["off"] else None,
         "met": statistics.median(ratios) >= TARGET_RATIO,
     }
 
@@ -283,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (point,) = series["points"]
                     row[f"{side}_images_per_s"] = point["images_per_s"]
                     row[f"{side}_p50_ms"] = point["latency_ms"]["p50"]
+                    row[f"{side}_mean_batch"] = (point.get("server") or {}).get("mean_batch_size")
                     # One process lists both models: take this side's.
                     results.setdefault(f"choice_{side}", _choice(next(m for m in models if m.name == names[side])))
                 rounds.append(row)
@@ -329,11 +352,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"off {results['choice_off']['max_batch_size']} (batching_reason in the JSON); "
             "these rounds are not an A/A"
         )
-    print(f"{'c':>4} {'on img/s':>9} {'off img/s':>9} {'ratio':>6} {'range':>13}  p50 on/off ms")
+    print(
+        f"{'c':>4} {'on img/s':>9} {'off img/s':>9} {'ratio':>6} {'range':>13} {'90% interval':>13}  "
+        "p50 on/off ms  mean batch on/off"
+    )
     for c, p in results["points"].items():
+        low, high = p["ratio_ci90"]
+        mb = "/".join(
+            "-" if p[f"{side}_mean_batch"] is None else f"{p[f'{side}_mean_batch']:.2f}" for side in ("on", "off")
+        )
         print(
             f"{c:>4} {p['on_images_per_s']:9.1f} {p['off_images_per_s']:9.1f} {p['ratio_median']:6.3f} "
-            f"{p['ratio_min']:.3f}-{p['ratio_max']:.3f}  {p['on_p50_ms']:.1f}/{p['off_p50_ms']:.1f}"
+            f"{p['ratio_min']:.3f}-{p['ratio_max']:.3f} {low:.3f}-{high:.3f}  "
+            f"{p['on_p50_ms']:.1f}/{p['off_p50_ms']:.1f}  {mb}"
         )
     print(f"target {results['target']}: {'met' if results['met'] else 'NOT met'}; wrote {out}")
     return 0

@@ -69,7 +69,8 @@ class BatchingConfig:
     adaptive_delay: bool = _opt(
         True,
         "wait max_delay_ms only while images of in-flight requests are still being preprocessed "
-        "(a lone request runs at once); false = always wait, as Triton does",
+        "and no other batch worker is idle (a lone request runs at once; items queued while workers "
+        "are idle are shared among them); false = always wait, as Triton does",
     )
     buckets: tuple[int, ...] = _opt(
         (), "batch sizes to pad to and warm at start; empty = powers of two up to max_batch_size"

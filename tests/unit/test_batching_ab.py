@@ -39,6 +39,23 @@ def test_below_the_target_is_not_met() -> None:
     assert got["met"] is False
 
 
+def test_the_median_interval_widens_with_the_spread_of_the_rounds_and_holds_the_median() -> None:
+    tight = [1.00, 1.01, 0.99, 1.00, 1.01, 0.99, 1.00]
+    wide = [0.85, 1.15, 0.95, 1.05, 0.90, 1.10, 1.00]
+    lo_t, hi_t = batching_ab.median_interval(tight)
+    lo_w, hi_w = batching_ab.median_interval(wide)
+    assert lo_t <= 1.0 <= hi_t and lo_w <= 1.0 <= hi_w
+    assert hi_w - lo_w > 3 * (hi_t - lo_t)
+    assert batching_ab.median_interval(wide) == (lo_w, hi_w)  # seeded: the same rounds, the same interval
+
+
+def test_the_summary_reports_each_side_s_mean_batch_where_the_server_gave_one() -> None:
+    rounds = [_round(100, 100) | {"on_mean_batch": 1.5, "off_mean_batch": 1.0}, _round(100, 100)]
+    got = batching_ab._summary(rounds)
+    assert (got["on_mean_batch"], got["off_mean_batch"]) == (1.5, 1.0)
+    assert batching_ab._summary([_round(100, 100)])["on_mean_batch"] is None
+
+
 # ------------------------------------------------- the one-process registry --
 
 REGISTRY = ROOT / "models" / "models.toml"
