@@ -34,6 +34,8 @@ in :attr:`BatchPlan.reason`.
 
 from __future__ import annotations
 
+import collections
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -185,3 +187,72 @@ def median(values: Sequence[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2.0
+
+
+class LoneRunJudge:
+    """Which session a batch that runs alone goes to, judged again from those runs themselves.
+
+    Warm-up times the wide session (every core) against the narrow one (one
+    worker's threads) once. On a VM whose neighbours come and go, that single
+    judgement falls either way: on one 2-core Xeon it kept the wide session at
+    3.3 against 5.4 ms and, minutes later, dropped it at 5.7 against 5.9 ms,
+    which cost that server +6.7 ms at concurrency 1 for as long as it ran. So
+    in ``auto`` both sessions stay, the time of every lone run is recorded per
+    bucket, and a lone batch goes to the session with the lower median of its
+    last ``window`` runs of that bucket, the wide one only if it is at least
+    ``min_gain`` faster (as at warm-up). One lone run in ``probe_every`` goes
+    to the other session, so a verdict that has gone stale is seen; a bucket
+    with fewer than ``min_runs`` runs on either side goes to that side first.
+
+    Thread-safe; it knows nothing of ONNX: the model asks and reports.
+
+    Args:
+        min_gain: Fraction the wide session must save to be chosen.
+        window: Runs per bucket and session the medians are taken over.
+        probe_every: One lone run in this many goes to the session not chosen.
+        min_runs: Runs each side of a bucket needs before the medians decide.
+    """
+
+    def __init__(self, min_gain: float, window: int = 15, probe_every: int = 16, min_runs: int = 3) -> None:
+        if window < min_runs or probe_every < 2 or min_runs < 1:
+            raise ValueError("need window >= min_runs >= 1 and probe_every >= 2")
+        self.min_gain = min_gain
+        self.probe_every = probe_every
+        self.min_runs = min_runs
+        self._window = window
+        self._runs: dict[tuple[int, bool], collections.deque[float]] = {}
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def _times(self, bucket: int, wide: bool) -> collections.deque[float]:
+        return self._runs.setdefault((bucket, wide), collections.deque(maxlen=self._window))
+
+    def record(self, bucket: int, wide: bool, ms: float) -> bool | None:
+        """Adds one run's milliseconds; returns the bucket's new verdict if this run changed it, else None."""
+        with self._lock:
+            before = self._verdict(bucket)
+            self._times(bucket, wide).append(ms)
+            after = self._verdict(bucket)
+        return after if after is not None and after != before else None
+
+    def wide(self, bucket: int) -> bool:
+        """Whether the next lone batch of this bucket runs on the wide session."""
+        with self._lock:
+            self._calls += 1
+            narrow, wide = self._times(bucket, False), self._times(bucket, True)
+            if min(len(narrow), len(wide)) < self.min_runs:
+                return len(wide) <= len(narrow)
+            best = bool(self._verdict(bucket))
+            return (not best) if self._calls % self.probe_every == 0 else best
+
+    def medians(self, bucket: int) -> tuple[float | None, float | None]:
+        """Median milliseconds of the recorded (narrow, wide) runs of a bucket (None: no run yet)."""
+        with self._lock:
+            n, w = self._times(bucket, False), self._times(bucket, True)
+            return (median(list(n)) if n else None, median(list(w)) if w else None)
+
+    def _verdict(self, bucket: int) -> bool | None:
+        narrow, wide = self._times(bucket, False), self._times(bucket, True)
+        if min(len(narrow), len(wide)) < self.min_runs:
+            return None
+        return median(list(wide)) <= (1.0 - self.min_gain) * median(list(narrow))

@@ -12,7 +12,9 @@ On the CPU a model may also hold a *wide* session: the same file with more
 intra-op threads (every usable core), for batches the micro-batcher runs
 alone (:meth:`OnnxModel.embed_batch_alone`; why in
 :mod:`lookalike_server.thread_budget`). Warm-up times it against the narrow
-session at the smallest bucket and drops it where it is not faster.
+session at the smallest bucket; in ``auto`` both stay and each lone batch
+goes to the one its recent lone runs found faster
+(:class:`lookalike_server.autotune.LoneRunJudge`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lookalike_server.autotune import BatchPlan, choose_plan, median
+from lookalike_server.autotune import BatchPlan, LoneRunJudge, choose_plan, median
 from lookalike_server.errors import ModelLoadError
 from lookalike_server.execution_providers import provider_options, usable_providers
 from lookalike_server.io_binding import IoBindingRunner
@@ -36,14 +38,19 @@ from lookalike_server.thread_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
-# The wide session is kept ("auto") only if its smallest-bucket run is at
-# least this much faster than the narrow session's: a tie would hold a second
-# copy of the weights for nothing.
+# A lone batch goes to the wide session ("auto") only if its recent runs are
+# at least this much faster than the narrow session's: in a tie the narrow
+# run leaves the other core to decoding.
 WIDE_MIN_GAIN = 0.05
 # Alternating timed runs of the smallest bucket on each session for that
 # judgement: a few milliseconds each, and enough that one burst of a
 # neighbour's work on a shared machine does not decide it.
 WIDE_TIMED_RUNS = 15
+# Warm-up times each bucket at least ``timed_runs`` times and, where those
+# runs add up to less than MIN_TIMED_MS, again (at most MAX_TIMED_RUNS): the
+# medians of short runs are the noisiest, and they decide the batching plan.
+MIN_TIMED_MS = 100.0
+MAX_TIMED_RUNS = 15
 
 
 class OnnxModel:
@@ -64,8 +71,9 @@ class OnnxModel:
         inter_op_threads: ORT inter-op threads (0 = ORT's default).
         wide_intra_op_threads: Intra-op threads of a wide session for batches
             run alone; 0 = no wide session.
-        wide_session: "auto" (keep the wide session where warm-up measures it
-            faster) or "on" (keep it whatever the measurement).
+        wide_session: "auto" (each lone batch goes to the session its recent
+            lone runs found faster, see :class:`LoneRunJudge`) or "on" (always
+            the wide one).
         wide_spin_wait: Let the wide session's intra-op threads busy-wait
             during a run, and stop when it returns (it runs only when no
             other batch does).
@@ -169,6 +177,8 @@ class OnnxModel:
         self.wide_intra_op_threads = 0
         self.wide_mode = wide_session
         self.wide_reason = ""
+        # "auto": which session each lone batch goes to, judged from the runs.
+        self.lone_judge: LoneRunJudge | None = None
         if wide_intra_op_threads > 0 and not on_gpu:
             # Spinning during a run suits it: it runs only when no other
             # batch does, and waking a sleeping thread for every parallel
@@ -255,11 +265,22 @@ class OnnxModel:
         times: dict[int, list[float]] = {b: [] for b in inputs}
         # Round robin over the buckets, so a burst of other work on a shared
         # machine slows one run of several buckets, not every run of one.
-        for _ in range(timed_runs):
-            for b, x in inputs.items():
+        # Past ``timed_runs`` rounds, the buckets timed for less than
+        # MIN_TIMED_MS in all run again: three 6-ms runs of batch 1 put its
+        # cost per image anywhere in 6.6-8.4 ms from one start to the next on
+        # a 2-core Xeon, enough to cross the tuner's 10% bar either way, and
+        # a few more runs of the small buckets cost tens of milliseconds.
+        rounds = 0
+        due = list(inputs) if timed_runs > 0 else []
+        while due:
+            for b in due:
                 t0 = time.perf_counter()
-                self._infer(x, b)
+                self._infer(inputs[b], b)
                 times[b].append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+            due = [
+                b for b in inputs if rounds < timed_runs or (rounds < MAX_TIMED_RUNS and sum(times[b]) < MIN_TIMED_MS)
+            ]
         if timed_runs > 0:
             self.plan = self._plan({b: median(t) for b, t in times.items()})
             if self.wide_session is not None:
@@ -282,12 +303,18 @@ class OnnxModel:
             f"batch {bucket}: {wide_ms:.2f} ms on {self.wide_intra_op_threads} intra-op threads, "
             f"{narrow_ms:.2f} ms on {self.intra_op_threads or 'default'}"
         )
-        if faster or self.wide_mode == "on":
+        if self.wide_mode == "on":
             self.wide_reason = f"kept ({measured}{'' if faster else '; on by config'})"
-        else:
-            self.wide_reason = f"dropped: not {WIDE_MIN_GAIN:.0%} faster ({measured})"
-            self.wide_session = None
-            self.wide_intra_op_threads = 0
+            return
+        # One judgement at start-up can fall either way on a noisy machine and
+        # would then hold for the server's life: the judge starts from these
+        # runs and goes on from the lone runs themselves.
+        self.lone_judge = LoneRunJudge(WIDE_MIN_GAIN, window=WIDE_TIMED_RUNS)
+        for n_ms, w_ms in zip(narrow, wide, strict=True):
+            self.lone_judge.record(bucket, False, n_ms)
+            self.lone_judge.record(bucket, True, w_ms)
+        first = "wide" if faster else f"narrow: wide not {WIDE_MIN_GAIN:.0%} faster"
+        self.wide_reason = f"kept, judged per lone run ({measured}; {first} first)"
 
     def _plan(self, costs_ms: dict[int, float]) -> BatchPlan:
         """The batching plan for these costs; applies it to :attr:`buckets` and :attr:`max_batch_size`."""
@@ -340,8 +367,31 @@ class OnnxModel:
         return list(l2_normalise(self._infer(x, n, wide)))
 
     def embed_batch_alone(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        """The micro-batcher's ``run_alone``: :meth:`embed_batch` on the wide session."""
-        return self.embed_batch(tensors, wide=True)
+        """The micro-batcher's ``run_alone``: :meth:`embed_batch` on the wide session.
+
+        In ``auto`` the session is the one :attr:`lone_judge` picks, and the
+        run's time goes back to it; a change of verdict is logged.
+        """
+        judge = self.lone_judge
+        if judge is None:
+            return self.embed_batch(tensors, wide=True)
+        bucket = bucket_for(len(tensors), self.buckets)
+        wide = judge.wide(bucket)
+        t0 = time.perf_counter()
+        out = self.embed_batch(tensors, wide=wide)
+        verdict = judge.record(bucket, wide, (time.perf_counter() - t0) * 1e3)
+        if verdict is not None:
+            narrow_ms, wide_ms = judge.medians(bucket)
+            log.info(
+                "model %s: lone batches of %d now run on the %s session (median of recent lone runs: "
+                "wide %.2f ms, narrow %.2f ms)",
+                self.spec.name,
+                bucket,
+                "wide" if verdict else "narrow",
+                wide_ms,
+                narrow_ms,
+            )
+        return out
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,6 +240,28 @@ def test_warmup_measures_every_bucket_and_applies_a_plan(tmp_path):
     assert len(model.embed_batch(x)) == 3  # 3 pads to a kept bucket, or runs as is past the largest
 
 
+def test_warmup_times_short_buckets_more_often_than_long_ones(tmp_path, monkeypatch):
+    from lookalike_server import models as models_mod
+
+    (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=4))
+    model = OnnxModel(spec, CPU, intra_op_threads=1, inter_op_threads=1)
+    runs: dict[int, int] = {}
+    real = model._infer
+
+    def infer(x, n, wide=False):
+        runs[n] = runs.get(n, 0) + 1
+        if n == 4:
+            time.sleep(0.04)  # a long bucket: 3 runs pass MIN_TIMED_MS
+        return real(x, n, wide)
+
+    monkeypatch.setattr(model, "_infer", infer)
+    model.warmup(timed_runs=3)
+    # One untimed run each, then: the long bucket its 3 timed runs, the short
+    # ones more, until MIN_TIMED_MS or MAX_TIMED_RUNS.
+    assert runs[4] == 1 + 3
+    assert 1 + models_mod.MAX_TIMED_RUNS >= runs[1] >= runs[2] > 1 + 3
+
+
 def test_registry_batching_overrides_win_over_the_measurements(tmp_path):
     body = entry() + "[models.batching]\nmax_batch_size = 4\nmax_delay_ms = 7.5\n"
     (spec,) = load_registry(write_registry(tmp_path, body), BatchingConfig())
@@ -325,19 +348,31 @@ def test_wide_session_runs_alone_batches_with_the_same_results(tmp_path: Path) -
     np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors), atol=1e-5)
 
 
-def test_wide_session_in_auto_is_kept_or_dropped_as_measured(tmp_path: Path) -> None:
+def test_wide_session_in_auto_is_kept_and_each_lone_batch_goes_where_the_judge_says(tmp_path: Path) -> None:
     (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=1))
     model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2)
-    assert model.wide_reason == "not measured (warm-up off)"
+    assert model.wide_reason == "not measured (warm-up off)" and model.lone_judge is None
     model.warmup(timed_runs=1)
-    # Which one depends on this machine; the decision and its figures must agree.
-    kept = model.wide_reason.startswith("kept (")
-    assert kept == (model.wide_session is not None) == (model.wide_intra_op_threads == 2)
-    if not kept:
-        assert model.wide_reason.startswith("dropped: not 5% faster (batch 1: ")
-        tensors = [np.zeros(spec.preprocess.shape, dtype=np.float32)]
-        # Without a wide session, a lone batch runs on the narrow one.
-        np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors))
+    # Kept whatever warm-up measured; the judge starts from warm-up's runs.
+    assert model.wide_session is not None and model.wide_intra_op_threads == 2
+    assert model.wide_reason.startswith("kept, judged per lone run (batch 1: ")
+    judge = model.lone_judge
+    assert judge is not None
+    narrow_ms, wide_ms = judge.medians(1)
+    assert narrow_ms is not None and wide_ms is not None
+    faster = wide_ms <= (1 - 0.05) * narrow_ms
+    assert model.wide_reason.endswith("wide first)" if faster else "wide not 5% faster first)")
+    # Whichever session the judge picks, a lone batch gives the narrow session's
+    # vectors, and its time goes back to the judge under the session that ran it.
+    recorded: list[tuple[int, bool]] = []
+    picked: list[bool] = []
+    real_record, real_wide = judge.record, judge.wide
+    judge.record = lambda b, w, ms: (recorded.append((b, w)), real_record(b, w, ms))[1]  # type: ignore[method-assign]
+    judge.wide = lambda b: (picked.append(real_wide(b)), picked[-1])[1]  # type: ignore[method-assign]
+    tensors = [np.zeros(spec.preprocess.shape, dtype=np.float32)]
+    for _ in range(3):
+        np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors), atol=1e-5)
+    assert recorded == [(1, w) for w in picked] and len(picked) == 3
 
 
 def test_no_wide_session_unless_asked(tmp_path: Path) -> None:
