@@ -309,7 +309,7 @@ class OnnxModel:
         # One judgement at start-up can fall either way on a noisy machine and
         # would then hold for the server's life: the judge starts from these
         # runs and goes on from the lone runs themselves.
-        self.lone_judge = LoneRunJudge(WIDE_MIN_GAIN, window=WIDE_TIMED_RUNS)
+        self.lone_judge = LoneRunJudge(WIDE_MIN_GAIN)
         for n_ms, w_ms in zip(narrow, wide, strict=True):
             self.lone_judge.record(bucket, False, n_ms)
             self.lone_judge.record(bucket, True, w_ms)
