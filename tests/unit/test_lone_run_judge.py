@@ -56,3 +56,18 @@ def test_bad_settings_are_refused() -> None:
         LoneRunJudge(0.05, window=2, min_runs=3)
     with pytest.raises(ValueError):
         LoneRunJudge(0.05, probe_every=1)
+
+
+def test_a_verdict_holds_in_a_tie_and_turns_only_when_the_other_side_is_5_percent_faster() -> None:
+    judge = seeded(narrow_ms=6.0, wide_ms=4.4, window=5)  # warm-up: wide
+    assert judge.wide(1) is True
+    # Real lone runs: the two sessions nearly tie. The verdict stays wide.
+    for _ in range(5):
+        assert judge.record(1, True, 6.1) is None
+        assert judge.record(1, False, 6.3) is None
+    assert judge.wide(1) is True
+    # Narrow pulls ahead by more than 5%: the verdict turns, once.
+    assert [judge.record(1, False, 5.5) for _ in range(5)] == [None, None, False, None, None]
+    # And turns back only when wide is 5% faster than narrow again.
+    assert judge.record(1, True, 5.4) is None
+    assert [judge.record(1, True, 5.0) for _ in range(4)] == [None, None, True, None]
