@@ -198,31 +198,46 @@ class LoneRunJudge:
     3.3 against 5.4 ms and, minutes later, dropped it at 5.7 against 5.9 ms,
     which cost that server +6.7 ms at concurrency 1 for as long as it ran. So
     in ``auto`` both sessions stay, the time of every lone run is recorded per
-    bucket, and a lone batch goes to the session with the lower median of its
-    last ``window`` runs of that bucket. The first verdict takes the wide one
-    only if it is at least ``min_gain`` faster (as at warm-up); after that the
-    verdict changes only when the other session is ``min_gain`` faster, so a
-    tie keeps it. Without that band it flapped between the two on every few
-    runs in a real server, where lone runs of MobileNetV2 took 6.1 ms wide and
-    6.5 ms narrow (warm-up, back to back: 4.4 and 6.0). One lone run in ``probe_every`` goes
-    to the other session, so a verdict that has gone stale is seen; a bucket
-    with fewer than ``min_runs`` runs on either side goes to that side first.
-    With the defaults a verdict turns after 5 probes, about 40 lone runs (under
-    a second at concurrency 1), and a wrong one costs one lone run in 8.
+    bucket, and the medians of the last ``window`` runs of each session decide,
+    with a bias to the wide one:
+
+    * the wide session is left only when the narrow one is ``leave_gain``
+      (25%) faster: a neighbour that holds the other core makes a spinning
+      wide run stall (8.3 against 4.3 ms, measured), while ties and small
+      losses are what a rarely used wide session shows in a real server (lone
+      runs 6.1 ms wide, 6.5 narrow; at warm-up, back to back, 4.4 and 6.0) and
+      were not what the end-to-end latency said: over 9 interleaved rounds,
+      c=1 p50 was +1.11 ms over the ceiling with the wide session always on,
+      +3.2 to +3.4 ms with a judge that left it at 5%;
+    * once left, it is taken back when it is ``min_gain`` faster.
+
+    One lone run in ``probe_every`` goes to the other session, so a verdict
+    that has gone stale is seen; a bucket with fewer than ``min_runs`` runs on
+    either side goes to that side first. With the defaults a verdict turns
+    after 5 probes, about 40 lone runs (under a second at concurrency 1).
 
     Thread-safe; it knows nothing of ONNX: the model asks and reports.
 
     Args:
-        min_gain: Fraction the wide session must save to be chosen.
+        min_gain: Fraction the wide session must save to be taken back.
+        leave_gain: Fraction the narrow session must save for the wide one to be left.
         window: Runs per bucket and session the medians are taken over.
         probe_every: One lone run in this many goes to the session not chosen.
         min_runs: Runs each side of a bucket needs before the medians decide.
     """
 
-    def __init__(self, min_gain: float, window: int = 9, probe_every: int = 8, min_runs: int = 3) -> None:
+    def __init__(
+        self,
+        min_gain: float = 0.05,
+        leave_gain: float = 0.25,
+        window: int = 9,
+        probe_every: int = 8,
+        min_runs: int = 3,
+    ) -> None:
         if window < min_runs or probe_every < 2 or min_runs < 1:
             raise ValueError("need window >= min_runs >= 1 and probe_every >= 2")
         self.min_gain = min_gain
+        self.leave_gain = leave_gain
         self.probe_every = probe_every
         self.min_runs = min_runs
         self._window = window
@@ -255,6 +270,11 @@ class LoneRunJudge:
             best = bool(self._verdict(bucket))
             return (not best) if self._calls % self.probe_every == 0 else best
 
+    def verdict(self, bucket: int) -> bool | None:
+        """The bucket's current verdict: True = wide, False = narrow, None = not enough runs yet."""
+        with self._lock:
+            return self._verdicts.get(bucket)
+
     def medians(self, bucket: int) -> tuple[float | None, float | None]:
         """Median milliseconds of the recorded (narrow, wide) runs of a bucket (None: no run yet)."""
         with self._lock:
@@ -266,6 +286,6 @@ class LoneRunJudge:
         if min(len(narrow), len(wide)) < self.min_runs:
             return None
         n_ms, w_ms = median(list(narrow)), median(list(wide))
-        if self._verdicts.get(bucket, False):
-            return not n_ms <= (1.0 - self.min_gain) * w_ms  # wide until narrow is min_gain faster
+        if self._verdicts.get(bucket, True):
+            return not n_ms <= (1.0 - self.leave_gain) * w_ms  # wide until narrow is leave_gain faster
         return w_ms <= (1.0 - self.min_gain) * n_ms  # narrow until wide is min_gain faster

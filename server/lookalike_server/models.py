@@ -38,10 +38,11 @@ from lookalike_server.thread_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
-# A lone batch goes to the wide session ("auto") only if its recent runs are
-# at least this much faster than the narrow session's: in a tie the narrow
-# run leaves the other core to decoding.
+# In "auto" a lone batch leaves the wide session for the narrow one only when
+# the narrow one's recent runs are WIDE_LEAVE_GAIN faster, and comes back when
+# the wide one is WIDE_MIN_GAIN faster (why: autotune.LoneRunJudge).
 WIDE_MIN_GAIN = 0.05
+WIDE_LEAVE_GAIN = 0.25
 # Alternating timed runs of the smallest bucket on each session for that
 # judgement: a few milliseconds each, and enough that one burst of a
 # neighbour's work on a shared machine does not decide it.
@@ -288,7 +289,7 @@ class OnnxModel:
         return time.perf_counter() - started
 
     def _judge_wide(self, x: np.ndarray) -> None:
-        """Keeps the wide session if it runs ``x`` at least :data:`WIDE_MIN_GAIN` faster (or mode "on")."""
+        """Times ``x`` on both sessions: the judge's first runs ("auto"), or only reported ("on")."""
         bucket = x.shape[0]
         narrow: list[float] = []
         wide: list[float] = []
@@ -309,11 +310,11 @@ class OnnxModel:
         # One judgement at start-up can fall either way on a noisy machine and
         # would then hold for the server's life: the judge starts from these
         # runs and goes on from the lone runs themselves.
-        self.lone_judge = LoneRunJudge(WIDE_MIN_GAIN)
+        self.lone_judge = LoneRunJudge(WIDE_MIN_GAIN, WIDE_LEAVE_GAIN)
         for n_ms, w_ms in zip(narrow, wide, strict=True):
             self.lone_judge.record(bucket, False, n_ms)
             self.lone_judge.record(bucket, True, w_ms)
-        first = "wide" if faster else f"narrow: wide not {WIDE_MIN_GAIN:.0%} faster"
+        first = "wide" if self.lone_judge.verdict(bucket) else f"narrow: {WIDE_LEAVE_GAIN:.0%} faster"
         self.wide_reason = f"kept, judged per lone run ({measured}; {first} first)"
 
     def _plan(self, costs_ms: dict[int, float]) -> BatchPlan:

@@ -360,8 +360,8 @@ def test_wide_session_in_auto_is_kept_and_each_lone_batch_goes_where_the_judge_s
     assert judge is not None
     narrow_ms, wide_ms = judge.medians(1)
     assert narrow_ms is not None and wide_ms is not None
-    faster = wide_ms <= (1 - 0.05) * narrow_ms
-    assert model.wide_reason.endswith("wide first)" if faster else "wide not 5% faster first)")
+    assert judge.verdict(1) is not None  # warm-up's 15 runs a side are enough to judge
+    assert model.wide_reason.endswith("; wide first)" if judge.verdict(1) else "narrow: 25% faster first)")
     # Whichever session the judge picks, a lone batch gives the narrow session's
     # vectors, and its time goes back to the judge under the session that ran it.
     recorded: list[tuple[int, bool]] = []
