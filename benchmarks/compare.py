@@ -651,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     alone = alone_share(found.get("on"), args.model)
     if alone:
-        lead += [f"Batches run alone, on the session the wide-session judge picks (server, batching on): {alone}.", ""]
+        lead += [f"Batches run alone on the wide session (server, batching on): {alone}.", ""]
     originals = [s for s in all_series if s.get("kind") == "original"]
     if originals:
         lead += ["Original pipeline inputs:", ""]

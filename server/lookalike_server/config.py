@@ -141,8 +141,8 @@ class ModelsConfig:
     wide_session: str = _opt(
         "auto",
         "a second session per model with more intra-op threads, run when a batch is alone (no other batch "
-        "running, nothing queued): auto (CPU; each lone batch goes to whichever session its recent lone runs "
-        "found faster, the wide one if 5% faster), on (CPU, always the wide one), off (no second session)",
+        "running, nothing queued): auto (CPU; kept unless warm-up finds the narrow session 25% faster), on (CPU, "
+        "always), off (no second session)",
     )
     wide_intra_op_threads: int = _opt(0, "intra-op threads of the wide session; 0 = the usable cores")
     wide_spin_wait: bool = _opt(

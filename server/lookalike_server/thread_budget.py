@@ -42,10 +42,10 @@ So the cores are split once, at start-up, by :func:`thread_budget`:
   4.0-4.4 ms on 1, while one session of 2 intra-op threads shared by both
   workers (0.76-1.34x the narrow pipeline's img/s from round to round), or
   ORT's global thread pool, do not keep the throughput under load. In
-  ``auto`` a lone batch goes to the wide session only while its recent lone
-  runs (warm-up's first) are 5% faster than the narrow session's
-  (:class:`lookalike_server.autotune.LoneRunJudge`); ``wide_session = "off"``
-  makes none, ``"on"`` always uses it.
+  ``auto`` the model drops the wide session only where its warm-up finds the
+  narrow one 25% faster (a neighbour holding the other core;
+  :data:`lookalike_server.models.WIDE_DROP_GAIN`); ``wide_session = "off"``
+  makes none, ``"on"`` keeps it whatever the measurement.
 
 The cores are the ones this process may run on (``os.sched_getaffinity``:
 a container's cpuset, ``taskset``), capped by a cgroup CPU quota rounded up

@@ -12,7 +12,7 @@ import pytest
 
 from lookalike_server.config import BatchingConfig
 from lookalike_server.errors import ConfigError, ModelLoadError
-from lookalike_server.models import OnnxModel, bucket_for, l2_normalise, pool_features
+from lookalike_server.models import OnnxModel, bucket_for, keep_wide_session, l2_normalise, pool_features
 from lookalike_server.registry_reader import load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -348,31 +348,34 @@ def test_wide_session_runs_alone_batches_with_the_same_results(tmp_path: Path) -
     np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors), atol=1e-5)
 
 
-def test_wide_session_in_auto_is_kept_and_each_lone_batch_goes_where_the_judge_says(tmp_path: Path) -> None:
+def test_wide_session_in_auto_is_kept_unless_the_narrow_one_is_much_faster(tmp_path: Path) -> None:
     (spec,) = load_registry(write_registry(tmp_path, entry()), BatchingConfig(auto_max_batch_size=1))
     model = OnnxModel(spec, CPU, intra_op_threads=1, wide_intra_op_threads=2)
-    assert model.wide_reason == "not measured (warm-up off)" and model.lone_judge is None
+    assert model.wide_reason == "not measured (warm-up off)"
     model.warmup(timed_runs=1)
-    # Kept whatever warm-up measured; the judge starts from warm-up's runs.
-    assert model.wide_session is not None and model.wide_intra_op_threads == 2
-    assert model.wide_reason.startswith("kept, judged per lone run (batch 1: ")
-    judge = model.lone_judge
-    assert judge is not None
-    narrow_ms, wide_ms = judge.medians(1)
-    assert narrow_ms is not None and wide_ms is not None
-    assert judge.verdict(1) is not None  # warm-up's 15 runs a side are enough to judge
-    assert model.wide_reason.endswith("; wide first)" if judge.verdict(1) else "narrow: 25% faster first)")
-    # Whichever session the judge picks, a lone batch gives the narrow session's
-    # vectors, and its time goes back to the judge under the session that ran it.
-    recorded: list[tuple[int, bool]] = []
-    picked: list[bool] = []
-    real_record, real_wide = judge.record, judge.wide
-    judge.record = lambda b, w, ms: (recorded.append((b, w)), real_record(b, w, ms))[1]  # type: ignore[method-assign]
-    judge.wide = lambda b: (picked.append(real_wide(b)), picked[-1])[1]  # type: ignore[method-assign]
-    tensors = [np.zeros(spec.preprocess.shape, dtype=np.float32)]
-    for _ in range(3):
-        np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors), atol=1e-5)
-    assert recorded == [(1, w) for w in picked] and len(picked) == 3
+    # Which one depends on this machine; the decision and its figures must agree.
+    kept = model.wide_reason.startswith("kept (")
+    assert kept == (model.wide_session is not None) == (model.wide_intra_op_threads == 2)
+    if not kept:
+        assert model.wide_reason.startswith("dropped: the narrow session 25% faster (batch 1: ")
+        tensors = [np.zeros(spec.preprocess.shape, dtype=np.float32)]
+        # Without a wide session, a lone batch runs on the narrow one.
+        np.testing.assert_allclose(model.embed_batch_alone(tensors), model.embed_batch(tensors))
+
+
+@pytest.mark.parametrize(
+    ("wide_ms", "narrow_ms", "keep"),
+    [
+        (5.85, 5.67, True),  # the near tie a warm-up once dropped it on (+6.7 ms at c=1 after)
+        (6.0, 5.0, True),  # narrow 17% faster at warm-up: not a reason
+        (4.4, 6.0, True),
+        (8.3, 4.3, False),  # a neighbour holding the other core stalls a spinning wide run
+    ],
+)
+def test_warm_up_drops_the_wide_session_only_for_a_much_faster_narrow_one(
+    wide_ms: float, narrow_ms: float, keep: bool
+) -> None:
+    assert keep_wide_session(narrow_ms, wide_ms) is keep
 
 
 def test_no_wide_session_unless_asked(tmp_path: Path) -> None:
