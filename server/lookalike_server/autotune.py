@@ -23,7 +23,8 @@ turns those costs into a plan with one rule:
    the delay is 0: each item runs as soon as the session is free (under load
    the next items queue while it runs). Otherwise the oldest item waits at
    most ``min(default delay, the time one image takes alone)``: waiting
-   longer than a solo run costs more than the run itself.
+   longer than a solo run costs more than the run itself. (The batcher waits
+   at all only as the last free worker: :mod:`lookalike_server.batching`.)
 
 An explicit ``max_batch_size`` or ``max_delay_ms`` (flag, env, TOML or the
 model's registry entry) wins over rules 1-4; with an explicit
