@@ -218,6 +218,17 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace, stem: str) -> tuple[Path, Path, list[bytes]]:
+    """Checks ``--rounds``; the JSON path (default ``results/<stem>-DATE.json``), the logs folder, the photos."""
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"{stem}-{dt.date.today():%Y-%m-%d}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = REPO / ".cache" / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return out, logs, bench.load_images(bench.find_image_dir(args.images).resolve(), args.image_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the interleaved A/B and writes its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -256,13 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="", help="JSON path (default: benchmarks/results/batching-ab-DATE.json)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"batching-ab-{dt.date.today():%Y-%m-%d}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    logs = REPO / ".cache" / "bench-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    images = bench.load_images(bench.find_image_dir(args.images).resolve(), args.image_size)
+    out, logs, images = prepare_run(parser, args, "batching-ab")
     common = [
         "--log-level", "WARNING", "--stores", "false", "--data-dir", str(REPO / ".cache" / "bench-data" / "none"),
         *args.server_arg,

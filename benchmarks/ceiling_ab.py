@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -48,7 +47,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
 import bench_report  # noqa: E402
 import compare  # noqa: E402
-from batching_ab import _choice, median_interval  # noqa: E402
+from batching_ab import _choice, median_interval, prepare_run  # noqa: E402
 
 from lookalike import bench  # noqa: E402
 
@@ -92,13 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="", help="pin the server and the ceiling here (taskset notation)")
     parser.add_argument("--out", default="", help="JSON path (default: benchmarks/results/ceiling-ab-DATE.json)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"ceiling-ab-{dt.date.today():%Y-%m-%d}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    logs = REPO / ".cache" / "bench-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    images = bench.load_images(bench.find_image_dir(args.images).resolve(), args.image_size)
+    out, logs, images = prepare_run(parser, args, "ceiling-ab")
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     server_cpus = bench_report.parse_cpus(args.server_cpus) or None
     # The load generator on the other cores, so it takes nothing from the profile.
