@@ -350,9 +350,15 @@ def test_adaptive_last_free_worker_waits_for_announced_company():
         b.announce(2)
         first = b.submit(1, announced=True)
         time.sleep(0.1)
-        # Worker 2 is the last one free: it holds [1] open for the company.
-        assert not first.done()
+        # Worker 2 is the last one free: it holds [1] open for the company
+        # instead of taking it (the runner's closed gate would hide a take).
+        assert b.queue_depth == 1
         second = b.submit(2, announced=True)
+        # The pair is taken before worker 1 is let go: a free worker 1 would
+        # (rightly) share the queue with worker 2 instead.
+        deadline = time.monotonic() + 5
+        while b.queue_depth and time.monotonic() < deadline:
+            time.sleep(0.001)
         runner.gate.set()
         assert first.result(5).batch_size == 2 and second.result(5).value == 20
         assert busy.result(5).value == 0
