@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
@@ -213,37 +213,41 @@ class Embedder:
         # for them rather than for nobody (see MicroBatcher.announce).
         for m in models:
             self.batchers[m].announce(len(images))
+        # One future per (image, model), settled when that embedding is ready
+        # or has failed, so the caller wakes once, not once when decoding ends
+        # and again when inference does: on 2 cores that first wake-up came
+        # while a lone batch ran on the wide session, which wants both cores.
+        outcomes: list[dict[str, Future[Batched[np.ndarray]]]] = [{m: Future() for m in models} for _ in images]
         prepared: list[Future[_Prepared]] = []
         for i, data in enumerate(images):
             # Keyed by the request: the pool serves requests round robin.
-            fut = self._pool.submit(ctx, self._prepare, i, data, specs, plans, ctx)
-            # A task cancelled before it ran never submits: withdraw for it.
-            fut.add_done_callback(lambda f: self._withdraw(specs, 1) if f.cancelled() else None)
+            fut = self._pool.submit(ctx, self._prepare, i, data, specs, plans, ctx, outcomes[i])
+            fut.add_done_callback(functools.partial(self._prepared_done, specs, outcomes[i]))
             prepared.append(ctx.track(fut))
-        timing = Timing()
-        batch_futures: list[tuple[int, str, Future[Batched[np.ndarray]]]] = []
         try:
-            for prep in self._wait_each(prepared, ctx, "preprocessing"):
-                timing.preprocess_ms = max(timing.preprocess_ms, prep.preprocess_s * 1e3)
-            for i, fut in enumerate(prepared):
-                batch_futures.extend((i, m, f) for m, f in fut.result().futures.items())
-            results = self._wait_each([f for _, _, f in batch_futures], ctx, "inference")
+            results = self._wait_outcomes(prepared, outcomes, ctx)
         except BaseException:
-            # Leave nothing queued for a request that has failed.
+            # Leave nothing queued for a request that has failed, including what
+            # an image still decoding now queues when it is done.
             for fut in prepared:
                 fut.cancel()
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    for f in fut.result().futures.values():
-                        f.cancel()
-            for _, _, f in batch_futures:
-                f.cancel()
+                fut.add_done_callback(_drop_batches)
+            for per_image in outcomes:
+                for f in per_image.values():
+                    f.cancel()
             raise
+        timing = Timing()
+        # Every outcome is settled, so every image's task has queued its
+        # tensors; the task's own future is at most a moment behind.
+        for prep in prepared:
+            timing.preprocess_ms = max(timing.preprocess_ms, prep.result().preprocess_s * 1e3)
         out = {m: np.empty((len(images), self.models[m].spec.dim), dtype=np.float32) for m in models}
-        for (i, m, _), res in zip(batch_futures, results, strict=True):
-            out[m][i] = res.value
-            timing.queue_ms = max(timing.queue_ms, res.queue_s * 1e3)
-            timing.inference_ms = max(timing.inference_ms, res.run_s * 1e3)
-            timing.batch_size = max(timing.batch_size, res.batch_size)
+        for i, image_results in enumerate(results):
+            for m, res in image_results.items():
+                out[m][i] = res.value
+                timing.queue_ms = max(timing.queue_ms, res.queue_s * 1e3)
+                timing.inference_ms = max(timing.inference_ms, res.run_s * 1e3)
+                timing.batch_size = max(timing.batch_size, res.batch_size)
         return out, timing
 
     def _prepare(
@@ -253,8 +257,12 @@ class Embedder:
         specs: Mapping[str, PreprocessSpec],
         plans: Sequence[DecodePlan],
         ctx: RequestContext,
+        outcome: Mapping[str, Future[Batched[np.ndarray]]],
     ) -> _Prepared:
-        """Pool task: decode once per plan, make each model's tensor, queue it."""
+        """Pool task: decode once per plan, make each model's tensor, queue it.
+
+        Each model's batch future settles ``outcome[model]`` when it does.
+        """
         started = time.perf_counter()
         futures: dict[str, Future[Batched[np.ndarray]]] = {}
         try:
@@ -278,6 +286,7 @@ class Embedder:
             elapsed = time.perf_counter() - started
             for m, tensor in tensors.items():
                 futures[m] = ctx.track(self.batchers[m].submit(tensor, deadline=ctx.deadline, announced=True))
+                futures[m].add_done_callback(functools.partial(_settle_from, outcome[m]))
         except BaseException:
             for f in futures.values():
                 f.cancel()
@@ -286,23 +295,62 @@ class Embedder:
             raise
         return _Prepared(futures, elapsed)
 
-    @staticmethod
-    def _wait_each(futures: Sequence[Future], ctx: RequestContext, stage: str) -> list:  # type: ignore[type-arg]
-        """Waits for all futures within the deadline; results in order."""
-        remaining = ctx.remaining()
-        _done, pending = wait_futures(futures, timeout=None if remaining is None else max(remaining, 0))
-        if pending:
-            for f in pending:
+    def _prepared_done(
+        self,
+        specs: Mapping[str, PreprocessSpec],
+        outcome: Mapping[str, Future[Batched[np.ndarray]]],
+        fut: Future[_Prepared],
+    ) -> None:
+        """An image's task ended: a failure or cancellation settles its outcomes.
+
+        A task cancelled before it ran never announced-then-submitted, so its
+        announcements are withdrawn here.
+        """
+        if fut.cancelled():
+            self._withdraw(specs, 1)
+            for f in outcome.values():
                 f.cancel()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            for f in outcome.values():
+                _settle(f, exc)
+
+    @staticmethod
+    def _wait_outcomes(
+        prepared: Sequence[Future[_Prepared]],
+        outcomes: Sequence[Mapping[str, Future[Batched[np.ndarray]]]],
+        ctx: RequestContext,
+    ) -> list[dict[str, Batched[np.ndarray]]]:
+        """Waits, within the deadline, until every outcome is settled or one has failed.
+
+        Returns:
+            Each image's results by model, in request order.
+
+        Raises:
+            The first failed image's error (in request order among those
+            settled), DeadlineExceeded, or Cancelled.
+        """
+        flat = [f for per_image in outcomes for f in per_image.values()]
+        remaining = ctx.remaining()
+        timeout = None if remaining is None else max(remaining, 0)
+        _done, pending = wait_futures(flat, timeout=timeout, return_when=FIRST_EXCEPTION)
+        for per_image in outcomes:
+            for f in per_image.values():
+                if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
+                    raise exc
+        if pending:
+            stage = "preprocessing" if any(not p.done() for p in prepared) else "inference"
+            unfinished = sum(1 for per_image in outcomes if any(not f.done() for f in per_image.values()))
             raise DeadlineExceeded(
-                f"deadline exceeded during {stage} ({len(pending)} of {len(futures)} images unfinished)"
+                f"deadline exceeded during {stage} ({unfinished} of {len(outcomes)} images unfinished)"
             )
         try:
-            return [f.result() for f in futures]
+            return [{m: f.result() for m, f in per_image.items()} for per_image in outcomes]
         except CancelledError:
             if ctx.cancelled:
                 raise Cancelled("the client cancelled the request") from None
-            raise DeadlineExceeded(f"deadline exceeded during {stage}") from None
+            raise DeadlineExceeded("deadline exceeded during inference") from None
 
     def _withdraw(self, models: Iterable[str], n: int) -> None:
         for m in models:
@@ -326,6 +374,38 @@ class Embedder:
     def preprocessed(self) -> int:
         """Preprocessing tasks run since start (tests: a refused call runs none)."""
         return self._pool.tasks_run
+
+
+def _drop_batches(prep: Future[_Prepared]) -> None:
+    """Done callback: cancels what a finished image task queued (its request has failed)."""
+    if not prep.cancelled() and prep.exception() is None:
+        for f in prep.result().futures.values():
+            f.cancel()
+
+
+def _settle(dst: Future[Any], exc: BaseException | None = None, result: Any = None) -> None:
+    """Sets ``dst``'s exception (or result) unless it is already settled.
+
+    Two threads may race to settle one outcome (a batch finishing as its
+    image's task fails on another model); the first one wins.
+    """
+    try:
+        if exc is not None:
+            dst.set_exception(exc)
+        else:
+            dst.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _settle_from(dst: Future[Any], src: Future[Any]) -> None:
+    """Done callback: gives ``dst`` what ``src`` ended with (result, error or cancellation)."""
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        _settle(dst, exc)
+    else:
+        _settle(dst, result=src.result())
 
 
 def unit_vector(values: Sequence[float] | np.ndarray) -> np.ndarray:

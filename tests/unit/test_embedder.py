@@ -1,0 +1,130 @@
+"""The Embedder's orchestration: order, failures, deadlines and the single wait, with a stand-in model.
+
+The stand-in runs no network: each "embedding" is the image's mean pixel value
+repeated, so a test can tell which image a vector belongs to, and its runs
+wait on a gate the test opens, so a test can hold inference while it looks.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lookalike_server.embedder as embedder_module
+from lookalike_server.autotune import BatchPlan
+from lookalike_server.config import LimitsConfig
+from lookalike_server.domain import RequestContext
+from lookalike_server.embedder import Embedder
+from lookalike_server.errors import DeadlineExceeded, InvalidArgument
+from lookalike_server.preprocess_spec import PreprocessSpec
+
+
+class GatedModel:
+    """What the Embedder uses of an ``OnnxModel``; every run waits for ``gate``."""
+
+    def __init__(self, name: str, dim: int) -> None:
+        # No mean/std: the tensor holds the pixels scaled to 0..1.
+        pre = PreprocessSpec(height=8, width=8, resize_shorter=0, mean=(0, 0, 0), std=(1, 1, 1))
+        self.spec = SimpleNamespace(
+            name=name, dim=dim, preprocess=pre, batching=SimpleNamespace(queue_size=64, adaptive_delay=False)
+        )
+        self.plan = BatchPlan(costs_ms={}, buckets=(1,), max_batch_size=1, max_delay_ms=0.0, take=(1,), reason="")
+        self.max_batch_size = 1
+        self.wide_session = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.images_run = 0
+
+    def embed_batch(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        self.started.release()
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.images_run += len(tensors)
+        return np.stack([np.full(self.spec.dim, float(t.mean()), np.float32) for t in tensors])
+
+    def embed_batch_alone(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed_batch(tensors)
+
+
+def grey(level: int) -> bytes:
+    """A 16x16 PNG of one grey level."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (level, level, level)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def models() -> dict[str, GatedModel]:
+    return {"four": GatedModel("four", 4), "three": GatedModel("three", 3)}
+
+
+@pytest.fixture
+def embedder(models: dict[str, GatedModel]) -> Any:
+    emb = Embedder(models, LimitsConfig(), preprocess_threads=2)  # type: ignore[arg-type]
+    yield emb
+    for m in models.values():
+        m.gate.set()
+    emb.close()
+
+
+def test_every_model_gets_every_image_in_request_order(embedder: Embedder) -> None:
+    levels = [51, 102, 204]
+    out, timing = embedder.embed([grey(v) for v in levels], ["four", "three"], RequestContext(30))
+    for name, dim in (("four", 4), ("three", 3)):
+        assert out[name].shape == (3, dim)
+        np.testing.assert_allclose(out[name][:, 0], [v / 255 for v in levels], atol=1e-2)
+    assert timing.batch_size == 1 and timing.preprocess_ms > 0
+
+
+def test_the_caller_waits_once_for_decoding_and_inference(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[int] = []
+    real_wait = embedder_module.wait_futures
+
+    def counting_wait(futures: Any, *args: Any, **kw: Any) -> Any:
+        waits.append(len(futures))
+        return real_wait(futures, *args, **kw)
+
+    monkeypatch.setattr(embedder_module, "wait_futures", counting_wait)
+    embedder.embed([grey(10), grey(20)], ["four", "three"], RequestContext(30))
+    # One wait, on the four outcomes (2 images x 2 models): not one for the
+    # decoding and another for the inference.
+    assert waits == [4]
+
+
+def test_a_bad_image_fails_the_request_and_drops_its_other_images(
+    embedder: Embedder, models: dict[str, GatedModel]
+) -> None:
+    model = models["four"]
+    model.gate.clear()
+    # Another request's image holds the model's only worker...
+    holder = threading.Thread(target=embedder.embed, args=([grey(5)], ["four"], RequestContext(30)))
+    holder.start()
+    assert model.started.acquire(timeout=10)
+    # ...while this one fails on its third image, without waiting for the run.
+    with pytest.raises(InvalidArgument, match="image 2"):
+        embedder.embed([grey(10), grey(20), b"not an image at all", grey(30)], ["four"], RequestContext(30))
+    model.gate.set()
+    holder.join(10)
+    time.sleep(0.2)  # an image still decoding when the request failed is dropped when it is queued
+    assert model.images_run == 1  # the holder's image only
+    assert embedder.batchers["four"].stats().queue_depth == 0
+
+
+def test_a_deadline_in_inference_says_so_and_drops_the_queued_images(
+    embedder: Embedder, models: dict[str, GatedModel]
+) -> None:
+    model = models["four"]
+    model.gate.clear()
+    with pytest.raises(DeadlineExceeded, match=r"during inference \(2 of 2 images unfinished\)"):
+        embedder.embed([grey(10), grey(20)], ["four"], RequestContext(0.5))
+    model.gate.set()
+    time.sleep(0.2)
+    assert model.images_run == 1  # the held run finished; the queued image never ran
