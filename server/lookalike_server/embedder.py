@@ -8,7 +8,9 @@ tracked by the request context so a cancelled call drops its items.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import threading
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,52 @@ class _Prepared:
     preprocess_s: float
 
 
+@dataclass
+class _Job:
+    """One embed call's queued work.
+
+    Attributes:
+        outcomes: Per image, per model: a future settled with that embedding
+            (or the error, or cancellation) when its batch run ends, or when
+            the image fails before reaching the batcher.
+        prepared: Per image queued so far: its decoding task.
+    """
+
+    outcomes: list[dict[str, Future[Batched[np.ndarray]]]]
+    prepared: list[Future[_Prepared]] = field(default_factory=list)
+
+    def outcome_futures(self) -> list[Future[Batched[np.ndarray]]]:
+        """Every outcome, image by image."""
+        return [f for per_image in self.outcomes for f in per_image.values()]
+
+    def when_settled(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once: when every outcome is settled, or as soon as one has failed."""
+        _when_done(self.outcome_futures(), callback, stop_on_failure=True)
+
+    def when_work_done(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once, when every task and batch run this job queued has ended."""
+
+        def image_done(prep: Future[_Prepared], done: Callable[[], None]) -> None:
+            if prep.cancelled() or prep.exception() is not None:
+                done()
+            else:
+                _when_done(list(prep.result().futures.values()), done)
+
+        def each_image(done: Callable[[], None]) -> None:
+            for prep in self.prepared:
+                prep.add_done_callback(functools.partial(image_done, done=done))
+
+        _countdown(len(self.prepared), callback, each_image)
+
+    def abort(self) -> None:
+        """Leaves nothing queued, including what an image still decoding queues when it is done."""
+        for fut in self.prepared:
+            fut.cancel()
+            fut.add_done_callback(_drop_batches)
+        for f in self.outcome_futures():
+            f.cancel()
+
+
 class Embedder:
     """Owns one micro-batcher per model and the preprocessing pool.
 
@@ -190,7 +238,7 @@ class Embedder:
     def embed(
         self, images: Sequence[bytes], models: Sequence[str], ctx: RequestContext
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        """Embeds every image under every named model.
+        """Embeds every image under every named model, waiting on this thread.
 
         Args:
             images: Encoded images.
@@ -205,43 +253,127 @@ class Embedder:
             Overloaded: A model's queue is full.
             DeadlineExceeded / Cancelled: The caller's deadline or cancellation.
         """
-        ctx.check("preprocessing")
-        specs = {m: self.models[m].spec.preprocess for m in models}
-        # One decode per distinct decode setting (usually one for all models).
-        plans = plan_decodes(specs)
-        # Tell each batcher these images are coming, so it holds a batch open
-        # for them rather than for nobody (see MicroBatcher.announce).
-        for m in models:
-            self.batchers[m].announce(len(images))
-        # One future per (image, model), settled when that embedding is ready
-        # or has failed, so the caller wakes once, not once when decoding ends
-        # and again when inference does: on 2 cores that first wake-up came
-        # while a lone batch ran on the wide session, which wants both cores.
-        outcomes: list[dict[str, Future[Batched[np.ndarray]]]] = [{m: Future() for m in models} for _ in images]
-        prepared: list[Future[_Prepared]] = []
-        for i, data in enumerate(images):
-            # Keyed by the request: the pool serves requests round robin.
-            fut = self._pool.submit(ctx, self._prepare, i, data, specs, plans, ctx, outcomes[i])
-            fut.add_done_callback(functools.partial(self._prepared_done, specs, outcomes[i]))
-            prepared.append(ctx.track(fut))
+        job = self._start(images, models, ctx)
         try:
-            results = self._wait_outcomes(prepared, outcomes, ctx)
+            remaining = ctx.remaining()
+            wait_futures(job.outcome_futures(), timeout=_timeout(remaining), return_when=FIRST_EXCEPTION)
+            return self._finish(job, ctx)
         except BaseException:
-            # Leave nothing queued for a request that has failed, including what
-            # an image still decoding now queues when it is done.
-            for fut in prepared:
-                fut.cancel()
-                fut.add_done_callback(_drop_batches)
-            for per_image in outcomes:
-                for f in per_image.values():
-                    f.cancel()
+            job.abort()
             raise
+
+    async def embed_async(
+        self,
+        images: Sequence[bytes],
+        models: Sequence[str],
+        ctx: RequestContext,
+        work_done: Callable[[], None] | None = None,
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """:meth:`embed` for the event loop: the wait costs no thread.
+
+        The loop is woken once, when every embedding is ready or one has
+        failed: no thread hands the call over to another on the way in or
+        out (Embed's latency at concurrency 1 is mostly such hand-overs once
+        the work itself is done; see docs/performance.md).
+
+        Args:
+            images: Encoded images.
+            models: Loaded model names (validated by :meth:`require`).
+            ctx: The request's deadline and cancellation.
+            work_done: Called once, from any thread, when every task and run
+                this call queued has ended, even after the call itself has
+                failed or been cancelled (admission permits are returned then);
+                at once if nothing was queued.
+
+        Returns and raises as :meth:`embed`.
+        """
+        job = self._start(images, models, ctx, work_done)
+        try:
+            loop = asyncio.get_running_loop()
+            settled: asyncio.Future[None] = loop.create_future()
+            job.when_settled(functools.partial(_wake, loop, settled))
+            with contextlib.suppress(TimeoutError):  # _finish says what is unfinished
+                await asyncio.wait_for(settled, _timeout(ctx.remaining()))
+            return self._finish(job, ctx)
+        except BaseException:
+            job.abort()
+            raise
+
+    def _start(
+        self,
+        images: Sequence[bytes],
+        models: Sequence[str],
+        ctx: RequestContext,
+        work_done: Callable[[], None] | None = None,
+    ) -> _Job:
+        """Queues one decoding task per image; each queues its tensors on every model's batcher.
+
+        ``work_done`` (if given) is called once when what was queued has
+        ended, whether this returns or raises (at once if nothing was queued).
+        """
+        job: _Job | None = None
+        try:
+            ctx.check("preprocessing")
+            specs = {m: self.models[m].spec.preprocess for m in models}
+            # One decode per distinct decode setting (usually one for all models).
+            plans = plan_decodes(specs)
+            # One future per (image, model), settled when that embedding is
+            # ready or has failed, so the caller wakes once, not once when
+            # decoding ends and again when inference does: on 2 cores that
+            # first wake-up came while a lone batch ran on the wide session,
+            # which wants both cores.
+            job = _Job([{m: Future() for m in models} for _ in images])
+            # Tell each batcher these images are coming, so it holds a batch
+            # open for them rather than for nobody (see MicroBatcher.announce).
+            for m in models:
+                self.batchers[m].announce(len(images))
+            try:
+                for i, data in enumerate(images):
+                    # Keyed by the request: the pool serves requests round robin.
+                    fut = self._pool.submit(ctx, self._prepare, i, data, specs, plans, ctx, job.outcomes[i])
+                    fut.add_done_callback(functools.partial(self._prepared_done, specs, job.outcomes[i]))
+                    job.prepared.append(ctx.track(fut))
+            except BaseException:
+                # The pool is shutting down: withdraw for the images never queued.
+                self._withdraw(specs, len(images) - len(job.prepared))
+                job.abort()
+                raise
+        except BaseException:
+            if work_done is not None:
+                if job is None:
+                    work_done()
+                else:
+                    job.when_work_done(work_done)
+            raise
+        if work_done is not None:
+            job.when_work_done(work_done)
+        return job
+
+    def _finish(self, job: _Job, ctx: RequestContext) -> tuple[dict[str, np.ndarray], Timing]:
+        """After the wait: the first failed image's error, the deadline, or the embeddings."""
+        for per_image in job.outcomes:
+            for f in per_image.values():
+                if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
+                    raise exc
+        unfinished = sum(1 for per_image in job.outcomes if any(not f.done() for f in per_image.values()))
+        if unfinished:
+            stage = "preprocessing" if any(not p.done() for p in job.prepared) else "inference"
+            raise DeadlineExceeded(
+                f"deadline exceeded during {stage} ({unfinished} of {len(job.outcomes)} images unfinished)"
+            )
+        try:
+            results = [{m: f.result() for m, f in per_image.items()} for per_image in job.outcomes]
+        except CancelledError:
+            if ctx.cancelled:
+                raise Cancelled("the client cancelled the request") from None
+            raise DeadlineExceeded("deadline exceeded during inference") from None
         timing = Timing()
         # Every outcome is settled, so every image's task has queued its
         # tensors; the task's own future is at most a moment behind.
-        for prep in prepared:
+        for prep in job.prepared:
             timing.preprocess_ms = max(timing.preprocess_ms, prep.result().preprocess_s * 1e3)
-        out = {m: np.empty((len(images), self.models[m].spec.dim), dtype=np.float32) for m in models}
+        models = list(job.outcomes[0]) if job.outcomes else []
+        out = {m: np.empty((len(job.outcomes), self.models[m].spec.dim), dtype=np.float32) for m in models}
         for i, image_results in enumerate(results):
             for m, res in image_results.items():
                 out[m][i] = res.value
@@ -316,42 +448,6 @@ class Embedder:
             for f in outcome.values():
                 _settle(f, exc)
 
-    @staticmethod
-    def _wait_outcomes(
-        prepared: Sequence[Future[_Prepared]],
-        outcomes: Sequence[Mapping[str, Future[Batched[np.ndarray]]]],
-        ctx: RequestContext,
-    ) -> list[dict[str, Batched[np.ndarray]]]:
-        """Waits, within the deadline, until every outcome is settled or one has failed.
-
-        Returns:
-            Each image's results by model, in request order.
-
-        Raises:
-            The first failed image's error (in request order among those
-            settled), DeadlineExceeded, or Cancelled.
-        """
-        flat = [f for per_image in outcomes for f in per_image.values()]
-        remaining = ctx.remaining()
-        timeout = None if remaining is None else max(remaining, 0)
-        _done, pending = wait_futures(flat, timeout=timeout, return_when=FIRST_EXCEPTION)
-        for per_image in outcomes:
-            for f in per_image.values():
-                if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
-                    raise exc
-        if pending:
-            stage = "preprocessing" if any(not p.done() for p in prepared) else "inference"
-            unfinished = sum(1 for per_image in outcomes if any(not f.done() for f in per_image.values()))
-            raise DeadlineExceeded(
-                f"deadline exceeded during {stage} ({unfinished} of {len(outcomes)} images unfinished)"
-            )
-        try:
-            return [{m: f.result() for m, f in per_image.items()} for per_image in outcomes]
-        except CancelledError:
-            if ctx.cancelled:
-                raise Cancelled("the client cancelled the request") from None
-            raise DeadlineExceeded("deadline exceeded during inference") from None
-
     def _withdraw(self, models: Iterable[str], n: int) -> None:
         for m in models:
             self.batchers[m].withdraw(n)
@@ -374,6 +470,61 @@ class Embedder:
     def preprocessed(self) -> int:
         """Preprocessing tasks run since start (tests: a refused call runs none)."""
         return self._pool.tasks_run
+
+
+def _timeout(remaining: float | None) -> float | None:
+    """A wait's timeout from the deadline's remaining seconds (None: no deadline)."""
+    return None if remaining is None else max(remaining, 0.0)
+
+
+def _countdown(n: int, callback: Callable[[], None], start: Callable[[Callable[[], None]], None]) -> None:
+    """Calls ``callback`` once ``n`` calls of the ``done`` that ``start`` is given have been made (at once if 0)."""
+    if n == 0:
+        callback()
+        return
+    left = [n]
+    lock = threading.Lock()
+
+    def done() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            callback()
+
+    start(done)
+
+
+def _when_done(futures: Sequence[Future[Any]], callback: Callable[[], None], stop_on_failure: bool = False) -> None:
+    """Calls ``callback`` once: when every future is done, or (``stop_on_failure``) when one fails."""
+    fired = [False]
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def on_done(f: Future[Any]) -> None:
+        failed = stop_on_failure and not f.cancelled() and f.exception() is not None
+        with lock:
+            left[0] -= 1
+            if fired[0] or (left[0] and not failed):
+                return
+            fired[0] = True
+        callback()
+
+    if not futures:
+        callback()
+    for f in futures:
+        f.add_done_callback(on_done)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, settled: asyncio.Future[None]) -> None:
+    """From any thread: resolves ``settled`` on its loop (unless the wait has already ended)."""
+
+    def resolve() -> None:
+        if not settled.done():
+            settled.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+        loop.call_soon_threadsafe(resolve)
 
 
 def _drop_batches(prep: Future[_Prepared]) -> None:

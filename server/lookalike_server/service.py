@@ -24,7 +24,7 @@ one place (:meth:`LookalikeService._data`) with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -204,14 +204,38 @@ class LookalikeService:
 
     def embed(self, images: Sequence[bytes], model: str, ctx: RequestContext) -> tuple[np.ndarray, Timing]:
         """Embeds images with one model; nothing is stored."""
-        if not model:
-            raise InvalidArgument(f"model is required; loaded models: {sorted(self.models)}")
-        (name,) = self.embedder.require([model])
-        check_images(images, self.config.limits)
+        name = self._embed_model(images, model)
         started = time.perf_counter()
         vectors, timing = self.embedder.embed(images, [name], ctx)
         timing.total_ms = (time.perf_counter() - started) * 1e3
         return vectors[name], timing
+
+    async def embed_async(
+        self, images: Sequence[bytes], model: str, ctx: RequestContext, work_done: Callable[[], None] | None = None
+    ) -> tuple[np.ndarray, Timing]:
+        """:meth:`embed` on the event loop (:meth:`.Embedder.embed_async`).
+
+        ``work_done`` is called once when the work this call queued has ended
+        (at once if the request is refused before any was queued).
+        """
+        try:
+            name = self._embed_model(images, model)
+        except BaseException:
+            if work_done is not None:
+                work_done()
+            raise
+        started = time.perf_counter()
+        vectors, timing = await self.embedder.embed_async(images, [name], ctx, work_done)
+        timing.total_ms = (time.perf_counter() - started) * 1e3
+        return vectors[name], timing
+
+    def _embed_model(self, images: Sequence[bytes], model: str) -> str:
+        """Embed's checks: a loaded model named, images within the limits."""
+        if not model:
+            raise InvalidArgument(f"model is required; loaded models: {sorted(self.models)}")
+        (name,) = self.embedder.require([model])
+        check_images(images, self.config.limits)
+        return name
 
     def insert(
         self, items: Sequence[InsertItem], models: Sequence[str], ctx: RequestContext

@@ -56,6 +56,11 @@ if TYPE_CHECKING:
     from lookalike_server.service import LookalikeService
 
 
+# Embed responses up to this many floats are built on the event loop (about
+# 70 ns a float: 16k is about 1 ms); larger ones on a unary thread.
+LOOP_RESPONSE_FLOATS = 16_384
+
+
 def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wraps a unary coroutine handler: malformed input, context, error mapping, counting."""
 
@@ -95,7 +100,9 @@ class LookalikeServicer:
     the synchronous service runs on thread pools (``unary_workers`` threads
     for unary calls, ``stream_workers`` for stream items), so an idle stream
     is a suspended coroutine that costs no thread, and a health check is
-    answered on the loop whatever the pools are doing.
+    answered on the loop whatever the pools are doing. Embed needs no stores,
+    so it skips the unary pool: the loop queues its images and awaits them
+    (:meth:`.Embedder.embed_async`), two thread hand-overs fewer per call.
 
     Args:
         get_service: Returns the service, or raises ``Unavailable`` while the
@@ -169,12 +176,18 @@ class LookalikeServicer:
         svc = self.service
         images = list(request.images)
         permit = svc.admit(images, [request.model], ctx) if request.model else None
-
-        def run() -> pb.EmbedResponse:
-            vectors, timing = svc.embed(images, request.model, ctx)
+        # Awaited on the loop, not run on a unary thread: the call is handed
+        # to no thread on the way in or out (see Embedder.embed_async).
+        vectors, timing = await svc.embed_async(
+            images, request.model, ctx, work_done=permit.release if permit is not None else None
+        )
+        if vectors.size <= LOOP_RESPONSE_FLOATS:
             return embed_response(request.model, vectors, timing)
-
-        return await run_blocking(self._unary_pool, ctx, run, permit=permit)
+        # A large response takes milliseconds to build (64 x 2048 floats:
+        # about 11 ms), which the loop owes to other calls.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._unary_pool, embed_response, request.model, vectors, timing
+        )
 
     @_rpc("Insert")
     async def Insert(self, request: pb.InsertRequest, ctx: RequestContext) -> pb.InsertResponse:

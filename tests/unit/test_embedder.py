@@ -7,6 +7,7 @@ wait on a gate the test opens, so a test can hold inference while it looks.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -128,3 +129,55 @@ def test_a_deadline_in_inference_says_so_and_drops_the_queued_images(
     model.gate.set()
     time.sleep(0.2)
     assert model.images_run == 1  # the held run finished; the queued image never ran
+
+
+def test_the_event_loop_path_gives_the_same_embeddings(embedder: Embedder) -> None:
+    levels = [51, 204]
+    images = [grey(v) for v in levels]
+    done = threading.Event()
+    out, _ = asyncio.run(embedder.embed_async(images, ["four", "three"], RequestContext(30), work_done=done.set))
+    sync_out, _ = embedder.embed(images, ["four", "three"], RequestContext(30))
+    for name in ("four", "three"):
+        np.testing.assert_array_equal(out[name], sync_out[name])
+    assert done.wait(5)
+
+
+def test_a_cancelled_call_returns_its_budget_only_when_its_work_has_ended(
+    embedder: Embedder, models: dict[str, GatedModel]
+) -> None:
+    """Admission permits come back when the decoding and runs end, not when the caller leaves."""
+    model = models["four"]
+    model.gate.clear()
+    calls: list[str] = []
+
+    async def call_then_cancel() -> None:
+        task = asyncio.ensure_future(
+            embedder.embed_async([grey(10), grey(20)], ["four"], RequestContext(30), lambda: calls.append("done"))
+        )
+        await asyncio.get_running_loop().run_in_executor(None, model.started.acquire, True, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(call_then_cancel())
+    assert calls == []  # image 0's run is still held
+    model.gate.set()
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == ["done"]
+    assert model.images_run == 1  # image 1 was dropped, not run
+
+
+def test_a_refused_call_returns_its_budget_at_once(embedder: Embedder) -> None:
+    calls: list[str] = []
+    ctx = RequestContext(0)  # already past its deadline: nothing is queued
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(embedder.embed_async([grey(10)], ["four"], ctx, lambda: calls.append("done")))
+    assert calls == ["done"]
+
+
+def test_a_deadline_on_the_event_loop_path_says_where(embedder: Embedder, models: dict[str, GatedModel]) -> None:
+    models["four"].gate.clear()
+    with pytest.raises(DeadlineExceeded, match=r"during inference \(1 of 1 images unfinished\)"):
+        asyncio.run(embedder.embed_async([grey(10)], ["four"], RequestContext(0.3)))
