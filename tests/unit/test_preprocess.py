@@ -163,6 +163,29 @@ def test_normalise_caffe_bgr_nhwc():
     np.testing.assert_allclose(x[0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-5)
 
 
+@pytest.mark.parametrize("color_order", ["RGB", "BGR"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_normalise_gives_the_plain_formula_bit_for_bit_on_every_pixel(color_order: str, layout: str) -> None:
+    """Every pixel and channel where it belongs, with the float32 values of the obvious numpy code."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)  # not square: rows and columns can't swap unseen
+    spec = PreprocessSpec(height=5, width=7, resize_shorter=0, color_order=color_order, layout=layout)
+    x = pixels.astype(np.float32)
+    if color_order == "BGR":
+        x = x[..., ::-1]
+    a, b = spec.affine
+    expected = x * a - b
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    got = normalise(Image.fromarray(pixels), spec)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == spec.shape
+    np.testing.assert_array_equal(got, expected)
+    # And the meaning: pixel (row 1, column 4), channel "first in the model's order".
+    first = pixels[1, 4, 2 if color_order == "BGR" else 0]
+    value = got[0, 1, 4] if layout == "NCHW" else got[1, 4, 0]
+    assert value == pytest.approx((first * spec.scale - spec.mean[0]) / spec.std[0], rel=1e-5)
+
+
 def test_preprocess_shape_matches_spec():
     spec = PreprocessSpec()
     x = preprocess(encode(gradient(300, 200), "JPEG"), spec, **LIMITS)
