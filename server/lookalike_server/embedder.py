@@ -167,7 +167,7 @@ class _Job:
             fut.cancel()
             fut.add_done_callback(_drop_batches)
         for f in self.outcome_futures():
-            f.cancel()
+            _settle(f, CancelledError())
 
 
 class Embedder:
@@ -351,22 +351,24 @@ class Embedder:
 
     def _finish(self, job: _Job, ctx: RequestContext) -> tuple[dict[str, np.ndarray], Timing]:
         """After the wait: the first failed image's error, the deadline, or the embeddings."""
-        for per_image in job.outcomes:
-            for f in per_image.values():
-                if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
-                    raise exc
+        errors = [
+            exc for f in job.outcome_futures() if f.done() and not f.cancelled() and (exc := f.exception()) is not None
+        ]
+        # An image's own error first: a cancellation is often what it caused.
+        for exc in errors:
+            if not isinstance(exc, CancelledError):
+                raise exc
         unfinished = sum(1 for per_image in job.outcomes if any(not f.done() for f in per_image.values()))
+        if (errors or unfinished) and ctx.cancelled:
+            raise Cancelled("the client cancelled the request")
         if unfinished:
             stage = "preprocessing" if any(not p.done() for p in job.prepared) else "inference"
             raise DeadlineExceeded(
                 f"deadline exceeded during {stage} ({unfinished} of {len(job.outcomes)} images unfinished)"
             )
-        try:
-            results = [{m: f.result() for m, f in per_image.items()} for per_image in job.outcomes]
-        except CancelledError:
-            if ctx.cancelled:
-                raise Cancelled("the client cancelled the request") from None
-            raise DeadlineExceeded("deadline exceeded during inference") from None
+        if errors:  # cancelled, but not by the client: the deadline, or the server stopping
+            raise DeadlineExceeded("deadline exceeded during inference")
+        results = [{m: f.result() for m, f in per_image.items()} for per_image in job.outcomes]
         timing = Timing()
         # Every outcome is settled, so every image's task has queued its
         # tensors; the task's own future is at most a moment behind.
@@ -419,7 +421,11 @@ class Embedder:
             for m, tensor in tensors.items():
                 futures[m] = ctx.track(self.batchers[m].submit(tensor, deadline=ctx.deadline, announced=True))
                 futures[m].add_done_callback(functools.partial(_settle_from, outcome[m]))
-        except BaseException:
+        except BaseException as exc:
+            # The image's own error settles its outcomes before its queued runs
+            # are cancelled, so the caller is told the error, not "cancelled".
+            for m in specs:
+                _settle(outcome[m], exc)
             for f in futures.values():
                 f.cancel()
             # Announcements of the models this image never reached.
@@ -441,7 +447,7 @@ class Embedder:
         if fut.cancelled():
             self._withdraw(specs, 1)
             for f in outcome.values():
-                f.cancel()
+                _settle(f, CancelledError())
             return
         exc = fut.exception()
         if exc is not None:
@@ -538,7 +544,11 @@ def _settle(dst: Future[Any], exc: BaseException | None = None, result: Any = No
     """Sets ``dst``'s exception (or result) unless it is already settled.
 
     Two threads may race to settle one outcome (a batch finishing as its
-    image's task fails on another model); the first one wins.
+    image's task fails on another model); the first one wins. Outcomes are
+    never ``cancel()``-ed but settled with a ``CancelledError``: a plain
+    future's ``cancel()`` does not wake ``concurrent.futures.wait`` (only an
+    executor's ``set_running_or_notify_cancel`` does), so a waiter on a
+    cancelled outcome would sleep until its deadline, or for ever.
     """
     try:
         if exc is not None:
@@ -552,7 +562,7 @@ def _settle(dst: Future[Any], exc: BaseException | None = None, result: Any = No
 def _settle_from(dst: Future[Any], src: Future[Any]) -> None:
     """Done callback: gives ``dst`` what ``src`` ended with (result, error or cancellation)."""
     if src.cancelled():
-        dst.cancel()
+        _settle(dst, CancelledError())
     elif (exc := src.exception()) is not None:
         _settle(dst, exc)
     else:

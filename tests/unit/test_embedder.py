@@ -24,7 +24,7 @@ from lookalike_server.autotune import BatchPlan
 from lookalike_server.config import LimitsConfig
 from lookalike_server.domain import RequestContext
 from lookalike_server.embedder import Embedder
-from lookalike_server.errors import DeadlineExceeded, InvalidArgument
+from lookalike_server.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from lookalike_server.preprocess_spec import PreprocessSpec
 
 
@@ -181,3 +181,38 @@ def test_a_deadline_on_the_event_loop_path_says_where(embedder: Embedder, models
     models["four"].gate.clear()
     with pytest.raises(DeadlineExceeded, match=r"during inference \(1 of 1 images unfinished\)"):
         asyncio.run(embedder.embed_async([grey(10)], ["four"], RequestContext(0.3)))
+
+
+@pytest.mark.parametrize("on_loop", [False, True])
+def test_a_client_cancel_ends_the_wait_at_once_even_while_the_model_is_busy(
+    embedder: Embedder, models: dict[str, GatedModel], on_loop: bool
+) -> None:
+    """A waiter is woken by its queued image's cancellation; it does not sleep until a deadline (or for ever)."""
+    model = models["four"]
+    model.gate.clear()
+    holder = threading.Thread(target=embedder.embed, args=([grey(5)], ["four"], RequestContext(30)))
+    holder.start()
+    assert model.started.acquire(timeout=10)
+    ctx = RequestContext(None)  # no deadline: only the cancellation can end the wait
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            if on_loop:
+                asyncio.run(embedder.embed_async([grey(10)], ["four"], ctx))
+            else:
+                embedder.embed([grey(10)], ["four"], ctx)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 10
+    while embedder.batchers["four"].stats().queue_depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)  # the image is decoded and queued behind the held run
+    ctx.cancel()
+    caller.join(5)
+    assert not caller.is_alive(), "the cancelled call still waits"
+    assert isinstance(outcome[0], Cancelled)
+    model.gate.set()
+    holder.join(10)
