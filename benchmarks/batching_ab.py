@@ -218,6 +218,23 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options the interleaved scripts share: ``--model``, ``--registry``, ``--images``, ``--image-size``."""
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--registry", default=str(REPO / "models" / "models.toml"))
+    parser.add_argument("--images", default=None, help="photo folder (default: as lookalike bench)")
+    parser.add_argument("--image-size", type=int, default=640)
+
+
+def embed_only_flags(args: argparse.Namespace, providers: str = "CPUExecutionProvider") -> list[str]:
+    """lookalike-server flags for ``args.model`` alone, with no stores, then ``args.server_arg``."""
+    return [
+        "--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model,
+        "--models-providers", providers, "--log-level", "WARNING",
+        "--stores", "false", "--data-dir", str(REPO / ".cache" / "bench-data" / "none"), *args.server_arg,
+    ]  # fmt: skip
+
+
 def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace, stem: str) -> tuple[Path, Path, list[bytes]]:
     """Checks ``--rounds``; the JSON path (default ``results/<stem>-DATE.json``), the logs folder, the photos."""
     if args.rounds < 1:
@@ -232,10 +249,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace, stem:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the interleaved A/B and writes its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--registry", default=str(REPO / "models" / "models.toml"))
-    parser.add_argument("--images", default=None, help="photo folder (default: as lookalike bench)")
-    parser.add_argument("--image-size", type=int, default=640)
+    add_model_args(parser)
     parser.add_argument("--concurrency", type=bench._int_list, default=[1, 4, 16, 32])
     parser.add_argument("--rounds", type=int, default=5, help="on/off pairs per concurrency")
     parser.add_argument("--warmup", type=float, default=0.5)

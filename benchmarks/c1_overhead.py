@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_report  # noqa: E402
 import compare  # noqa: E402
-from batching_ab import median_interval, prepare_run  # noqa: E402
+from batching_ab import add_model_args, embed_only_flags, median_interval, prepare_run  # noqa: E402
 
 FLOOR_SERVER = """
 import asyncio, sys, grpc
@@ -153,10 +153,7 @@ def servers(codes: Sequence[str], flags: Sequence[str], logs: Path) -> Iterator[
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the rounds and writes their JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--registry", default=str(REPO / "models" / "models.toml"))
-    parser.add_argument("--images", default=None, help="photo folder (default: as lookalike bench)")
-    parser.add_argument("--image-size", type=int, default=640)
+    add_model_args(parser)
     parser.add_argument(
         "--code", action="append", default=[], help="a checkout's server/ folder (repeat; default: this one)"
     )
@@ -171,11 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out, logs, images = prepare_run(parser, args, "c1-overhead")
     codes = args.code or [str(REPO / "server")]
-    flags = [
-        "--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model,
-        "--models-providers", "CPUExecutionProvider", "--log-level", "WARNING",
-        "--stores", "false", "--data-dir", str(REPO / ".cache" / "bench-data" / "none"), *args.server_arg,
-    ]  # fmt: skip
+    flags = embed_only_flags(args)
     started = time.monotonic()
     per_code: list[list[dict[str, float]]] = [[] for _ in codes]
     floor: list[dict[str, float]] = []

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
 import bench_report  # noqa: E402
 import compare  # noqa: E402
-from batching_ab import _choice, median_interval, prepare_run  # noqa: E402
+from batching_ab import _choice, add_model_args, embed_only_flags, median_interval, prepare_run  # noqa: E402
 
 from lookalike import bench  # noqa: E402
 
@@ -77,10 +77,7 @@ def summary(rounds: Sequence[dict[str, float]]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the interleaved rounds and writes their JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--registry", default=str(REPO / "models" / "models.toml"))
-    parser.add_argument("--images", default=None, help="photo folder (default: as lookalike bench)")
-    parser.add_argument("--image-size", type=int, default=640)
+    add_model_args(parser)
     parser.add_argument("--at", type=int, default=32, help="the concurrency the throughput ratio reads")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=float, default=0.5)
@@ -96,11 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_cpus = bench_report.parse_cpus(args.server_cpus) or None
     # The load generator on the other cores, so it takes nothing from the profile.
     client_cpus = (os.sched_getaffinity(0) - server_cpus) or None if server_cpus else None
-    flags = [
-        "--models-registry", str(Path(args.registry).resolve()), "--models-only", args.model,
-        "--models-providers", ",".join(providers), "--log-level", "WARNING",
-        "--stores", "false", "--data-dir", str(REPO / ".cache" / "bench-data" / "none"), *args.server_arg,
-    ]  # fmt: skip
+    flags = embed_only_flags(args, ",".join(providers))
     # compare.sweep reads these from its namespace.
     window = argparse.Namespace(model=args.model, warmup=args.warmup, duration=args.duration, concurrency=[1, args.at])
     started = time.monotonic()

@@ -62,6 +62,15 @@ def grey(level: int) -> bytes:
     return buf.getvalue()
 
 
+def hold_the_worker(embedder: Embedder, model: GatedModel) -> threading.Thread:
+    """Closes the model's gate and starts another request whose run then holds the only worker."""
+    model.gate.clear()
+    holder = threading.Thread(target=embedder.embed, args=([grey(5)], [model.spec.name], RequestContext(30)))
+    holder.start()
+    assert model.started.acquire(timeout=10)
+    return holder
+
+
 @pytest.fixture
 def models() -> dict[str, GatedModel]:
     return {"four": GatedModel("four", 4), "three": GatedModel("three", 3)}
@@ -104,11 +113,8 @@ def test_a_bad_image_fails_the_request_and_drops_its_other_images(
     embedder: Embedder, models: dict[str, GatedModel]
 ) -> None:
     model = models["four"]
-    model.gate.clear()
     # Another request's image holds the model's only worker...
-    holder = threading.Thread(target=embedder.embed, args=([grey(5)], ["four"], RequestContext(30)))
-    holder.start()
-    assert model.started.acquire(timeout=10)
+    holder = hold_the_worker(embedder, model)
     # ...while this one fails on its third image, without waiting for the run.
     with pytest.raises(InvalidArgument, match="image 2"):
         embedder.embed([grey(10), grey(20), b"not an image at all", grey(30)], ["four"], RequestContext(30))
@@ -189,10 +195,7 @@ def test_a_client_cancel_ends_the_wait_at_once_even_while_the_model_is_busy(
 ) -> None:
     """A waiter is woken by its queued image's cancellation; it does not sleep until a deadline (or for ever)."""
     model = models["four"]
-    model.gate.clear()
-    holder = threading.Thread(target=embedder.embed, args=([grey(5)], ["four"], RequestContext(30)))
-    holder.start()
-    assert model.started.acquire(timeout=10)
+    holder = hold_the_worker(embedder, model)
     ctx = RequestContext(None)  # no deadline: only the cancellation can end the wait
     outcome: list[BaseException] = []
 
