@@ -144,22 +144,26 @@ class _Job:
 
     def when_settled(self, callback: Callable[[], None]) -> None:
         """Calls ``callback`` once: when every outcome is settled, or as soon as one has failed."""
-        _when_done(self.outcome_futures(), callback, stop_on_failure=True)
+        futures = self.outcome_futures()
+        latch = _Latch(len(futures), callback)
+        for f in futures:
+            f.add_done_callback(lambda f: latch.count(failed=not f.cancelled() and f.exception() is not None))
 
     def when_work_done(self, callback: Callable[[], None]) -> None:
         """Calls ``callback`` once, when every task and batch run this job queued has ended."""
+        images = _Latch(len(self.prepared), callback)
 
-        def image_done(prep: Future[_Prepared], done: Callable[[], None]) -> None:
+        def image_done(prep: Future[_Prepared]) -> None:
             if prep.cancelled() or prep.exception() is not None:
-                done()
-            else:
-                _when_done(list(prep.result().futures.values()), done)
+                images.count()
+                return
+            runs = list(prep.result().futures.values())
+            image = _Latch(len(runs), images.count)
+            for f in runs:
+                f.add_done_callback(lambda _f: image.count())
 
-        def each_image(done: Callable[[], None]) -> None:
-            for prep in self.prepared:
-                prep.add_done_callback(functools.partial(image_done, done=done))
-
-        _countdown(len(self.prepared), callback, each_image)
+        for prep in self.prepared:
+            prep.add_done_callback(image_done)
 
     def abort(self) -> None:
         """Leaves nothing queued, including what an image still decoding queues when it is done."""
@@ -483,43 +487,28 @@ def _timeout(remaining: float | None) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
-def _countdown(n: int, callback: Callable[[], None], start: Callable[[Callable[[], None]], None]) -> None:
-    """Calls ``callback`` once ``n`` calls of the ``done`` that ``start`` is given have been made (at once if 0)."""
-    if n == 0:
-        callback()
-        return
-    left = [n]
-    lock = threading.Lock()
+class _Latch:
+    """Calls ``callback`` once: after ``n`` calls of :meth:`count` (at once if ``n`` is 0), or at the first failed one.
 
-    def done() -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
+    Counts arrive from any thread (futures' done callbacks).
+    """
+
+    def __init__(self, n: int, callback: Callable[[], None]) -> None:
+        self._left = n
+        self._fired = n == 0
+        self._callback = callback
+        self._lock = threading.Lock()
+        if self._fired:
             callback()
 
-    start(done)
-
-
-def _when_done(futures: Sequence[Future[Any]], callback: Callable[[], None], stop_on_failure: bool = False) -> None:
-    """Calls ``callback`` once: when every future is done, or (``stop_on_failure``) when one fails."""
-    fired = [False]
-    left = [len(futures)]
-    lock = threading.Lock()
-
-    def on_done(f: Future[Any]) -> None:
-        failed = stop_on_failure and not f.cancelled() and f.exception() is not None
-        with lock:
-            left[0] -= 1
-            if fired[0] or (left[0] and not failed):
+    def count(self, failed: bool = False) -> None:
+        """One of the ``n`` has ended (``failed``: end the wait now)."""
+        with self._lock:
+            self._left -= 1
+            if self._fired or (self._left and not failed):
                 return
-            fired[0] = True
-        callback()
-
-    if not futures:
-        callback()
-    for f in futures:
-        f.add_done_callback(on_done)
+            self._fired = True
+        self._callback()
 
 
 def _wake(loop: asyncio.AbstractEventLoop, settled: asyncio.Future[None]) -> None:

@@ -331,9 +331,11 @@ def normalise(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
         np.multiply(pixels.transpose(2, 0, 1), a[:, None, None], out=out)
         np.subtract(out, b[:, None, None], out=out)
         return out
+    # The coefficients repeated along a row, made once per model.
+    row_a, row_b = spec.affine_rows if w == spec.width else (np.tile(a, w), np.tile(b, w))
     rows = np.empty((h, w * 3), np.float32)
-    np.multiply(pixels.reshape(h, w * 3), np.tile(a, w), out=rows)
-    np.subtract(rows, np.tile(b, w), out=rows)
+    np.multiply(pixels.reshape(h, w * 3), row_a, out=rows)
+    np.subtract(rows, row_b, out=rows)
     return rows.reshape(h, w, 3)
 
 

@@ -142,6 +142,12 @@ class PreprocessSpec:
         std = np.asarray(self.std, dtype=np.float32)
         return np.float32(self.scale) / std, np.asarray(self.mean, dtype=np.float32) / std
 
+    @functools.cached_property
+    def affine_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """:attr:`affine` repeated along one row of ``width`` pixels ``(W * 3,)``, for NHWC input."""
+        a, b = self.affine
+        return np.tile(a, self.width), np.tile(b, self.width)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """Shape of the tensor fed to the graph, without the batch axis.
