@@ -73,6 +73,22 @@ def test_exif_orientation_is_applied():
     assert out.size == (32, 64)
 
 
+def test_decoding_an_upright_rgb_jpeg_makes_no_second_copy_of_its_pixels(monkeypatch):
+    # Pillow's exif_transpose returns a full copy when there is nothing to
+    # turn, unless asked to work in place: a second buffer the size of the
+    # decoded image for every request.
+    def no_copy(self):
+        raise AssertionError("decoded pixels copied")
+
+    data = encode(gradient(64, 32), "JPEG")
+    monkeypatch.setattr(Image.Image, "copy", no_copy)
+    out = decode_image(data, **LIMITS)
+    assert out.mode == "RGB" and out.size == (64, 32)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_image(encode(gradient(64, 32), "JPEG", exif=exif.tobytes()), **LIMITS).size == (32, 64)
+
+
 def test_transparency_is_composited_onto_white():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     out = decode_image(encode(rgba, "PNG"), **LIMITS)
