@@ -106,10 +106,14 @@ class Admission:
         self._lock = threading.Lock()
         self._stats = AdmissionStats()
         self._model_inflight = dict.fromkeys(self.model_budgets, 0)
-        # Throughput estimate per model: releases in the last _WINDOW_S while busy.
+        # Throughput estimate per model: releases in the last _WINDOW_S while
+        # busy, each as (time, images released so far, busy seconds so far).
+        # Running totals, so the estimate is O(1) per call however many
+        # releases the window holds (15,000 at 3,000 img/s).
         self._done: dict[str, collections.deque[tuple[float, int, float]]] = {
             m: collections.deque() for m in model_budgets
         }
+        self._released = dict.fromkeys(self.model_budgets, 0)
         self._busy_since: dict[str, float | None] = dict.fromkeys(self.model_budgets)
         self._busy_acc = dict.fromkeys(self.model_budgets, 0.0)
         self._clock = clock
@@ -132,7 +136,7 @@ class Admission:
         if len(done) < 2:
             return None
         busy = self._busy(model, now) - done[0][2]
-        count = sum(n for _, n, _ in done) - done[0][1]
+        count = done[-1][1] - done[0][1]  # images released after the window's first release
         if busy < _MIN_SPAN_S or count < _MIN_SAMPLES:
             return None
         return count / busy
@@ -295,7 +299,8 @@ class Admission:
             now = self._clock()
             for m in permit.models:
                 self._model_inflight[m] -= permit.images
-                self._done[m].append((now, permit.images, self._busy(m, now)))
+                self._released[m] += permit.images
+                self._done[m].append((now, self._released[m], self._busy(m, now)))
                 if self._model_inflight[m] == 0:
                     self._busy_acc[m] = self._busy(m, now)
                     self._busy_since[m] = None

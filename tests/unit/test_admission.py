@@ -47,6 +47,21 @@ def test_bad_headers_and_oversized_requests_are_invalid_argument_not_overload():
     assert adm.stats().inflight_images == 0
 
 
+def test_throughput_counts_every_image_of_multi_image_calls_after_the_window_opens():
+    clock = Clock()
+    adm = Admission(LimitsConfig(), {"m": 256}, clock=clock)
+    sizes = [1, 4, 2, 8, 3, 5, 6, 7]
+    permits = [adm.admit([png()] * n, ["m"]) for n in sizes]
+    for p in permits:
+        clock.t += 0.25
+        p.release()
+    # The first release opens the window; the other 35 images took 7 x 0.25 s.
+    assert adm.throughput("m") == pytest.approx(35 / 1.75)
+    clock.t += 4.0  # busy time stands still while idle; releases before t = 1.0 leave the 5-s window
+    # The window now opens at the release of 8 images (t = 1.0): 3 + 5 + 6 + 7 images in 1 busy second.
+    assert adm.throughput("m") == pytest.approx(21 / 1.0)
+
+
 def test_wait_estimate_and_deadline():
     clock = Clock()
     adm = Admission(LimitsConfig(max_queue_wait_ms=500), {"m": 64}, clock=clock)
