@@ -153,12 +153,39 @@ def timing_pb(t: Timing) -> pb.ServerTiming:
     )
 
 
+# The key of Embedding.values as a packed field (field 1, length-delimited).
+_VALUES_KEY = bytes([pb.Embedding.DESCRIPTOR.fields_by_name["values"].number << 3 | 2])
+
+
+def _varint(n: int) -> bytes:
+    """``n`` as a protobuf base-128 varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def embedding_pb(row: np.ndarray) -> pb.Embedding:
+    """One vector → ``Embedding``, parsed from its packed wire form.
+
+    A packed ``repeated float`` is its little-endian float32 bytes behind a
+    key and a length, so parsing those is a copy. Building the message from
+    a Python list converts every value twice instead: 27 µs against 4 µs for
+    1280 floats, 2.7 ms against 0.13 ms for 64 x 2048 (2-core EPYC). The
+    values are the same bits (tests/unit/test_proto_convert.py).
+    """
+    raw = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    return pb.Embedding.FromString(_VALUES_KEY + _varint(len(raw)) + raw)
+
+
 def embed_response(model: str, vectors: np.ndarray, timing: Timing) -> pb.EmbedResponse:
     """One model's embeddings (one row per image) → proto."""
     return pb.EmbedResponse(
         model=model,
         dim=vectors.shape[1],
-        embeddings=[pb.Embedding(values=row) for row in vectors.tolist()],
+        embeddings=[embedding_pb(row) for row in vectors],
         timing=timing_pb(timing),
     )
 

@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 
 
 # Embed responses up to this many floats are built on the event loop (about
-# 70 ns a float: 16k is about 1 ms); larger ones on a unary thread.
-LOOP_RESPONSE_FLOATS = 16_384
+# 1 ns a float, from packed bytes: 256k is a quarter of a millisecond); larger
+# ones, which only a raised limits.max_images_per_request allows, on a unary thread.
+LOOP_RESPONSE_FLOATS = 262_144
 
 
 def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -183,8 +184,8 @@ class LookalikeServicer:
         )
         if vectors.size <= LOOP_RESPONSE_FLOATS:
             return embed_response(request.model, vectors, timing)
-        # A large response takes milliseconds to build (64 x 2048 floats:
-        # about 11 ms), which the loop owes to other calls.
+        # A very large response would hold the loop for milliseconds, which it
+        # owes to other calls.
         return await asyncio.get_running_loop().run_in_executor(
             self._unary_pool, embed_response, request.model, vectors, timing
         )
