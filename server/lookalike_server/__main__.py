@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import logging
 import os
@@ -48,6 +49,20 @@ def port_problem(host: str, port: int) -> str:
             why = "already in use (another server is listening)" if exc.errno == errno.EADDRINUSE else exc.strerror
             return f"cannot listen on {host}:{port}: {why}; choose another --port (or LOOKALIKE_PORT)"
     return ""
+
+
+def freeze_startup_objects() -> None:
+    """Moves what start-up made (modules, models, stores) out of the garbage collector's sight.
+
+    Those objects live as long as the process, yet every full collection
+    walked them all: about 55,000 of them, a 23-44 ms pause of every Python
+    thread (MobileNetV2 server, 2-core EPYC), on the event loop too. Frozen,
+    they are still freed by reference counting; only cycles among them would
+    stay, and start-up's cycles are collected first. The pattern is CPython's
+    own advice for long-running servers (``gc.freeze`` documentation).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("start-up failed: %s", exc.message)
         server.stop(0)
         return 1
+    freeze_startup_objects()
     # Prints the bound port on its own line, for scripts that start with --port 0.
     print(f"lookalike-server ready on {config.host}:{port}", flush=True)
     server.wait()
