@@ -64,6 +64,12 @@ shutdown, whatever the models and stores do. For a Kubernetes liveness probe, wh
 restart replicas because Milvus or Redis is away (``""`` and the service name say that)."""
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# At shutdown, new calls are refused with UNAVAILABLE for this long before the
+# gRPC server stops. gRPC's stop resets calls that have reached the transport
+# but not yet the servicer, and a client sees those as CANCELLED, which retry
+# policies do not retry; while the servicer refuses, that backlog is answered
+# UNAVAILABLE and clients move on. Shorter when grace_s is.
+REFUSE_BEFORE_STOP_S = 0.25
 
 
 def budget_for(config: Config) -> ThreadBudget:
@@ -366,6 +372,8 @@ class LookalikeServer:
                 time.sleep(self.config.shutdown_delay_s)
             self._draining = True
             if self._loop.is_running():
+                if grace:
+                    time.sleep(min(REFUSE_BEFORE_STOP_S, grace))
                 self._call(self.grpc_server.stop(grace))
             self.servicer.close()
             if self.metrics is not None:

@@ -346,6 +346,34 @@ def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(photos)
     assert not stopper.is_alive()
 
 
+def test_calls_queued_in_grpc_when_shutdown_begins_are_refused_unavailable_not_cancelled():
+    # gRPC's stop resets calls that reached the transport but not yet the
+    # servicer; clients see CANCELLED, which retry policies do not retry. Hold
+    # the event loop so that calls queue there, then stop as it frees.
+    live = start_server(stores=False, models=ModelsConfig(only=("mobilenet_v2",)))
+    stub = stub_for(live.target)
+    stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    live.server._loop.call_soon_threadsafe(time.sleep, 0.5)
+    time.sleep(0.05)
+    calls = [stub.ListModels.future(pb.ListModelsRequest(), timeout=10) for _ in range(8)]
+    time.sleep(0.1)  # they have reached the server, whose loop is still held
+    stopper = threading.Thread(target=live.server.stop, kwargs={"grace": 5})
+    stopper.start()
+    codes = []
+    for call in calls:
+        try:
+            call.result()
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                assert "shutting down" in exc.details()
+    stopper.join(20)
+    assert not stopper.is_alive()
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert grpc.StatusCode.UNAVAILABLE in codes  # the stop did overlap the queued calls
+
+
 def test_health_is_not_serving_until_models_are_warm():
     from lookalike_server.app import build_server
     from lookalike_server.config_loading import load_config
