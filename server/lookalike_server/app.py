@@ -49,6 +49,7 @@ from lookalike_server.registry_reader import load_registry
 from lookalike_server.service import LookalikeService
 from lookalike_server.servicer import LookalikeServicer
 from lookalike_server.thread_budget import ThreadBudget, cpu_limits, thread_budget
+from lookalike_server.thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from lookalike_server.store.milvus import MilvusStore
@@ -194,6 +195,7 @@ class LookalikeServer:
             raise
 
     def _run_loop(self) -> None:
+        name_os_thread()
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from lookalike_server.errors import DeadlineExceeded, InternalError, Overloaded, ShuttingDown
+from lookalike_server.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ class MicroBatcher(Generic[T, R]):
                 return batch, alone
 
     def _loop(self) -> None:
+        name_os_thread()
         if self._thread_init is not None:
             self._thread_init()
         while True:

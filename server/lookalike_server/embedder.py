@@ -32,6 +32,7 @@ from lookalike_server.models import OnnxModel
 from lookalike_server.preprocess import DecodePlan, PreprocessSpec, decode_image, plan_decodes, to_tensor
 from lookalike_server.priority import lower_this_thread
 from lookalike_server.thread_budget import usable_cores
+from lookalike_server.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class FairExecutor:
             return task
 
     def _work(self) -> None:
+        name_os_thread()
         if self._thread_init is not None:
             self._thread_init()
         while (task := self._next()) is not None:

@@ -33,6 +33,7 @@ from lookalike_server.ingest import Ingestor
 from lookalike_server.models import l2_normalise
 from lookalike_server.store import Stores
 from lookalike_server.store.redis_records import STATE_COMPLETE
+from lookalike_server.thread_names import name_os_thread
 from lookalike_server.validation import (
     MAX_TOP_K,
     check_attribute_name,
@@ -67,7 +68,7 @@ class Searcher:
         self._ingest = ingest
         self.collections = ingest.collections
         # Per-model Milvus searches of one query run side by side here.
-        self._io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-io")
+        self._io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-io", initializer=name_os_thread)
 
     def _check_filter(self, query: SearchQuery) -> None:
         attrs = query.filter.attributes

@@ -51,6 +51,7 @@ from lookalike_server.rpc_calls import (
     status_code,
 )
 from lookalike_server.streams import StreamRunner
+from lookalike_server.thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from lookalike_server.service import LookalikeService
@@ -128,7 +129,9 @@ class LookalikeServicer:
         self.started = time.monotonic()
         # Latency observer (method, seconds); the app plugs in Prometheus.
         self.observe: Callable[[str, float], None] = lambda method, seconds: None
-        self._unary_pool = ThreadPoolExecutor(max_workers=unary_workers, thread_name_prefix="unary")
+        self._unary_pool = ThreadPoolExecutor(
+            max_workers=unary_workers, thread_name_prefix="unary", initializer=name_os_thread
+        )
         self.streams = StreamRunner(get_service, limits, self.counter, stream_workers)
 
     # ------------------------------------------------------- plumbing --

@@ -38,6 +38,7 @@ from lookalike_server.rpc_calls import (
     run_blocking,
     status_code,
 )
+from lookalike_server.thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from lookalike_server.admission import Permit
@@ -79,7 +80,9 @@ class StreamRunner:
         self.counter = counter
         # Read and written only on the event loop, so no lock.
         self.open_streams = 0
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stream-item")
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="stream-item", initializer=name_os_thread
+        )
 
     async def insert_stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
