@@ -25,6 +25,11 @@ Usage::
 
     python benchmarks/server_cpu.py                                  # ~2 min: this checkout, 5 rounds
     python benchmarks/server_cpu.py --code /tmp/old/server --code server --rounds 8
+    python benchmarks/server_cpu.py --floor      # and a bare grpc.aio echo at the same rate
+
+``--floor`` measures the transport alone: a bare ``grpc.aio`` server that answers
+the same Embed request after a wait chosen so that calls arrive at the rate the
+(last) server managed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import glob
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +55,7 @@ import baselines  # noqa: E402
 import bench_report  # noqa: E402
 import compare  # noqa: E402
 from batching_ab import add_model_args, embed_only_flags, median_interval, prepare_run  # noqa: E402
+from c1_overhead import FLOOR_SERVER  # noqa: E402
 
 GROUPS = ("loop", "decode", "inference", "grpc", "other")
 # OS thread names (15 bytes at most) → group.
@@ -148,6 +155,30 @@ def ceiling_cpu(model: Any, images: Sequence[bytes], seconds: float) -> dict[str
     return {"images_per_s": point["images_per_s"], "total": 1000.0 * cpu * (window / wall) / point["completed"]}
 
 
+def floor_cpu(
+    images: Sequence[bytes], args: argparse.Namespace, rate: float, cpus: set[int], client_cpus: set[int] | None
+) -> dict[str, float]:
+    """A bare ``grpc.aio`` Embed echo (``c1_overhead.FLOOR_SERVER``), pinned as the servers are.
+
+    It answers after ``concurrency / rate`` seconds, so calls arrive at the rate the
+    server managed: a loop woken per call costs more than one fed back to back.
+    """
+    wait_ms = 1000.0 * args.concurrency / rate
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOR_SERVER, str(wait_ms)], stdout=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=pin
+    )
+    try:
+        assert proc.stdout is not None
+        target = f"127.0.0.1:{int(proc.stdout.readline())}"
+        with compare.pinned(client_cpus):
+            row = measure(target, proc.pid, images, args)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"wait_ms": wait_ms, "images_per_s": row["images_per_s"], "total": row["total"]}
+
+
 def summarise(rounds: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
     """Per measure: median, range and 90% interval over rounds."""
     out: dict[str, dict[str, Any]] = {}
@@ -191,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--server-cpus", default="0", help="pin the servers and the ceiling here (taskset notation)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra lookalike-server flag (repeat)")
+    parser.add_argument("--floor", action="store_true", help="also a bare grpc.aio echo at the servers' rate")
     parser.add_argument("--out", default="", help="JSON path (default: benchmarks/results/server-cpu-DATE.json)")
     args = parser.parse_args(argv)
     out, logs, images = prepare_run(parser, args, "server-cpu")
@@ -231,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": vars(args),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
+    if args.floor:
+        rate = results["codes"][codes[-1]]["images_per_s"]["median"]
+        results["floor"] = floor_cpu(images, args, rate, server_cpus, client_cpus)
     if len(codes) > 1:
         first = rows[codes[0]]
         results["paired_total_ms"] = {
@@ -249,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     ceil = results["ceiling"]
     print(f"{'ceiling (in-process, b=1)':<28}{'':>50}{ceil['total']:>10.3f}{ceil['images_per_s']:>9.1f}")
+    if "floor" in results:
+        fl = results["floor"]
+        print(f"{'bare grpc.aio echo':<28}{'':>50}{fl['total']:>10.3f}{fl['images_per_s']:>9.1f}")
     for c, diffs in results.get("paired_total_ms", {}).items():
         low, high = median_interval(diffs)
         print(
