@@ -136,18 +136,10 @@ def floor_server(wait_ms: float) -> Iterator[str]:
 def servers(codes: Sequence[str], flags: Sequence[str], logs: Path) -> Iterator[list[str]]:
     """One lookalike server per ``server/`` folder, all up at once."""
     with contextlib.ExitStack() as stack:
-        targets = []
-        for i, code in enumerate(codes):
-            before = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(Path(code).resolve())
-            try:
-                targets.append(stack.enter_context(compare.running_server(flags, logs / f"c1-overhead-{i}.log")))
-            finally:
-                if before is None:
-                    del os.environ["PYTHONPATH"]
-                else:
-                    os.environ["PYTHONPATH"] = before
-        yield targets
+        yield [
+            stack.enter_context(compare.running_server(flags, logs / f"c1-overhead-{i}.log", code=code))
+            for i, code in enumerate(codes)
+        ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,20 +92,23 @@ def running_server(
     ready_timeout: float = 300.0,
     pid_out: list[int] | None = None,
     cpus: set[int] | None = None,
+    code: str | None = None,
 ) -> Iterator[str]:
     """Starts ``lookalike-server`` with ``args`` and yields its target.
 
     Waits for the "ready on" line (printed once models are warm and stores
     open), and stops the process with SIGTERM (graceful) on exit. The
     process id is appended to ``pid_out`` when given; ``cpus`` pins it
-    (its thread budget then sees only those).
+    (its thread budget then sees only those); ``code``, a checkout's
+    ``server/`` folder, is imported instead of this one's (A/B runs).
     """
     port = free_port()
     cmd = [sys.executable, "-m", "lookalike_server", "--port", str(port), "--grace-s", "1", *args]
-    log(f"server: {' '.join(cmd[2:])}")
+    log(f"server: {' '.join(cmd[2:])}" + (f" (code: {code})" if code else ""))
+    env = {**os.environ, "PYTHONPATH": str(Path(code).resolve())} if code else None
     with open(log_path, "w") as out:
         pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=pin)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=pin, env=env)
         if pid_out is not None:
             pid_out.append(proc.pid)
         try:

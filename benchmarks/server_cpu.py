@@ -195,19 +195,11 @@ def servers(codes: Sequence[str], flags: Sequence[str], logs: Path, cpus: set[in
     with contextlib.ExitStack() as stack:
         out = []
         for i, code in enumerate(codes):
-            before = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(Path(code).resolve())
             pids: list[int] = []
-            try:
-                target = stack.enter_context(
-                    compare.running_server(flags, logs / f"server-cpu-{i}.log", pid_out=pids, cpus=cpus)
-                )
-            finally:
-                if before is None:
-                    del os.environ["PYTHONPATH"]
-                else:
-                    os.environ["PYTHONPATH"] = before
-            out.append((target, pids[0]))
+            log = logs / f"server-cpu-{i}.log"
+            out.append(
+                (stack.enter_context(compare.running_server(flags, log, pid_out=pids, cpus=cpus, code=code)), pids[0])
+            )
         yield out
 
 
