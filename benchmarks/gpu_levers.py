@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_report  # noqa: E402
 import compare  # noqa: E402
+import server_cpu  # noqa: E402
 
 from lookalike import bench  # noqa: E402
 
@@ -230,11 +231,21 @@ class Sweep:
         """Starts a server with the lever's settings, sweeps it, records the series and start-up time."""
         ready_timeout = float(record.pop("_ready_timeout", 300.0))
         t0 = time.monotonic()
+        pids: list[int] = []
         with compare.running_server(
-            server_args(args, model, extra), args.logs / f"server-{record['lever']}.log", ready_timeout=ready_timeout
+            server_args(args, model, extra),
+            args.logs / f"server-{record['lever']}.log",
+            ready_timeout=ready_timeout,
+            pid_out=pids,
         ) as target:
             record["startup_s"] = round(time.monotonic() - t0, 1)
+            before, swept = server_cpu.thread_cpu(pids[0]), time.monotonic()
             series, models = compare.sweep(target, f"{record['lever']}", images, args, models=[model])
+            # Which of the server's threads kept how many cores busy over the sweep: a
+            # loop near one core, or decoding at the host's cores, is the limit.
+            record["server_cores"] = server_cpu.cores_by_group(
+                before, server_cpu.thread_cpu(pids[0]), time.monotonic() - swept
+            )
         series["lever"] = record["lever"]
         if models:
             record["providers"] = list(models[0].providers)
@@ -383,8 +394,8 @@ def lever_table(steps: Sequence[dict[str, Any]], at: int, p99_at: str) -> str:
     base = next((s.get("images_per_s") for s in steps if s["lever"] == "baseline"), None)
     out = [
         f"| lever | status | img/s at c={at} | × baseline | verdict | p99 at {p99_at}, ms | start-up, s "
-        "| how to turn it on |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server cores over the sweep: loop / decode / inference / gRPC (busiest thread) | how to turn it on |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         ips = s.get("images_per_s")
@@ -402,9 +413,19 @@ def lever_table(steps: Sequence[dict[str, Any]], at: int, p99_at: str) -> str:
         out.append(
             f"| {s['lever']} | {status} | {shown} | {_f(ratio, 2)} | "
             f"{'baseline/ceiling' if s['lever'] == 'ceiling' and ratio else verdict(ratio) if ratio else '–'} | "
-            f"{_f(p99)} | {startup if startup is not None else '–'} | {s['how']} |"
+            f"{_f(p99)} | {startup if startup is not None else '–'} | {_cores(s.get('server_cores'))} | {s['how']} |"
         )
     return "\n".join(out)
+
+
+def _cores(c: dict[str, Any] | None) -> str:
+    """``loop / decode / inference / gRPC (busiest thread: share)`` in cores, or a dash."""
+    if not c:
+        return "–"
+    return (
+        f"{c['loop']:.2f} / {c['decode']:.2f} / {c['inference']:.2f} / {c['grpc']:.2f} "
+        f"({c['busiest_thread']}: {c['busiest_share']:.2f})"
+    )
 
 
 def _f(v: Any, digits: int = 1) -> str:

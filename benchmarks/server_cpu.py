@@ -109,6 +109,28 @@ def per_call(
     return ms
 
 
+def cores_by_group(
+    before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]], seconds: float
+) -> dict[str, Any]:
+    """How many cores each group kept busy over ``seconds`` of wall time, and the busiest thread.
+
+    A thread near 1.0 core is a ceiling of its own, however many cores the
+    machine has: the event loop is one thread.
+    """
+    cores = dict.fromkeys(GROUPS, 0.0)
+    busiest = ("", 0.0)
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        cores[thread_group(name)] += used / seconds
+        if used / seconds > busiest[1]:
+            busiest = (name, used / seconds)
+    return {
+        **{g: round(c, 3) for g, c in cores.items()},
+        "busiest_thread": busiest[0],
+        "busiest_share": round(busiest[1], 3),
+    }
+
+
 async def _load(target: str, images: Sequence[bytes], model: str, concurrency: int, seconds: float) -> int:
     """Single-image Embed calls, ``concurrency`` at once, for ``seconds``; how many completed."""
     import grpc

@@ -66,6 +66,9 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
         assert [p["label"] for p in points] == ["c=1", "c=2"]
         assert all(p["ok"] > 0 and p["errors"] == 0 for p in points), lever
         assert steps[lever]["images_per_s"] > 0 and steps[lever]["providers"] == ["CPUExecutionProvider"]
+        # Which threads kept the host busy: the loop and the decoding threads by the names the server gives them.
+        cores = steps[lever]["server_cores"]
+        assert cores["loop"] > 0 and cores["decode"] > 0 and cores["busiest_thread"], (lever, cores)
     # The variants the uint8 and fp16 steps served were made and parity-checked by the exporter.
     variants = steps["variants"]["variants"]
     assert variants["uint8"]["entry"] == "tiny_u8" and variants["uint8"]["min_cosine"] >= 0.99999

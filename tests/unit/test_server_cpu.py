@@ -68,3 +68,13 @@ def test_rounds_are_summarised_by_median_range_and_interval() -> None:
     assert got["total"]["median"] == 2.0 and got["total"]["min"] == 1.0 and got["total"]["max"] == 3.0
     low, high = got["images_per_s"]["ci90"]
     assert 1.0 <= low <= 2.0 <= high <= 3.0
+
+
+def test_cores_by_group_finds_a_saturated_loop_among_many_busy_threads() -> None:
+    before = {1: ("grpc-aio", 0.0), 2: ("preprocess-0", 0.0), 3: ("preprocess-1", 0.0)}
+    after = {1: ("grpc-aio", 9.8), 2: ("preprocess-0", 6.0), 3: ("preprocess-1", 7.0), 4: ("batcher-m-0", 2.0)}
+    got = server_cpu.cores_by_group(before, after, seconds=10.0)
+    assert got["loop"] == pytest.approx(0.98)
+    assert got["decode"] == pytest.approx(1.3)  # more in all, but no one thread near a core
+    assert got["inference"] == pytest.approx(0.2)
+    assert got["busiest_thread"] == "grpc-aio" and got["busiest_share"] == pytest.approx(0.98)
