@@ -148,7 +148,8 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
 
 
 def sweep(target: str, label: str, images: list[bytes], args: argparse.Namespace, **kw: Any) -> tuple[dict, list]:
-    """One ``lookalike bench`` series against ``target``."""
+    """One ``lookalike bench`` series against ``target``; ``progress`` (default: log) hears each point's line."""
+    progress = kw.pop("progress", log)
     spec = bench.BenchSpec(
         target=target,
         method=kw.pop("method", "embed"),
@@ -160,7 +161,7 @@ def sweep(target: str, label: str, images: list[bytes], args: argparse.Namespace
         label=label,
         **kw,
     )
-    return asyncio.run(bench.run_series(spec, progress=log))
+    return asyncio.run(bench.run_series(spec, progress=progress))
 
 
 def prefill(data_dir: Path, model: str, n: int, server_args: Sequence[str]) -> dict[str, Any]:

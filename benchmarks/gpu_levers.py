@@ -239,13 +239,22 @@ class Sweep:
             pid_out=pids,
         ) as target:
             record["startup_s"] = round(time.monotonic() - t0, 1)
-            before, swept = server_cpu.thread_cpu(pids[0]), time.monotonic()
-            series, models = compare.sweep(target, f"{record['lever']}", images, args, models=[model])
-            # Which of the server's threads kept how many cores busy over the sweep: a
-            # loop near one core, or decoding at the host's cores, is the limit.
-            record["server_cores"] = server_cpu.cores_by_group(
-                before, server_cpu.thread_cpu(pids[0]), time.monotonic() - swept
+            # The server's threads' CPU before the sweep and after each point (with its warm-up).
+            marks = [(server_cpu.thread_cpu(pids[0]), time.monotonic())]
+
+            def progress(line: str) -> None:
+                compare.log(line)
+                marks.append((server_cpu.thread_cpu(pids[0]), time.monotonic()))
+
+            series, models = compare.sweep(
+                target, f"{record['lever']}", images, args, models=[model], progress=progress
             )
+            # Which threads kept how many cores busy at c=at: a loop near one core, or
+            # decoding at the host's cores, is the limit there.
+            i = args.concurrency.index(args.at)
+            if len(marks) > i + 1:
+                (before, start), (after, end) = marks[i], marks[i + 1]
+                record["server_cores"] = server_cpu.cores_by_group(before, after, end - start)
         series["lever"] = record["lever"]
         if models:
             record["providers"] = list(models[0].providers)
@@ -394,7 +403,7 @@ def lever_table(steps: Sequence[dict[str, Any]], at: int, p99_at: str) -> str:
     base = next((s.get("images_per_s") for s in steps if s["lever"] == "baseline"), None)
     out = [
         f"| lever | status | img/s at c={at} | × baseline | verdict | p99 at {p99_at}, ms | start-up, s "
-        "| server cores over the sweep: loop / decode / inference / gRPC (busiest thread) | how to turn it on |",
+        f"| server cores at c={at}: loop / decode / inference / gRPC (busiest thread) | how to turn it on |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
