@@ -48,14 +48,23 @@ def load_model(
     registry: str | Path | None = None,
     threads: int = 0,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    spin: bool = True,
 ) -> Any:
-    """The server's ``OnnxModel`` for a registry entry, warmed.
+    """The server's ``OnnxModel`` for a registry entry, warmed, set up as a plain ORT loop would be.
 
     Args:
         name: Model name in the registry.
         registry: ``models.toml`` (default: the repo's).
         threads: ORT intra-op threads; 0 = ORT's default, as the server.
         providers: Execution providers, in priority order.
+        spin: Let ORT's intra-op threads busy-wait between parallel sections,
+            ORT's own default. The server turns it off for its batch sessions
+            (under load spinning takes cores from decoding), but a sequential
+            loop has nothing else to run, and on the 2-core EPYC VM two
+            threads that sleep between sections ran a lone MobileNetV2 image
+            about 1 ms slower and batch 2 about 10% slower than two that spin
+            (2026-12-07, ninth session): a ceiling without it flattered the
+            server. Irrelevant at one thread (no pool).
     """
     from lookalike_server.config import BatchingConfig
     from lookalike_server.models import OnnxModel
@@ -63,7 +72,7 @@ def load_model(
 
     registry = registry or REPO / "models" / "models.toml"
     (spec,) = load_registry(registry, BatchingConfig(max_batch_size=64), only=[name])
-    model = OnnxModel(spec, list(providers), intra_op_threads=threads)
+    model = OnnxModel(spec, list(providers), intra_op_threads=threads, spin_wait=spin)
     model.warmup(timed_runs=0)  # shapes only: the ceiling measures each batch size itself
     return model
 

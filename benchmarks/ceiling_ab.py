@@ -20,12 +20,16 @@ Each round gives:
 Reported: per-round values, their medians, ranges and bootstrap 90% intervals
 (``batching_ab.median_interval``). ``--server-cpus`` pins the server and the
 ceiling to those CPUs and the load generator to the others, as compare.py does
-(the one-core profile: ``--server-cpus 0``).
+(the one-core profile: ``--server-cpus 0``). ``--intra-op-threads N`` is the
+other profile issue 12 names: ONNX Runtime held to N intra-op threads on both
+sides (the server's ``--models-intra-op-threads N`` with its wide session off,
+and the ceiling's session), all cores still usable for the rest.
 
 Usage::
 
     python benchmarks/ceiling_ab.py                      # ~3 min on 2 cores: 9 rounds
     python benchmarks/ceiling_ab.py --server-cpus 0      # the one-core profile
+    python benchmarks/ceiling_ab.py --intra-op-threads 1 # ONNX Runtime on one thread, both sides
     python benchmarks/ceiling_ab.py --rounds 3 --duration 1.5
 """
 
@@ -74,6 +78,17 @@ def summary(rounds: Sequence[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def profile_flags(intra_op_threads: int) -> list[str]:
+    """Server flags holding ONNX Runtime to ``intra_op_threads`` (0: none, the server's own budget).
+
+    The wide session goes off too: it would give a lone batch every core's
+    thread, outside the profile.
+    """
+    if not intra_op_threads:
+        return []
+    return ["--models-intra-op-threads", str(intra_op_threads), "--models-wide-session", "off"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the interleaved rounds and writes their JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -86,14 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--providers", default="CPUExecutionProvider")
     parser.add_argument("--server-arg", action="append", default=[], help="extra lookalike-server flag (repeat)")
     parser.add_argument("--server-cpus", default="", help="pin the server and the ceiling here (taskset notation)")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads for the server's sessions and the ceiling's; 0 = each its default",
+    )
     parser.add_argument("--out", default="", help="JSON path (default: benchmarks/results/ceiling-ab-DATE.json)")
     args = parser.parse_args(argv)
+    if args.intra_op_threads < 0:
+        parser.error("--intra-op-threads must be >= 0")
     out, logs, images = prepare_run(parser, args, "ceiling-ab")
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     server_cpus = bench_report.parse_cpus(args.server_cpus) or None
     # The load generator on the other cores, so it takes nothing from the profile.
     client_cpus = (os.sched_getaffinity(0) - server_cpus) or None if server_cpus else None
-    flags = embed_only_flags(args, ",".join(providers))
+    flags = embed_only_flags(args, ",".join(providers)) + profile_flags(args.intra_op_threads)
     # compare.sweep reads these from its namespace.
     window = argparse.Namespace(model=args.model, warmup=args.warmup, duration=args.duration, concurrency=[1, args.at])
     started = time.monotonic()
@@ -101,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with compare.pinned(server_cpus):
         limits = compare.cpu_limits()
         # Created here, ONNX Runtime's pool threads keep the server's CPUs.
-        model = baselines.load_model(args.model, registry=args.registry, providers=providers, threads=limits.usable)
+        threads = args.intra_op_threads or limits.usable
+        model = baselines.load_model(args.model, registry=args.registry, providers=providers, threads=threads)
     rounds: list[dict[str, Any]] = []
     with compare.running_server(flags, logs / "ceiling-ab.log", cpus=server_cpus) as target:
         with compare.pinned(server_cpus):
@@ -137,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ceiling_sweep": first,
         # The server's plan and threads, from ListModels.
         "choice": _choice(next(m for m in models if m.name == args.model)),
-        "profile": {"usable": limits.usable, "server_cpus": sorted(server_cpus or []), "cores": limits.describe()},
+        "profile": {
+            "usable": limits.usable,
+            "server_cpus": sorted(server_cpus or []),
+            "cores": limits.describe(),
+            "intra_op_threads": args.intra_op_threads,
+            "ceiling_intra_op_threads": threads,
+        },
         "rounds": rounds,
         **summary(rounds),
         "machine": {
@@ -151,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out.write_text(json.dumps(results, indent=2) + "\n")
     ratio, over = results["ratio"], results["overhead_ms"]
-    print(f"profile: {limits.usable} usable core(s), server CPUs {args.server_cpus or 'all'}; ceiling batch {best}")
+    print(
+        f"profile: {limits.usable} usable core(s), server CPUs {args.server_cpus or 'all'}, "
+        f"ONNX Runtime intra-op threads {args.intra_op_threads or 'default'} (ceiling {threads}); ceiling batch {best}"
+    )
     print(
         f"c={args.at} ÷ ceiling: median {ratio['median']:.3f} (rounds {ratio['min']:.3f}-{ratio['max']:.3f}, "
         f"90% interval {ratio['ci90'][0]:.3f}-{ratio['ci90'][1]:.3f}); target ≥ {TARGET_RATIO}: "

@@ -88,3 +88,14 @@ def test_original_pipeline_needs_images() -> None:
     (spec,) = load_registry(ROOT / "models" / "models.toml", BatchingConfig(), only=["mobilenet_v2"])
     with pytest.raises(ValueError, match="no image files"):
         baselines.original_pipeline(spec, [])
+
+
+def test_the_ceilings_onnx_runtime_threads_spin_as_a_plain_onnx_runtime_loop_does() -> None:
+    # The server turns spinning off for its batch sessions; a sequential loop
+    # keeps ORT's default, or its second thread sleeps between sections and
+    # the ceiling runs slower than ORT can (about 1 ms a lone image on 2 cores).
+    def spins(model: object) -> str:
+        return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")  # type: ignore[attr-defined]
+
+    assert spins(baselines.load_model("mobilenet_v2", threads=2)) == "1"
+    assert spins(baselines.load_model("mobilenet_v2", threads=2, spin=False)) == "0"

@@ -40,3 +40,12 @@ def test_targets_missed_are_reported_missed_with_an_interval_around_the_median()
     assert got["overhead_ms"]["median"] == pytest.approx(2.5) and got["overhead_ms"]["met"] is False
     low, high = got["ratio"]["ci90"]
     assert 0.9 <= low <= 0.95 <= high <= 0.99
+
+
+def test_the_intra_op_profile_holds_the_servers_sessions_to_that_many_threads_and_drops_the_wide_one() -> None:
+    from lookalike_server.config_loading import load_config
+
+    assert ceiling_ab.profile_flags(0) == []
+    config = load_config(ceiling_ab.profile_flags(1), {})
+    assert config.models.intra_op_threads == 1
+    assert config.models.wide_session == "off"
