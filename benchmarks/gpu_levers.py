@@ -20,6 +20,10 @@ io_binding     server, ``--models-io-binding true``                         30 s
 fp16           server, the ``<model>_fp16`` entry                           30 s
 combined       server, ``<model>_u8_fp16`` with IO binding: the three       30 s
                levers above at once
+replicas       ``--replicas`` (default 2) baseline servers, each its own     40 s
+               process, on the one GPU; the load generator dials them all
+               (round_robin). Where one server's event loop is the wall
+               (its "server cores" loop figure near 1.0), this is the remedy
 decode         decode + resize + crop of the same JPEGs in this process,    20 s
                N threads vs N processes: does decoding scale with threads
                (Pillow releases the GIL), or does it need processes?
@@ -88,6 +92,8 @@ HOW = {
     "combined": 'uint8 + fp16 + IO binding at once: quantize the "<name>_u8" file with --mode fp16, serve '
     '"<name>_u8_fp16" with --models-io-binding true',
     "ceiling": "(no setting: the in-process decode + infer loop the server is compared with)",
+    "replicas": "N lookalike-server processes on the one GPU, each its own port (and data dir); clients dial "
+    "all of them as one comma-separated target (client-side round_robin, lookalike.targets)",
 }
 
 
@@ -226,35 +232,67 @@ class Sweep:
             record["over_budget"] = True
 
     def server_step(
-        self, record: dict[str, Any], args: argparse.Namespace, images: list[bytes], model: str, extra: Sequence[str]
+        self,
+        record: dict[str, Any],
+        args: argparse.Namespace,
+        images: list[bytes],
+        model: str,
+        extra: Sequence[str],
+        replicas: int = 1,
     ) -> None:
-        """Starts a server with the lever's settings, sweeps it, records the series and start-up time."""
+        """Starts the lever's server(s), sweeps them, records the series and start-up time.
+
+        ``replicas`` > 1 starts that many server processes, each with its own
+        port and data dir, and the load generator dials them all (a comma list:
+        gRPC's ``round_robin``, as :mod:`lookalike.targets` does for users).
+        """
         ready_timeout = float(record.pop("_ready_timeout", 300.0))
         t0 = time.monotonic()
         pids: list[int] = []
-        with compare.running_server(
-            server_args(args, model, extra),
-            args.logs / f"server-{record['lever']}.log",
-            ready_timeout=ready_timeout,
-            pid_out=pids,
-        ) as target:
+        with contextlib.ExitStack() as stack:
+            targets = [
+                stack.enter_context(
+                    compare.running_server(
+                        server_args(args, model, [*extra, *_replica_dir(args, i, replicas)]),
+                        args.logs / f"server-{record['lever']}{f'-{i}' if replicas > 1 else ''}.log",
+                        ready_timeout=ready_timeout,
+                        pid_out=pids,
+                    )
+                )
+                for i in range(replicas)
+            ]
             record["startup_s"] = round(time.monotonic() - t0, 1)
-            # The server's threads' CPU before the sweep and after each point (with its warm-up).
-            marks = [(server_cpu.thread_cpu(pids[0]), time.monotonic())]
+            if replicas > 1:
+                record["replicas"] = replicas
+
+            def snapshot() -> tuple[dict[int, dict[int, tuple[str, float]]], float, float]:
+                return {pid: server_cpu.thread_cpu(pid) for pid in pids}, time.process_time(), time.monotonic()
+
+            # The servers' threads' CPU, and this process's (the load generator's), before the
+            # sweep and after each point (with its warm-up).
+            marks = [snapshot()]
 
             def progress(line: str) -> None:
                 compare.log(line)
-                marks.append((server_cpu.thread_cpu(pids[0]), time.monotonic()))
+                marks.append(snapshot())
 
             series, models = compare.sweep(
-                target, f"{record['lever']}", images, args, models=[model], progress=progress
+                ",".join(targets), f"{record['lever']}", images, args, models=[model], progress=progress
             )
             # Which threads kept how many cores busy at c=at: a loop near one core, or
-            # decoding at the host's cores, is the limit there.
+            # decoding at the host's cores, is the limit there; a load generator near
+            # one core means the figure is the client's, not the server's.
             i = args.concurrency.index(args.at)
             if len(marks) > i + 1:
-                (before, start), (after, end) = marks[i], marks[i + 1]
-                record["server_cores"] = server_cpu.cores_by_group(before, after, end - start)
+                (before, cpu0, start), (after, cpu1, end) = marks[i], marks[i + 1]
+                # Thread ids are unique across processes: the replicas' threads merge into one map.
+                merged = [{t: v for threads in snap.values() for t, v in threads.items()} for snap in (before, after)]
+                record["server_cores"] = server_cpu.cores_by_group(*merged, end - start)
+                record["client_cores"] = round((cpu1 - cpu0) / (end - start), 3)
+                if replicas > 1:  # each replica's own: did the calls spread over them?
+                    record["replica_cores"] = [
+                        server_cpu.cores_by_group(before[pid], after[pid], end - start) for pid in pids
+                    ]
         series["lever"] = record["lever"]
         if models:
             record["providers"] = list(models[0].providers)
@@ -268,6 +306,11 @@ class Sweep:
         point = compare._point(series, f"c={args.at}")
         record["images_per_s"] = point and point.get("images_per_s")
         record["p99_ms"] = {p["label"]: (p.get("latency_ms") or {}).get("p99") for p in series["points"]}
+
+
+def _replica_dir(args: argparse.Namespace, i: int, replicas: int) -> list[str]:
+    """A data dir of its own for replica ``i`` of several (one process per data dir); none for one server."""
+    return [f"--data-dir={args.work / f'replica-{i}'}"] if replicas > 1 else []
 
 
 def step_providers(args: argparse.Namespace, extra: Sequence[str]) -> str:
@@ -403,8 +446,9 @@ def lever_table(steps: Sequence[dict[str, Any]], at: int, p99_at: str) -> str:
     base = next((s.get("images_per_s") for s in steps if s["lever"] == "baseline"), None)
     out = [
         f"| lever | status | img/s at c={at} | × baseline | verdict | p99 at {p99_at}, ms | start-up, s "
-        f"| server cores at c={at}: loop / decode / inference / gRPC (busiest thread) | how to turn it on |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| server cores at c={at}: loop / decode / inference / gRPC (busiest thread) "
+        f"| load generator cores at c={at} | how to turn it on |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         ips = s.get("images_per_s")
@@ -422,7 +466,8 @@ def lever_table(steps: Sequence[dict[str, Any]], at: int, p99_at: str) -> str:
         out.append(
             f"| {s['lever']} | {status} | {shown} | {_f(ratio, 2)} | "
             f"{'baseline/ceiling' if s['lever'] == 'ceiling' and ratio else verdict(ratio) if ratio else '–'} | "
-            f"{_f(p99)} | {startup if startup is not None else '–'} | {_cores(s.get('server_cores'))} | {s['how']} |"
+            f"{_f(p99)} | {startup if startup is not None else '–'} | {_cores(s.get('server_cores'))} | "
+            f"{_f(s.get('client_cores'), 2)} | {s['how']} |"
         )
     return "\n".join(out)
 
@@ -469,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--replicas", type=int, default=2, help="server processes of the replicas step")
     parser.add_argument("--ceiling-batches", type=bench._int_list, default=[1, 32, 64])
     parser.add_argument("--ceiling-seconds", type=float, default=2.0)
     parser.add_argument("--decode-workers", type=bench._int_list, default=[1, 2, 4, 8, 16])
@@ -549,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.step("io_binding", 30, lever(m, ["--models-io-binding=true"]), skip="asked" if "io_binding" in skip else "")
     sweep.step("fp16", 30, lever(f"{m}_fp16"), skip=missing("fp16"))
     sweep.step("combined", 30, lever(f"{m}_u8_fp16", ["--models-io-binding=true"]), skip=missing("combined"))
+    sweep.step(
+        "replicas",
+        40,
+        lambda r: sweep.server_step(r, args, images, m, [], replicas=args.replicas),
+        skip="asked" if "replicas" in skip else "",
+    )
 
     decode_result: dict[str, Any] = {}
 

@@ -13,7 +13,7 @@
 # ~20 s (this script, skipped when .cache/gpu-models has it), the uint8, fp16
 # and uint8+fp16 variants 50 s, baseline (CUDA provider) 30 s, in-process
 # ceiling 15 s, uint8 graph 30 s, IO binding 30 s, fp16 30 s, the three
-# combined 30 s, host decode threads vs processes 20 s, GPU JPEG decode
+# combined 30 s, two server replicas on the one GPU 40 s, host decode threads vs processes 20 s, GPU JPEG decode
 # (nvImageCodec) 10 s, and last TensorRT with a cached engine: what is left,
 # at most TRT_TIMEOUT (default 180) + 30 s. The driver gets what is left of
 # BUDGET_S (470 s) and skips the steps past it, each with a line saying so.

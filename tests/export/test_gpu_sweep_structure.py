@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVERS = [
-    "variants", "baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "decode", "nvjpeg", "tensorrt",
+    "variants", "baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "replicas", "decode", "nvjpeg",
+    "tensorrt",
 ]  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_every_step_is_recorded_in_order_with_a_status(report: Path) -> None:
     steps = {s["lever"]: s for s in results["steps"]}
     assert [s["lever"] for s in results["steps"]] == LEVERS
     # Everything the CPU provider can run ran: no step failed or ran out of budget.
-    for lever in ("baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "decode"):
+    for lever in ("baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "replicas", "decode"):
         assert steps[lever]["status"] == "measured", steps[lever]
     assert steps["variants"]["status"] == "done", steps["variants"]
     # TensorRT cannot run on the CPU: a skipped line with the reason, never a silent gap.
@@ -60,8 +61,8 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
     results = json.loads((report / "results.json").read_text())
     steps = {s["lever"]: s for s in results["steps"]}
     by_lever = {s.get("lever"): s for s in results["series"]}
-    assert set(by_lever) == {"baseline", "ceiling", "uint8", "io_binding", "fp16", "combined"}
-    for lever in ("baseline", "uint8", "io_binding", "fp16", "combined"):
+    assert set(by_lever) == {"baseline", "ceiling", "uint8", "io_binding", "fp16", "combined", "replicas"}
+    for lever in ("baseline", "uint8", "io_binding", "fp16", "combined", "replicas"):
         points = by_lever[lever]["points"]
         assert [p["label"] for p in points] == ["c=1", "c=2"]
         assert all(p["ok"] > 0 and p["errors"] == 0 for p in points), lever
@@ -69,6 +70,12 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
         # Which threads kept the host busy: the loop and the decoding threads by the names the server gives them.
         cores = steps[lever]["server_cores"]
         assert cores["loop"] > 0 and cores["decode"] > 0 and cores["busiest_thread"], (lever, cores)
+        # The load generator's own CPU: near one core, the figure would be the client's.
+        assert steps[lever]["client_cores"] > 0, lever
+    # Two server processes, and the load generator's calls reached both (round_robin).
+    replicas = steps["replicas"]
+    assert replicas["replicas"] == 2 and len(replicas["replica_cores"]) == 2
+    assert all(c["decode"] > 0 for c in replicas["replica_cores"]), replicas["replica_cores"]
     # The variants the uint8 and fp16 steps served were made and parity-checked by the exporter.
     variants = steps["variants"]["variants"]
     assert variants["uint8"]["entry"] == "tiny_u8" and variants["uint8"]["min_cosine"] >= 0.99999
