@@ -265,11 +265,10 @@ class Sweep:
             if replicas > 1:
                 record["replicas"] = replicas
 
-            def snapshot() -> tuple[dict[int, dict[int, tuple[str, float]]], float, float]:
-                return {pid: server_cpu.thread_cpu(pid) for pid in pids}, time.process_time(), time.monotonic()
+            def snapshot() -> tuple[dict[int, dict[int, tuple[str, float]]], float]:
+                return {pid: server_cpu.thread_cpu(pid) for pid in pids}, time.monotonic()
 
-            # The servers' threads' CPU, and this process's (the load generator's), before the
-            # sweep and after each point (with its warm-up).
+            # The servers' threads' CPU before the sweep and after each point (with its warm-up).
             marks = [snapshot()]
 
             def progress(line: str) -> None:
@@ -277,18 +276,24 @@ class Sweep:
                 marks.append(snapshot())
 
             series, models = compare.sweep(
-                ",".join(targets), f"{record['lever']}", images, args, models=[model], progress=progress
+                ",".join(targets),
+                f"{record['lever']}",
+                images,
+                args,
+                models=[model],
+                progress=progress,
+                processes=args.load_processes,
             )
             # Which threads kept how many cores busy at c=at: a loop near one core, or
-            # decoding at the host's cores, is the limit there; a load generator near
-            # one core means the figure is the client's, not the server's.
+            # decoding at the host's cores, is the limit there; load generator cores
+            # near its process count mean the figure is the client's, not the server's.
             i = args.concurrency.index(args.at)
             if len(marks) > i + 1:
-                (before, cpu0, start), (after, cpu1, end) = marks[i], marks[i + 1]
+                (before, start), (after, end) = marks[i], marks[i + 1]
                 # Thread ids are unique across processes: the replicas' threads merge into one map.
                 merged = [{t: v for threads in snap.values() for t, v in threads.items()} for snap in (before, after)]
                 record["server_cores"] = server_cpu.cores_by_group(*merged, end - start)
-                record["client_cores"] = round((cpu1 - cpu0) / (end - start), 3)
+                record["client_cores"] = series["points"][i].get("client_cores")
                 if replicas > 1:  # each replica's own: did the calls spread over them?
                     record["replica_cores"] = [
                         server_cpu.cores_by_group(before[pid], after[pid], end - start) for pid in pids
@@ -515,6 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--replicas", type=int, default=2, help="server processes of the replicas step")
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+        help="load generator processes (lookalike bench --processes); default a quarter of the cores, at most 4",
+    )
     parser.add_argument("--ceiling-batches", type=bench._int_list, default=[1, 32, 64])
     parser.add_argument("--ceiling-seconds", type=float, default=2.0)
     parser.add_argument("--decode-workers", type=bench._int_list, default=[1, 2, 4, 8, 16])
@@ -534,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.concurrency, args.at, args.warmup, args.duration, args.max_batch = [1, 2], 2, 0.2, 0.5, 4
         args.ceiling_batches, args.ceiling_seconds = [1, 4], 0.3
         args.decode_workers, args.decode_seconds = [1, 2], 0.3
+        args.load_processes = 2  # the multi-process load generator's path, at the smallest size
         args.budget_s = min(args.budget_s, 120.0)
         args.work = out / "work"  # the tiny model and its variants: kept with this run, apart from others
         registry, args.model = tiny_model(args.work / "tiny")
@@ -664,7 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"One `benchmarks/gpu_sweep.sh` run ({config['wall_s']} s, budget {args.budget_s:.0f} s) on "
         f"{machine['cpu']} ({machine['cores']} cores, GPU: {', '.join(machine['gpus']) or 'none'}), "
         f"model `{m}`, providers {args.providers}, photos resized to {args.image_size} px "
-        f"(mean {config['image_bytes_mean']} bytes), concurrency {args.concurrency}.",
+        f"(mean {config['image_bytes_mean']} bytes), concurrency {args.concurrency}, "
+        f"{args.load_processes} load generator process(es) (their cores near that count: the client was the limit).",
         "",
     ]
     if args.cpu_structure:

@@ -70,8 +70,9 @@ def test_each_server_lever_ran_its_own_model_and_settings(report: Path) -> None:
         # Which threads kept the host busy: the loop and the decoding threads by the names the server gives them.
         cores = steps[lever]["server_cores"]
         assert cores["loop"] > 0 and cores["decode"] > 0 and cores["busiest_thread"], (lever, cores)
-        # The load generator's own CPU: near one core, the figure would be the client's.
+        # The load generator's own CPU (two processes here): near their count, the figure would be the client's.
         assert steps[lever]["client_cores"] > 0, lever
+        assert [p["load_processes"] for p in points] == [1, 2], lever  # c=1 needs one process
     # Two server processes, and the load generator's calls reached both (round_robin).
     replicas = steps["replicas"]
     assert replicas["replicas"] == 2 and len(replicas["replica_cores"]) == 2

@@ -278,3 +278,55 @@ def test_machine_summary_takes_the_wire_message_and_the_clients_model_info() -> 
         "reason": "r",
     }
     assert machine_summary([pb.ModelInfo(name="old")])["models"]["old"]["threads"] is None
+
+
+def test_several_load_processes_share_each_point_and_their_windows_merge_exactly() -> None:
+    # Two spawned load processes, each with its own channel: the parent resets
+    # the server's counters between their warm-ups and their windows, so what the
+    # server served in the window is exactly what the merged window counts.
+    async def go(target, fake):
+        spec = _spec(
+            target,
+            images=[b"bad", b"\xff\xd8\xffok"],
+            points=[bench.LoadPoint(concurrency=1), bench.LoadPoint(concurrency=4)],
+            processes=2,
+        )
+        return await bench.run_series(spec)
+
+    series, _ = asyncio.run(_with_server(go))
+    assert series["load_processes"] == 2
+    c1, c4 = series["points"]
+    assert c1["load_processes"] == 1 and c4["load_processes"] == 2  # one caller needs one process
+    for p in (c1, c4):
+        assert p["requests"] == p["completed"] == p["server"]["method_requests"] > 0
+        assert set(p["status"]) == {"OK", "INVALID_ARGUMENT"} and p["errors"] == p["status"]["INVALID_ARGUMENT"]
+        assert p["server_timing_ms"]["queue_ms"] == pytest.approx(1.0)
+        assert p["latency_ms"]["min"] >= DELAY_S * 1000 * 0.9
+        assert p["client_cores"] > 0
+    assert c4["throughput_rps"] > 2 * c1["throughput_rps"]
+
+
+def test_a_point_splits_into_near_equal_shares_over_the_processes() -> None:
+    from lookalike.bench.procs import split_point
+
+    assert [p.concurrency for p in split_point(bench.LoadPoint(concurrency=10), 4)] == [3, 3, 2, 2]
+    assert [p.concurrency for p in split_point(bench.LoadPoint(concurrency=2), 4)] == [1, 1]
+    assert [p.rate for p in split_point(bench.LoadPoint(rate=90.0), 3)] == [30.0, 30.0, 30.0]
+
+
+def test_merged_windows_pool_counts_and_latencies_and_span_both_windows() -> None:
+    from lookalike.bench.stats import WindowRecorder
+
+    a, b = WindowRecorder(start=10.0, stop=11.0), WindowRecorder(start=10.01, stop=11.0)
+    for rec, n in ((a, 3), (b, 5)):
+        for i in range(n):
+            rec.sent += 1
+            rec.record(10.2, 10.2 + 0.001 * (i + 1), "OK", 2)
+    b.sent += 1
+    b.record(10.3, 10.4, "UNAVAILABLE", 2, message="down")
+    m = WindowRecorder.merged([a, b]).summary()
+    assert m["requests"] == 9 and m["completed"] == 9 and m["ok"] == 8 and m["errors"] == 1
+    assert m["window_s"] == pytest.approx(1.0)
+    assert m["images_per_s"] == pytest.approx(16.0)  # 8 OK answers x 2 images in one second
+    assert m["latency_ms"]["max"] == pytest.approx(100.0)
+    assert m["error_samples"] == {"UNAVAILABLE": "down"}

@@ -30,9 +30,12 @@ checkout, with the ``bench`` extra for plots) turns ``results.json`` into
 The load generator is one asyncio loop over ``grpc.aio``: a request in flight
 is a coroutine, not a thread, so 64 concurrent callers cost next to nothing on
 a 2-core machine where the client shares the CPUs with the server it measures.
+Against a faster server that one loop becomes the limit (each point reports
+its ``client_cores``); ``--processes N`` spreads the load over N processes.
 This package depends only on the client's own dependencies; Pillow (for
 ``--image-size``) is optional. Modules: :mod:`~lookalike.bench.stats`
 (statistics), :mod:`~lookalike.bench.load` (payload and drivers),
+:mod:`~lookalike.bench.procs` (load from several processes),
 :mod:`~lookalike.bench.runner` (spec, series, CLI).
 """
 

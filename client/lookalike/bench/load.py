@@ -361,8 +361,24 @@ class Driver:
             await self.run_phase(point, warmup_s, None)
         await self.get_stats(reset=True)
         rec = WindowRecorder()
+        cpu = time.process_time()
         await self.run_phase(point, duration_s, rec)
+        cpu = time.process_time() - cpu
         stats = await self.get_stats(reset=False)
+        return self.point_result(point, rec, stats, cpu)
+
+    def point_result(
+        self, point: LoadPoint, rec: WindowRecorder, stats: Any | None, client_cpu_s: float, processes: int = 1
+    ) -> dict[str, Any]:
+        """A load point's JSON: the client's window, the server's counters, the load generator's CPU.
+
+        Args:
+            point: The load applied.
+            rec: The window (merged, when several processes applied the load).
+            stats: ``GetStats`` read after the window (None: not implemented).
+            client_cpu_s: CPU seconds the load generator's processes spent in the window.
+            processes: Processes that applied the load.
+        """
         rpc = self.factory.stream_rpc() if self.stream else self.factory.unary(0)[0]
         result: dict[str, Any] = {
             "label": point.label,
@@ -372,6 +388,9 @@ class Driver:
             "rpc": rpc,
             "images_per_request": self.factory.images_per_call,
             **rec.summary(),
+            # Near 1.0 per process, the figures are the load generator's limit, not the server's.
+            "load_processes": processes,
+            "client_cores": round(client_cpu_s / max(rec.stop - rec.start, 1e-9), 3),
         }
         result["server"] = stats_summary(stats, rpc) if stats is not None else None
         return result

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from lookalike.bench.load import Driver, LoadPoint, RequestFactory, find_image_dir, load_images
+from lookalike.bench.procs import ProcessDriver
 from lookalike.bench.stats import DEFAULT_IMAGE_DIRS, MAX_MESSAGE_BYTES, METHODS, BenchError
 from lookalike.targets import resolve_target
 from lookalike.v1 import lookalike_pb2 as pb
@@ -44,6 +45,8 @@ class BenchSpec:
     label: str = ""
     seed: int = 0
     connect_timeout_s: float = 30.0
+    #: Load generator processes (see :mod:`lookalike.bench.procs`); 1 = this one.
+    processes: int = 1
 
 
 async def run_series(
@@ -100,12 +103,29 @@ async def run_series(
             unique=spec.unique,
         )
         driver = Driver(channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed)
+        loader: Driver | ProcessDriver = driver
+        if spec.processes > 1:
+            loader = await asyncio.to_thread(
+                ProcessDriver,
+                spec.processes,
+                resolved.uri,
+                options,
+                factory,
+                driver,
+                stream=spec.stream,
+                timeout_s=spec.timeout_s,
+                seed=spec.seed,
+            )
         points = []
-        for point in spec.points:
-            result = await driver.measure(point, spec.warmup_s, spec.duration_s)
-            points.append(result)
-            if progress:
-                progress(format_point(spec.label or spec.method, result))
+        try:
+            for point in spec.points:
+                result = await loader.measure(point, spec.warmup_s, spec.duration_s)
+                points.append(result)
+                if progress:
+                    progress(format_point(spec.label or spec.method, result))
+        finally:
+            if isinstance(loader, ProcessDriver):
+                await asyncio.to_thread(loader.close)
     series = {
         "name": spec.label or f"{spec.method}{'-stream' if spec.stream else ''}",
         "kind": "server",
@@ -117,6 +137,7 @@ async def run_series(
         "images_per_request": factory.images_per_call,
         "warmup_s": spec.warmup_s,
         "duration_s": spec.duration_s,
+        "load_processes": spec.processes,
         "points": points,
     }
     return series, list(listing.models)
@@ -227,6 +248,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="", help="output folder (default ./out/bench/<name>)")
     parser.add_argument("--no-plots", action="store_true", help=argparse.SUPPRESS)  # plots: bench_report.py
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival schedule")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="load generator processes, each with its own channel, sharing every point's load "
+        "(default 1; raise it when a point's client_cores nears 1.0)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
@@ -235,6 +263,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         raise BenchError("--duration must be > 0 and --warmup >= 0")
     if args.images_per_request < 1:
         raise BenchError("--images-per-request must be >= 1")
+    if args.processes < 1:
+        raise BenchError("--processes must be >= 1")
     if args.rate:
         points = [LoadPoint(rate=r) for r in args.rate]
     else:
@@ -255,6 +285,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         timeout_s=args.timeout,
         label=args.label,
         seed=args.seed,
+        processes=args.processes,
     )
 
 

@@ -112,6 +112,12 @@ class TimingAccumulator:
             self.sums[name] += float(getattr(timing, name, 0.0) or 0.0)
         self.count += 1
 
+    def merge(self, other: TimingAccumulator) -> None:
+        """Adds another accumulator's responses (a window measured in another process)."""
+        for name in TIMING_FIELDS:
+            self.sums[name] += other.sums[name]
+        self.count += other.count
+
     def means(self) -> dict[str, float | None]:
         """Field means, or all None when no response carried timing."""
         if not self.count:
@@ -163,6 +169,27 @@ class WindowRecorder:
             if code == "OK":
                 self.ok_in_window += 1
                 self.images_in_window += images
+
+    @classmethod
+    def merged(cls, windows: Sequence[WindowRecorder]) -> WindowRecorder:
+        """One window from several measured side by side (one per load process).
+
+        The window spans the earliest start to the latest stop; counts, status
+        codes, server timing and latencies are pooled, so throughput is the sum
+        of the processes' and percentiles are those of every answer.
+        """
+        out = cls(start=min(w.start for w in windows), stop=max(w.stop for w in windows))
+        for w in windows:
+            out.latencies.extend(w.latencies)
+            out.statuses.update(w.statuses)
+            for code, message in w.errors.items():
+                out.errors.setdefault(code, message)
+            out.timing.merge(w.timing)
+            out.sent += w.sent
+            out.completed_in_window += w.completed_in_window
+            out.ok_in_window += w.ok_in_window
+            out.images_in_window += w.images_in_window
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The client-side part of a load point."""
