@@ -23,7 +23,7 @@ import contextlib
 import multiprocessing
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -93,7 +93,7 @@ class ProcessDriver:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_child,
-                    args=(child, uri, list(options), factory, stream, timeout_s, seed + i),
+                    args=(child, _ChildSpec(uri, list(options), factory, stream, timeout_s, seed + i)),
                     name=f"lookalike-bench-load-{i}",
                     daemon=True,
                 )
@@ -163,18 +163,22 @@ async def _reply(conn: Connection, what: str, timeout_s: float) -> Any:
     return await asyncio.to_thread(_expect, conn, what, timeout_s)
 
 
-def _child(
-    conn: Connection,
-    uri: str,
-    options: list[tuple[str, Any]],
-    factory: RequestFactory,
-    stream: bool,
-    timeout_s: float,
-    seed: int,
-) -> None:
+@dataclass(frozen=True)
+class _ChildSpec:
+    """What a load process needs to open its channel and build its requests (pickled to it)."""
+
+    uri: str
+    options: list[tuple[str, Any]]
+    factory: RequestFactory
+    stream: bool
+    timeout_s: float
+    seed: int
+
+
+def _child(conn: Connection, spec: _ChildSpec) -> None:
     """A load process: a channel and a driver, running the points the parent sends until None."""
     try:
-        asyncio.run(_child_main(conn, uri, options, factory, stream, timeout_s, seed))
+        asyncio.run(_child_main(conn, spec))
     except BaseException as exc:  # told to the parent, which raises it
         with contextlib.suppress(OSError):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -182,20 +186,12 @@ def _child(
         conn.close()
 
 
-async def _child_main(
-    conn: Connection,
-    uri: str,
-    options: list[tuple[str, Any]],
-    factory: RequestFactory,
-    stream: bool,
-    timeout_s: float,
-    seed: int,
-) -> None:
+async def _child_main(conn: Connection, spec: _ChildSpec) -> None:
     # A run id of its own per child: unique payloads and insert keys, which
     # carry the run id and the request's number, stay unique across processes.
-    factory = replace(factory, run_id=f"{factory.run_id}-{seed}")
-    async with grpc.aio.insecure_channel(uri, options=options) as channel:
-        driver = Driver(channel, factory, stream=stream, timeout_s=timeout_s, seed=seed)
+    factory = replace(spec.factory, run_id=f"{spec.factory.run_id}-{spec.seed}")
+    async with grpc.aio.insecure_channel(spec.uri, options=spec.options) as channel:
+        driver = Driver(channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed)
         await channel.channel_ready()
         conn.send(("ready", None))
         while (job := await asyncio.to_thread(conn.recv)) is not None:
