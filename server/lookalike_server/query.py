@@ -38,6 +38,7 @@ from lookalike_server.validation import (
     MAX_TOP_K,
     check_attribute_name,
     check_image_bytes,
+    check_key_size,
     check_query_vector,
     resolve_top_k,
 )
@@ -291,6 +292,7 @@ class Searcher:
             rec = redis.get(item_id)
             what = f"id {item_id}"
         elif key:
+            check_key_size(key)  # before Redis: a longer key names no item
             rec = redis.get_by_key(key)
             what = f"key {key!r}"
         else:

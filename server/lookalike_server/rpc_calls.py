@@ -43,13 +43,35 @@ def status_code(name: str) -> grpc.StatusCode:
     return grpc.StatusCode[name]
 
 
+#: Longest status message sent, in characters. Messages quote what the client
+#: sent (a key, a model name); gRPC carries the message in a trailer, and a
+#: trailer over the client's metadata limit (8-16 KiB by default, and a
+#: non-ASCII character is percent-encoded to up to 12 bytes) replaced the whole
+#: status with RESOURCE_EXHAUSTED "received metadata size exceeds hard limit".
+MAX_MESSAGE_CHARS = 512
+
+
 def error_message(exc: BaseException) -> str:
-    """The message a client sees for an exception (a reference id for bugs)."""
+    """The message a client sees for an exception (a reference id for bugs), at most :data:`MAX_MESSAGE_CHARS`."""
     if isinstance(exc, ServiceError):
-        return exc.message
+        return clip_message(exc.message)
     ref = uuid.uuid4().hex[:12]
     log.error("internal error ref=%s", ref, exc_info=exc)
     return f"internal error (ref {ref}); the server log has the details"
+
+
+def clip_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message``, or its start and end around a note of its length when it is longer than ``limit``.
+
+    Both ends stay: a message usually quotes the client's value in the middle
+    and says what to do at the end ("model '…' is not loaded; loaded models: …").
+    """
+    if len(message) <= limit:
+        return message
+    marker = f" … ({len(message)} characters) … "
+    keep = max(limit - len(marker), 0)
+    head = keep * 2 // 5
+    return message[:head] + marker + message[len(message) - (keep - head) :]
 
 
 def retry_pushback(exc: BaseException, pushback_ms: int) -> tuple[tuple[str, str], ...]:

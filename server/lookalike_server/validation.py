@@ -65,14 +65,20 @@ def check_attribute_name(name: str, what: str = "attribute name") -> None:
         raise InvalidArgument(f"{what} {name!r} must match {ATTRIBUTE_NAME.pattern}")
 
 
+def check_key_size(key: str, where: str = "") -> None:
+    """A key no longer than :data:`MAX_KEY_BYTES` in UTF-8: no item can have a longer one."""
+    size = len(key.encode())
+    if size > MAX_KEY_BYTES:
+        prefix = f"{where}: " if where else ""
+        raise InvalidArgument(f"{prefix}key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+
+
 def validate_item(item: InsertItem, index: int = 0) -> None:
     """Checks an item's key, image and attributes before anything is written."""
     where = f"item {index}" if index else "item"
     if not item.key:
         raise InvalidArgument(f"{where}: key is required (e.g. the image's path or URL)")
-    size = len(item.key.encode())
-    if size > MAX_KEY_BYTES:
-        raise InvalidArgument(f"{where}: key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    check_key_size(item.key, where)
     if not item.image:
         raise InvalidArgument(f"{where}: image is empty")
     if len(item.attributes) > MAX_ATTRIBUTES:

@@ -221,6 +221,8 @@ def test_truncated_jpeg(embed_server, photos):
     ("request_", "code", "words"),
     [
         (pb.EmbedRequest(model="resnet9000", images=[b"x"]), grpc.StatusCode.NOT_FOUND, "not loaded"),
+        # The name is quoted back clipped: whole, its trailer broke the client's metadata limit.
+        (pb.EmbedRequest(model="x" * 100_000, images=[b"x"]), grpc.StatusCode.NOT_FOUND, "is not loaded; loaded"),
         (pb.EmbedRequest(images=[b"x"]), grpc.StatusCode.INVALID_ARGUMENT, "model is required"),
         (pb.EmbedRequest(model="mobilenet_v2"), grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
         (pb.EmbedRequest(model="mobilenet_v2", images=[b"x"] * 65), grpc.StatusCode.INVALID_ARGUMENT, "limit is 64"),

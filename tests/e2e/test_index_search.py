@@ -265,6 +265,14 @@ def test_bad_searches_and_inserts_get_clear_statuses_and_change_nothing(live_ser
     with pytest.raises(grpc.RpcError) as info:
         stub.Get(pb.GetRequest(key=prefix + "ok"), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # A key longer than any item's is refused before Redis is asked; one that fits is quoted back clipped.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Get(pb.GetRequest(key=prefix + "k" * 100_000), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the limit is 1024" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Get(pb.GetRequest(key=prefix + "é" * 500), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no item with key" in info.value.details()
 
 
 def test_search_stream_answers_each_query_with_its_id_and_survives_a_bad_one(stub, prefix, photos):
