@@ -8,6 +8,7 @@ import io
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from lookalike.bench.stats import (
     stats_summary,
 )
 from lookalike.images import IMAGE_SUFFIXES
+from lookalike.security import ChannelSecurity
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
@@ -167,6 +169,14 @@ class RequestFactory:
         raise BenchError("streaming needs --method search or insert")
 
 
+def open_channel(uri: str, options: Sequence[tuple[str, Any]], security: ChannelSecurity) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel to ``uri``: TLS (with the token in its credentials) or plaintext."""
+    creds = security.channel_credentials()
+    if creds is None:
+        return grpc.aio.insecure_channel(uri, options=list(options))
+    return grpc.aio.secure_channel(uri, creds, options=list(options))
+
+
 # ------------------------------------------------------------------ drivers --
 
 
@@ -209,8 +219,12 @@ class Driver:
         timeout_s: float = 30.0,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         seed: int = 0,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.stub = pb_grpc.LookalikeStub(channel)
+        # The token on a plaintext channel (ChannelSecurity.call_metadata); over TLS it
+        # rides in the channel's credentials and this is empty.
+        self.metadata = tuple(metadata) or None
         self.factory = factory
         self.stream = stream
         self.timeout_s = timeout_s
@@ -228,7 +242,7 @@ class Driver:
         rpc, request = self.factory.unary(self._next_index())
         images = self.factory.images_per_call
         try:
-            resp = await getattr(self.stub, rpc)(request, timeout=self.timeout_s)
+            resp = await getattr(self.stub, rpc)(request, timeout=self.timeout_s, metadata=self.metadata)
         except Exception as exc:  # every failure is a data point, never a crash
             code, message = _code_of(exc)
             if rec is not None:
@@ -272,7 +286,9 @@ class Driver:
 
     async def _stream(self, point: LoadPoint, until: float, rec: WindowRecorder | None) -> None:
         """One stream; closed loop keeps N in flight, open loop writes on schedule."""
-        call = getattr(self.stub, self.factory.stream_rpc())(timeout=self.timeout_s + (until - time.monotonic()))
+        call = getattr(self.stub, self.factory.stream_rpc())(
+            timeout=self.timeout_s + (until - time.monotonic()), metadata=self.metadata
+        )
         started: dict[str, float] = {}
         images = self.factory.images_per_call
         slots = asyncio.Semaphore(point.concurrency or self.max_in_flight)
@@ -347,11 +363,15 @@ class Driver:
             await self._open_unary(point.rate, until, rec)
 
     async def get_stats(self, reset: bool) -> Any | None:
-        """``GetStats``; None when the server does not implement it."""
+        """``GetStats``; None when the server does not implement it or the token lacks its ``admin`` scope.
+
+        A read-only token can still load Embed and Search; the points then carry
+        no server-side counters.
+        """
         try:
-            return await self.stub.GetStats(pb.GetStatsRequest(reset=reset), timeout=10)
+            return await self.stub.GetStats(pb.GetStatsRequest(reset=reset), timeout=10, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED):
                 return None
             raise
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-import grpc
-
-from lookalike.bench.load import Driver, LoadPoint, RequestFactory
+from lookalike.bench.load import Driver, LoadPoint, RequestFactory, open_channel
 from lookalike.bench.stats import BenchError, WindowRecorder
+from lookalike.security import ChannelSecurity
 
 #: How long the children get, from the parent's word, before a window starts:
 #: enough for each to read its message and schedule its callers.
@@ -65,6 +64,7 @@ class ProcessDriver:
         factory: Builds the requests; each child numbers its own.
         stats: The parent's driver: it reads and resets the server's counters
             and formats the points; it sends no load.
+        security: TLS and token, as the parent's channel has them.
         stream: Load the streaming RPC.
         timeout_s: Per-request deadline.
         seed: Open-loop schedule seed; child ``i`` uses ``seed + i``.
@@ -78,6 +78,7 @@ class ProcessDriver:
         factory: RequestFactory,
         stats: Driver,
         *,
+        security: ChannelSecurity | None = None,
         stream: bool = False,
         timeout_s: float = 30.0,
         seed: int = 0,
@@ -93,7 +94,12 @@ class ProcessDriver:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_child,
-                    args=(child, _ChildSpec(uri, list(options), factory, stream, timeout_s, seed + i)),
+                    args=(
+                        child,
+                        _ChildSpec(
+                            uri, list(options), factory, stream, timeout_s, seed + i, security or ChannelSecurity()
+                        ),
+                    ),
                     name=f"lookalike-bench-load-{i}",
                     daemon=True,
                 )
@@ -173,6 +179,7 @@ class _ChildSpec:
     stream: bool
     timeout_s: float
     seed: int
+    security: ChannelSecurity
 
 
 def _child(conn: Connection, spec: _ChildSpec) -> None:
@@ -190,8 +197,15 @@ async def _child_main(conn: Connection, spec: _ChildSpec) -> None:
     # A run id of its own per child: unique payloads and insert keys, which
     # carry the run id and the request's number, stay unique across processes.
     factory = replace(spec.factory, run_id=f"{spec.factory.run_id}-{spec.seed}")
-    async with grpc.aio.insecure_channel(spec.uri, options=spec.options) as channel:
-        driver = Driver(channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed)
+    async with open_channel(spec.uri, spec.options, spec.security) as channel:
+        driver = Driver(
+            channel,
+            factory,
+            stream=spec.stream,
+            timeout_s=spec.timeout_s,
+            seed=spec.seed,
+            metadata=spec.security.call_metadata,
+        )
         await channel.channel_ready()
         conn.send(("ready", None))
         while (job := await asyncio.to_thread(conn.recv)) is not None:

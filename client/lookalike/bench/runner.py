@@ -16,9 +16,10 @@ from typing import Any
 
 import grpc
 
-from lookalike.bench.load import Driver, LoadPoint, RequestFactory, find_image_dir, load_images
+from lookalike.bench.load import Driver, LoadPoint, RequestFactory, find_image_dir, load_images, open_channel
 from lookalike.bench.procs import ProcessDriver
 from lookalike.bench.stats import DEFAULT_IMAGE_DIRS, MAX_MESSAGE_BYTES, METHODS, BenchError
+from lookalike.security import ChannelSecurity, add_security_arguments, security_from_args
 from lookalike.targets import resolve_target
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
@@ -47,6 +48,8 @@ class BenchSpec:
     connect_timeout_s: float = 30.0
     #: Load generator processes (see :mod:`lookalike.bench.procs`); 1 = this one.
     processes: int = 1
+    #: TLS and token (:class:`lookalike.security.ChannelSecurity`); None = plaintext, no token.
+    security: ChannelSecurity | None = None
 
 
 async def run_series(
@@ -68,10 +71,13 @@ async def run_series(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
+    security = spec.security or ChannelSecurity()
     try:
         resolved = resolve_target(spec.target)
+        security.check(spec.target)  # e.g. no token in clear text to another machine
     except ValueError as exc:
         raise BenchError(str(exc)) from None
+    metadata = security.call_metadata
     # Several replicas: the same round_robin + health checks as the client (no retries:
     # the bench counts every failure).
     balancing = resolved.service_config()
@@ -79,10 +85,12 @@ async def run_series(
         options.append(("grpc.service_config", json.dumps(balancing)))
     if resolved.authority:
         options.append(("grpc.default_authority", resolved.authority))
-    async with grpc.aio.insecure_channel(resolved.uri, options=options) as channel:
+    async with open_channel(resolved.uri, options, security) as channel:
         stub = pb_grpc.LookalikeStub(channel)
         try:
-            listing = await stub.ListModels(pb.ListModelsRequest(), timeout=spec.connect_timeout_s, wait_for_ready=True)
+            listing = await stub.ListModels(
+                pb.ListModelsRequest(), timeout=spec.connect_timeout_s, wait_for_ready=True, metadata=metadata or None
+            )
         except grpc.aio.AioRpcError as exc:
             raise BenchError(f"cannot reach {spec.target}: {exc.code().name}: {exc.details()}") from None
         served = [m.name for m in listing.models]
@@ -102,7 +110,9 @@ async def run_series(
             top_k=spec.top_k,
             unique=spec.unique,
         )
-        driver = Driver(channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed)
+        driver = Driver(
+            channel, factory, stream=spec.stream, timeout_s=spec.timeout_s, seed=spec.seed, metadata=metadata
+        )
         loader: Driver | ProcessDriver = driver
         if spec.processes > 1:
             loader = await asyncio.to_thread(
@@ -112,6 +122,7 @@ async def run_series(
                 options,
                 factory,
                 driver,
+                security=security,
                 stream=spec.stream,
                 timeout_s=spec.timeout_s,
                 seed=spec.seed,
@@ -255,6 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load generator processes, each with its own channel, sharing every point's load "
         "(default 1; raise it when a point's client_cores nears 1.0)",
     )
+    add_security_arguments(parser)
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
@@ -286,6 +298,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         label=args.label,
         seed=args.seed,
         processes=args.processes,
+        security=security_from_args(args),
     )
 
 
