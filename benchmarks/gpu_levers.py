@@ -250,17 +250,18 @@ class Sweep:
         t0 = time.monotonic()
         pids: list[int] = []
         with contextlib.ExitStack() as stack:
-            targets = [
-                stack.enter_context(
+            targets = _enter_together(
+                stack,
+                [
                     compare.running_server(
                         server_args(args, model, [*extra, *_replica_dir(args, i, replicas)]),
                         args.logs / f"server-{record['lever']}{f'-{i}' if replicas > 1 else ''}.log",
                         ready_timeout=ready_timeout,
                         pid_out=pids,
                     )
-                )
-                for i in range(replicas)
-            ]
+                    for i in range(replicas)
+                ],
+            )
             record["startup_s"] = round(time.monotonic() - t0, 1)
             if replicas > 1:
                 record["replicas"] = replicas
@@ -311,6 +312,26 @@ class Sweep:
         point = compare._point(series, f"c={args.at}")
         record["images_per_s"] = point and point.get("images_per_s")
         record["p99_ms"] = {p["label"]: (p.get("latency_ms") or {}).get("p99") for p in series["points"]}
+
+
+def _enter_together(
+    stack: contextlib.ExitStack, managers: Sequence[contextlib.AbstractContextManager[str]]
+) -> list[str]:
+    """Enters every server context at once (each start waits for its warm-up), each exited by ``stack``.
+
+    Replicas warm up side by side, not one after another: on a GPU each start
+    takes 10-15 s of the sweep's budget, which the TensorRT step, last, needs.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max(len(managers), 1)) as pool:
+        entered = [pool.submit(m.__enter__) for m in managers]
+    concurrent.futures.wait(entered)
+    for manager, fut in zip(managers, entered, strict=True):
+        if fut.exception() is None:
+            stack.push(manager.__exit__)  # stopped on leaving, whatever happens next
+    for fut in entered:
+        if (exc := fut.exception()) is not None:
+            raise exc
+    return [fut.result() for fut in entered]
 
 
 def _replica_dir(args: argparse.Namespace, i: int, replicas: int) -> list[str]:
