@@ -62,9 +62,9 @@ def load_model(
             (under load spinning takes cores from decoding), but a sequential
             loop has nothing else to run, and on the 2-core EPYC VM two
             threads that sleep between sections ran a lone MobileNetV2 image
-            about 1 ms slower and batch 2 about 10% slower than two that spin
-            (2026-12-07, ninth session): a ceiling without it flattered the
-            server. Irrelevant at one thread (no pool).
+            about 0.5-1 ms slower than two that spin (docs/performance.md,
+            ninth session): a ceiling without it flattered the server.
+            Irrelevant at one thread (no pool).
     """
     from lookalike_server.config import BatchingConfig
     from lookalike_server.models import OnnxModel

@@ -322,9 +322,8 @@ def _enter_together(
     Replicas warm up side by side, not one after another: on a GPU each start
     takes 10-15 s of the sweep's budget, which the TensorRT step, last, needs.
     """
-    with concurrent.futures.ThreadPoolExecutor(max(len(managers), 1)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(len(managers), 1)) as pool:  # waits for every start
         entered = [pool.submit(m.__enter__) for m in managers]
-    concurrent.futures.wait(entered)
     for manager, fut in zip(managers, entered, strict=True):
         if fut.exception() is None:
             stack.push(manager.__exit__)  # stopped on leaving, whatever happens next

@@ -1,9 +1,10 @@
 """Load from several processes, for servers faster than one Python client.
 
-One ``grpc.aio`` client process spends about as much CPU a call as the
-server's own event loop does, so against a server that answers thousands of
-calls a second (a GPU host) the load generator, not the server, becomes the
-limit: the point's ``client_cores`` near 1.0 says so. With ``processes`` > 1,
+One ``grpc.aio`` client process spent about 0.6 ms of CPU a call sending
+640-px photos to Embed (2-core EPYC, benchmarks/README.md), so it tops out
+near 1,600 calls a second: against a server that answers more (a GPU host) the
+load generator, not the server, becomes the limit, and the point's
+``client_cores`` near 1.0 says so. With ``processes`` > 1,
 each load point is split over that many child processes (a concurrency into
 near-equal shares, a rate into equal ones), each with its own channel and event
 loop, and their windows are merged: latencies and status counts pooled,
@@ -112,11 +113,6 @@ class ProcessDriver:
         except BaseException:
             self.close()
             raise
-
-    @property
-    def pids(self) -> list[int]:
-        """The children's process ids."""
-        return [p.pid for p in self._procs if p.pid is not None]
 
     async def measure(self, point: LoadPoint, warmup_s: float, duration_s: float) -> dict[str, Any]:
         """Warm-up in every child, reset the server's counters, measure in every child, merge."""
