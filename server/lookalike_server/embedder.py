@@ -298,8 +298,16 @@ class Embedder:
             loop = asyncio.get_running_loop()
             settled: asyncio.Future[None] = loop.create_future()
             job.when_settled(functools.partial(_wake, loop, settled))
-            with contextlib.suppress(TimeoutError):  # _finish says what is unfinished
-                await asyncio.wait_for(settled, _timeout(ctx.remaining()))
+            # The deadline settles the same future (_finish then says what is
+            # unfinished): one future, one wake-up. asyncio.wait_for would add
+            # a second future and an extra turn of the loop to every call.
+            remaining = ctx.remaining()
+            timer = None if remaining is None else loop.call_later(max(remaining, 0.0), _resolve, settled)
+            try:
+                await settled
+            finally:
+                if timer is not None:
+                    timer.cancel()
             return self._finish(job, ctx)
         except BaseException:
             job.abort()
@@ -513,15 +521,16 @@ class _Latch:
         self._callback()
 
 
+def _resolve(settled: asyncio.Future[None]) -> None:
+    """On the loop: ends the wait on ``settled`` (unless it has already ended)."""
+    if not settled.done():
+        settled.set_result(None)
+
+
 def _wake(loop: asyncio.AbstractEventLoop, settled: asyncio.Future[None]) -> None:
     """From any thread: resolves ``settled`` on its loop (unless the wait has already ended)."""
-
-    def resolve() -> None:
-        if not settled.done():
-            settled.set_result(None)
-
     with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
-        loop.call_soon_threadsafe(resolve)
+        loop.call_soon_threadsafe(_resolve, settled)
 
 
 def _drop_batches(prep: Future[_Prepared]) -> None:
