@@ -77,6 +77,39 @@ def load_model(
     return model
 
 
+def load_lone_model(
+    name: str,
+    registry: str | Path | None = None,
+    threads: int = 1,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Any:
+    """The server's ``OnnxModel`` with its lone-image session as the server runs it (``embed_batch(..., wide=True)``).
+
+    For a ceiling measured call by call between a server's calls
+    (``ceiling_ab.py``'s paired reading). Its ``threads`` intra-op threads
+    spin within a run, as :func:`load_model`'s do, but stop when the run
+    ends, as the server's wide session's do: left spinning, they held the
+    cores for 15-35 ms after every run, in the middle of the server's next
+    call (the server then answered a lone image in 22-30 ms, not 12).
+    """
+    from lookalike_server.config import BatchingConfig
+    from lookalike_server.models import OnnxModel
+    from lookalike_server.registry_reader import load_registry
+
+    registry = registry or REPO / "models" / "models.toml"
+    (spec,) = load_registry(registry, BatchingConfig(max_batch_size=1), only=[name])
+    model = OnnxModel(
+        spec,
+        list(providers),
+        intra_op_threads=1,
+        wide_intra_op_threads=max(threads, 1),
+        wide_session="on",
+        wide_spin_wait=True,
+    )
+    model.warmup(timed_runs=0)
+    return model
+
+
 def _point(label: str, batch: int, calls: list[float], window_s: float, images: int) -> dict[str, Any]:
     return {
         "label": label,

@@ -99,3 +99,13 @@ def test_the_ceilings_onnx_runtime_threads_spin_as_a_plain_onnx_runtime_loop_doe
 
     assert spins(baselines.load_model("mobilenet_v2", threads=2)) == "1"
     assert spins(baselines.load_model("mobilenet_v2", threads=2, spin=False)) == "0"
+
+
+def test_the_paired_ceilings_threads_spin_within_a_run_and_stop_after_it() -> None:
+    # Measured call by call beside a server, a ceiling whose threads spin on
+    # after each run holds the cores through the server's next call.
+    lone = baselines.load_lone_model("mobilenet_v2", threads=2)
+    options = lone.wide_session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"

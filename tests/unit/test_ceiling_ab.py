@@ -49,3 +49,18 @@ def test_the_intra_op_profile_holds_the_servers_sessions_to_that_many_threads_an
     config = load_config(ceiling_ab.profile_flags(1), {})
     assert config.models.intra_op_threads == 1
     assert config.models.wide_session == "off"
+
+
+def test_the_paired_c1_reading_alternates_lone_server_and_ceiling_calls(embed_server) -> None:
+    import baselines
+
+    from lookalike.bench import load_images
+
+    images = load_images(ROOT / "tests" / "data" / "photos", 320)[:3]
+    lone = baselines.load_lone_model("mobilenet_v2", threads=1)
+    got = ceiling_ab.paired_c1(embed_server.target, lone, images, pairs=8)
+    assert got["pairs"] == 8
+    assert got["server_p50_ms"] > 0 and got["ceiling_p50_ms"] > 0
+    low, high = got["ci90"]
+    assert low <= got["median_ms"] <= high
+    assert got["met"] is (got["median_ms"] <= ceiling_ab.TARGET_OVERHEAD_MS)
