@@ -78,3 +78,21 @@ def test_alone_share_reads_each_points_batcher_counters() -> None:
     }
     assert compare.alone_share(on, "m") == "c=1 100%, c=32 0%"
     assert compare.alone_share(None, "m") == ""
+
+
+def test_headline_adds_the_paired_c1_reading_when_it_ran() -> None:
+    found = {
+        "on": series("server", {"c=1": (100, 12.0), "c=32": (130, 240)}),
+        "ceiling": series("ceiling", {"b=1": (125, 8.0)}),
+    }
+    assert not any("paired" in r["what"] for r in compare.headline(found, 32))
+    found["c1_paired"] = {
+        "pairs": 400, "median_ms": 2.47, "ci90": [2.40, 2.56],
+        "server_p50_ms": 15.8, "ceiling_p50_ms": 13.3, "met": False,
+    }  # fmt: skip
+    row = next(r for r in compare.headline(found, 32) if "paired" in r["what"])
+    assert row["value"] == 2.47 and row["met"] is False
+    assert "+2.40 to +2.56 ms over 400 pairs" in row["detail"]
+    found["c1_paired"]["median_ms"] = 1.9
+    row = next(r for r in compare.headline(found, 32) if "paired" in r["what"])
+    assert row["met"] is True
