@@ -182,7 +182,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     the caller asks Pillow, whose answer or error then stands. So the size
     admission budgets is always the size the decoder will allocate: a file
     whose first frame header said 1x1 and a later one 8000x8000 would
-    otherwise be budgeted as one pixel.
+    otherwise be budgeted as one pixel (libjpeg happens to refuse a second
+    frame header, but the budget must not rest on the decoder's strictness).
     """
     n = len(data)
     size = None
