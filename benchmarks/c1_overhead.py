@@ -133,13 +133,24 @@ def floor_server(wait_ms: float) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def servers(codes: Sequence[str], flags: Sequence[str], logs: Path) -> Iterator[list[str]]:
-    """One lookalike server per ``server/`` folder, all up at once."""
+def servers(codes: Sequence[str], flags: Sequence[str], logs: Path, reverse: bool = False) -> Iterator[list[str]]:
+    """One lookalike server per ``server/`` folder, all up at once; targets in ``codes``' order.
+
+    ``reverse`` starts them last to first.
+    """
+    order = list(range(len(codes)))[:: -1 if reverse else 1]
     with contextlib.ExitStack() as stack:
-        yield [
-            stack.enter_context(compare.running_server(flags, logs / f"c1-overhead-{i}.log", code=code))
-            for i, code in enumerate(codes)
-        ]
+        targets = {
+            i: stack.enter_context(compare.running_server(flags, logs / f"c1-overhead-{i}.log", code=codes[i]))
+            for i in order
+        }
+        yield [targets[i] for i in range(len(codes))]
+
+
+def start_groups(rounds: int, starts: int) -> list[int]:
+    """How many of ``rounds`` each of ``starts`` fresh sets of servers runs (as even as can be)."""
+    starts = max(1, min(starts, rounds))
+    return [rounds // starts + (1 if s < rounds % starts else 0) for s in range(starts)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--code", action="append", default=[], help="a checkout's server/ folder (repeat; default: this one)"
     )
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=1,
+        help="spread the rounds over this many fresh sets of server processes, started in alternating order: "
+        "a process keeps a speed of its own for its life (decoding up to 0.67 ms apart in an A/A run), "
+        "which paired rounds within one set cannot tell from the code",
+    )
     parser.add_argument("--calls", type=int, default=300, help="calls per round and server")
     parser.add_argument("--skip", type=int, default=30, help="calls dropped at the start of each round")
     parser.add_argument("--gap-ms", type=float, default=2.0, help="pause between calls")
@@ -165,24 +184,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_code: list[list[dict[str, float]]] = [[] for _ in codes]
     floor: list[dict[str, float]] = []
     echo_server = floor_server(args.floor_wait_ms) if args.floor else contextlib.nullcontext()
-    with servers(codes, flags, logs) as targets, echo_server as echo:
-        for r in range(args.rounds):
-            order = list(range(len(codes)))
-            if r % 2:
-                order.reverse()
-            for i in order:
-                rows = call_series(targets[i], args.model, images, args.calls, args.gap_ms / 1e3)
-                per_code[i].append(round_summary(rows, args.skip))
-            line = ", ".join(
-                f"{Path(codes[i]).resolve().parent.name}: overhead {per_code[i][-1]['overhead_ms']:.2f} ms "
-                f"(client {per_code[i][-1]['client_ms']:.2f})"
-                for i in range(len(codes))
-            )
-            if echo is not None:
-                rows = call_series(echo, "m", images, args.calls, args.gap_ms / 1e3)
-                floor.append(round_summary(rows, args.skip))
-                line += f"; bare echo {floor[-1]['client_ms'] - args.floor_wait_ms:.2f} ms beyond its wait"
-            compare.log(f"round {r + 1}: {line}")
+    r = 0
+    with echo_server as echo:
+        for start, group in enumerate(start_groups(args.rounds, args.starts)):
+            with servers(codes, flags, logs, reverse=start % 2 == 1) as targets:
+                for _ in range(group):
+                    order = list(range(len(codes)))
+                    if r % 2:
+                        order.reverse()
+                    for i in order:
+                        rows = call_series(targets[i], args.model, images, args.calls, args.gap_ms / 1e3)
+                        per_code[i].append(round_summary(rows, args.skip))
+                    line = ", ".join(
+                        f"{Path(codes[i]).resolve().parent.name}: overhead {per_code[i][-1]['overhead_ms']:.2f} ms "
+                        f"(client {per_code[i][-1]['client_ms']:.2f})"
+                        for i in range(len(codes))
+                    )
+                    if echo is not None:
+                        rows = call_series(echo, "m", images, args.calls, args.gap_ms / 1e3)
+                        floor.append(round_summary(rows, args.skip))
+                        line += f"; bare echo {floor[-1]['client_ms'] - args.floor_wait_ms:.2f} ms beyond its wait"
+                    r += 1
+                    compare.log(f"round {r} (start {start + 1}): {line}")
     results: dict[str, Any] = {
         "model": args.model,
         "codes": [

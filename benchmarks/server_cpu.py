@@ -55,7 +55,7 @@ import baselines  # noqa: E402
 import bench_report  # noqa: E402
 import compare  # noqa: E402
 from batching_ab import add_model_args, embed_only_flags, median_interval, prepare_run  # noqa: E402
-from c1_overhead import FLOOR_SERVER  # noqa: E402
+from c1_overhead import FLOOR_SERVER, start_groups  # noqa: E402
 
 GROUPS = ("loop", "decode", "inference", "grpc", "other")
 # OS thread names (15 bytes at most) → group.
@@ -212,17 +212,21 @@ def summarise(rounds: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]
 
 
 @contextlib.contextmanager
-def servers(codes: Sequence[str], flags: Sequence[str], logs: Path, cpus: set[int]) -> Iterator[list[tuple[str, int]]]:
-    """One pinned server per ``server/`` folder, all up at once: (target, pid) each."""
+def servers(
+    codes: Sequence[str], flags: Sequence[str], logs: Path, cpus: set[int], reverse: bool = False
+) -> Iterator[list[tuple[str, int]]]:
+    """One pinned server per ``server/`` folder, all up at once: (target, pid) each, in ``codes``' order.
+
+    ``reverse`` starts them last to first.
+    """
     with contextlib.ExitStack() as stack:
-        out = []
-        for i, code in enumerate(codes):
+        out: dict[int, tuple[str, int]] = {}
+        for i in list(range(len(codes)))[:: -1 if reverse else 1]:
             pids: list[int] = []
             log = logs / f"server-cpu-{i}.log"
-            out.append(
-                (stack.enter_context(compare.running_server(flags, log, pid_out=pids, cpus=cpus, code=code)), pids[0])
-            )
-        yield out
+            target = stack.enter_context(compare.running_server(flags, log, pid_out=pids, cpus=cpus, code=codes[i]))
+            out[i] = (target, pids[0])
+        yield [out[i] for i in range(len(codes))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model_args(parser)
     parser.add_argument("--code", action="append", default=[], help="a checkout's server/ folder (repeat)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--starts", type=int, default=1, help="fresh sets of server processes, started in alternating order"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -248,21 +255,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, list[dict[str, float]]] = {code: [] for code in codes}
     ceiling: list[dict[str, float]] = []
     started = time.monotonic()
-    with servers(codes, embed_only_flags(args), logs, server_cpus) as running:
-        for r in range(args.rounds):
-            order = list(range(len(codes))) if r % 2 == 0 else list(reversed(range(len(codes))))
-            for i in order:
-                target, pid = running[i]
-                with compare.pinned(client_cpus):
-                    rows[codes[i]].append(measure(target, pid, images, args))
-            with compare.pinned(server_cpus):
-                ceiling.append(ceiling_cpu(model, images, args.duration))
-            line = "; ".join(
-                f"{Path(c).resolve().parent.name}: {rows[c][-1]['total']:.2f} ms/call, "
-                f"{rows[c][-1]['images_per_s']:.1f} img/s"
-                for c in codes
-            )
-            compare.log(f"round {r + 1}: {line}; ceiling {ceiling[-1]['total']:.2f} ms/image")
+    r = 0
+    for start, group in enumerate(start_groups(args.rounds, args.starts)):
+        # A process keeps a speed of its own for its life: fresh sets, in both start orders.
+        with servers(codes, embed_only_flags(args), logs, server_cpus, reverse=start % 2 == 1) as running:
+            for _ in range(group):
+                order = list(range(len(codes))) if r % 2 == 0 else list(reversed(range(len(codes))))
+                for i in order:
+                    target, pid = running[i]
+                    with compare.pinned(client_cpus):
+                        rows[codes[i]].append(measure(target, pid, images, args))
+                with compare.pinned(server_cpus):
+                    ceiling.append(ceiling_cpu(model, images, args.duration))
+                line = "; ".join(
+                    f"{Path(c).resolve().parent.name}: {rows[c][-1]['total']:.2f} ms/call, "
+                    f"{rows[c][-1]['images_per_s']:.1f} img/s"
+                    for c in codes
+                )
+                r += 1
+                compare.log(f"round {r} (start {start + 1}): {line}; ceiling {ceiling[-1]['total']:.2f} ms/image")
     results: dict[str, Any] = {
         "model": args.model,
         "concurrency": args.concurrency,

@@ -43,3 +43,27 @@ def test_checkouts_are_compared_round_by_round() -> None:
     assert got["rounds"] == pytest.approx([-0.2, -0.2, -0.2])
     with pytest.raises(ValueError):
         c1_overhead.paired(first, other[:2])
+
+
+def test_rounds_are_spread_over_fresh_server_starts() -> None:
+    assert c1_overhead.start_groups(8, 1) == [8]
+    assert c1_overhead.start_groups(8, 2) == [4, 4]
+    assert c1_overhead.start_groups(7, 3) == [3, 2, 2]
+    assert c1_overhead.start_groups(2, 5) == [1, 1]  # never a start without a round
+    assert sum(c1_overhead.start_groups(9, 4)) == 9
+
+
+def test_servers_start_in_the_order_asked_and_come_back_in_the_codes_order(monkeypatch, tmp_path) -> None:
+    import contextlib
+
+    started: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_running_server(flags, log, code=None):
+        started.append(code)
+        yield f"target-of-{code}"
+
+    monkeypatch.setattr(c1_overhead.compare, "running_server", fake_running_server)
+    with c1_overhead.servers(["a", "b", "c"], [], tmp_path, reverse=True) as targets:
+        assert targets == ["target-of-a", "target-of-b", "target-of-c"]
+    assert started == ["c", "b", "a"]

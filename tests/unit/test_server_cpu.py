@@ -78,3 +78,20 @@ def test_cores_by_group_finds_a_saturated_loop_among_many_busy_threads() -> None
     assert got["decode"] == pytest.approx(1.3)  # more in all, but no one thread near a core
     assert got["inference"] == pytest.approx(0.2)
     assert got["busiest_thread"] == "grpc-aio" and got["busiest_share"] == pytest.approx(0.98)
+
+
+def test_servers_start_in_the_order_asked_and_come_back_in_the_codes_order(monkeypatch, tmp_path) -> None:
+    import contextlib
+
+    started: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_running_server(flags, log, pid_out=None, cpus=None, code=None):
+        started.append(code)
+        pid_out.append(1000 + len(started))
+        yield f"target-of-{code}"
+
+    monkeypatch.setattr(server_cpu.compare, "running_server", fake_running_server)
+    with server_cpu.servers(["a", "b"], [], tmp_path, {0}, reverse=True) as running:
+        assert running == [("target-of-a", 1002), ("target-of-b", 1001)]
+    assert started == ["b", "a"]
