@@ -73,7 +73,7 @@ def variants() -> list[bytes]:
     return found
 
 
-def test_reads_what_pillow_reads_on_real_photos_bombs_and_every_encoder_mode():
+def test_reads_what_pillow_reads_on_real_photos_bombs_and_pillows_encoder_modes():
     cases = variants()
     assert len(cases) >= 15
     for data in cases:
