@@ -41,7 +41,7 @@ def pillow_size(data: bytes) -> tuple[int, int]:
 
 def per_image_us(fn: Callable[[bytes], object], images: Sequence[bytes], seconds: float) -> float:
     """Median over rounds of the mean µs per image of ``fn`` across ``images``."""
-    rounds = []
+    rounds: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(rounds) < 5:
         started = time.perf_counter()
